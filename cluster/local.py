@@ -1,0 +1,90 @@
+"""``local``: an embedded Ray runtime on this machine, private to the run.
+
+It never attaches to another Ray on the host: ``address="local"`` always starts a new
+instance, in a private temp dir, with token auth disabled (a local ``ray.init`` would
+otherwise write ``~/.ray/auth_token`` and silently change later ``ray start`` commands), no
+dashboard and no fixed ports. It is shut down when the run ends, also on Ctrl-C.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import tempfile
+import threading
+from typing import Any
+
+from rich.console import Console
+
+from cluster.base import Target
+from launcher.errors import Problem, UserError
+from launcher.rundir import RunFolder
+
+
+class LocalTarget(Target):
+    name = "local"
+
+    def num_cpus(self, cfg: Any) -> int:
+        return cfg.cluster.local.num_cpus or os.cpu_count() or 1
+
+    def preflight(self, cfg: Any) -> None:
+        need = cfg.resources.num_workers * cfg.resources.cpus_per_worker
+        have = self.num_cpus(cfg)
+        if need > have:
+            raise UserError(Problem(
+                "resources", f"{cfg.resources.num_workers} workers x {cfg.resources.cpus_per_worker} "
+                f"CPUs need {need:g} CPUs; the local Ray has {have}",
+                "lower resources.num_workers/cpus_per_worker, or set cluster.local.num_cpus "
+                "to oversubscribe on purpose"))
+        if cfg.resources.gpus_per_worker > 0:
+            import torch
+
+            if not torch.cuda.is_available():
+                raise UserError(Problem("resources.gpus_per_worker",
+                                        "GPUs requested but this machine has no CUDA device",
+                                        "set resources.gpus_per_worker: 0 to train on CPU"))
+
+    def render(self, folder: RunFolder, cfg: Any) -> str:
+        return (f"local: embedded Ray with {self.num_cpus(cfg)} CPUs; TorchTrainer with "
+                f"{cfg.resources.num_workers} workers running launcher.loop.train_rank({folder.path})")
+
+    def run(self, folder: RunFolder, *, progress: bool = True) -> dict[str, Any]:
+        import ray
+
+        from launcher.driver import run_trainer
+        from launcher.metrics.console import follow
+
+        cfg = folder.load_config()
+        temp_dir = tempfile.mkdtemp(prefix="ftl-ray-", dir="/tmp")
+        os.environ["RAY_AUTH_MODE"] = "disabled"
+        os.environ.pop("RAY_ADDRESS", None)
+        ray.init(
+            address="local",
+            num_cpus=self.num_cpus(cfg),
+            include_dashboard=False,
+            _temp_dir=temp_dir,
+            log_to_driver=False,
+            configure_logging=False,
+        )
+        outcome: dict[str, Any] = {}
+        done = threading.Event()
+
+        def drive() -> None:
+            try:
+                run_trainer(folder)
+            except BaseException as exc:  # re-raised in the main thread
+                outcome["error"] = exc
+            finally:
+                done.set()
+
+        thread = threading.Thread(target=drive, name="ftl-driver", daemon=True)
+        try:
+            thread.start()
+            follow(folder.metrics, cfg.train.max_steps, done, Console(stderr=True), enabled=progress)
+            thread.join()
+        finally:
+            ray.shutdown()
+            shutil.rmtree(temp_dir, ignore_errors=True)
+        if "error" in outcome:
+            raise outcome["error"]
+        return folder.summary() or {}

@@ -1,0 +1,21 @@
+"""Registry of cluster targets, light enough for config validation."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from launcher.registry import Registry
+
+
+@dataclass(frozen=True)
+class TargetSpec:
+    name: str
+    impl: str
+    description: str
+
+
+TARGETS: Registry[TargetSpec] = Registry("cluster target")
+
+TARGETS.register("local")(
+    TargetSpec("local", "cluster.local:LocalTarget", "embedded Ray on this machine")
+)

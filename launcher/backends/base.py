@@ -1,0 +1,67 @@
+"""The sharding-backend interface the per-rank loop talks to.
+
+A backend owns the wrapped model, the optimizer and the LR scheduler, and knows how to run
+backward, step, and save/load them. The loop never branches on the backend's type.
+"""
+
+from __future__ import annotations
+
+import contextlib
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+
+from launcher.dist import RankContext
+
+OptimizerFactory = Callable[[nn.Module], torch.optim.Optimizer]
+SchedulerFactory = Callable[[torch.optim.Optimizer], Any]
+
+
+class Backend:
+    #: HF ``generate(synced_gpus=...)``: every rank must run the same number of forwards.
+    needs_synced_generation = False
+
+    def __init__(self, cfg: Any, ctx: RankContext):
+        self.cfg = cfg
+        self.ctx = ctx
+        self.model: nn.Module | None = None
+        self.optimizer: torch.optim.Optimizer | None = None
+        self.scheduler: Any = None
+
+    def setup(self, model: nn.Module, make_optimizer: OptimizerFactory,
+              make_scheduler: SchedulerFactory) -> None:
+        raise NotImplementedError
+
+    @property
+    def module(self) -> nn.Module:
+        """The plain (unwrapped) model, for generation and export."""
+        raise NotImplementedError
+
+    def accumulate(self, sync: bool) -> contextlib.AbstractContextManager:
+        """Context for one micro-batch; ``sync`` is False on all but the last of a step."""
+        return contextlib.nullcontext()
+
+    def autocast(self) -> contextlib.AbstractContextManager:
+        dtype = {"bf16": torch.bfloat16, "fp16": torch.float16}.get(self.cfg.model.dtype)
+        if dtype is None:
+            return contextlib.nullcontext()
+        return torch.autocast(self.ctx.device.type, dtype=dtype)
+
+    def backward(self, loss: torch.Tensor) -> None:
+        loss.backward()
+
+    def step(self) -> float:
+        """Clip, step optimizer and scheduler, zero grads; return the pre-clip grad norm."""
+        raise NotImplementedError
+
+    def save(self, folder: Path) -> None:
+        raise NotImplementedError
+
+    def load(self, folder: Path) -> None:
+        raise NotImplementedError
+
+    def trainable_parameters(self) -> Iterator[nn.Parameter]:
+        return (p for p in self.module.parameters() if p.requires_grad)

@@ -1,0 +1,56 @@
+"""``ddp``: every rank holds the whole model; gradients are all-reduced (gloo or nccl)."""
+
+from __future__ import annotations
+
+import contextlib
+from pathlib import Path
+
+import torch
+from torch import nn
+from torch.nn.parallel import DistributedDataParallel
+
+from launcher.backends.base import Backend, OptimizerFactory, SchedulerFactory
+
+
+class DDPBackend(Backend):
+    def setup(self, model: nn.Module, make_optimizer: OptimizerFactory,
+              make_scheduler: SchedulerFactory) -> None:
+        model.to(self.ctx.device)
+        self._module = model
+        if self.ctx.world_size > 1:
+            ids = [self.ctx.device.index] if self.ctx.device.type == "cuda" else None
+            self.model = DistributedDataParallel(model, device_ids=ids)
+        else:
+            self.model = model
+        self.optimizer = make_optimizer(model)
+        self.scheduler = make_scheduler(self.optimizer)
+
+    @property
+    def module(self) -> nn.Module:
+        return self._module
+
+    def accumulate(self, sync: bool) -> contextlib.AbstractContextManager:
+        if sync or not isinstance(self.model, DistributedDataParallel):
+            return contextlib.nullcontext()
+        return self.model.no_sync()
+
+    def step(self) -> float:
+        params = [p for p in self._module.parameters() if p.requires_grad]
+        max_norm = self.cfg.train.max_grad_norm
+        norm = torch.nn.utils.clip_grad_norm_(params, max_norm if max_norm else float("inf"))
+        self.optimizer.step()
+        self.scheduler.step()
+        self.optimizer.zero_grad(set_to_none=True)
+        return float(norm)
+
+    def save(self, folder: Path) -> None:
+        if self.ctx.is_main:
+            torch.save(self._module.state_dict(), folder / "model.pt")
+            torch.save(self.optimizer.state_dict(), folder / "optimizer.pt")
+            torch.save(self.scheduler.state_dict(), folder / "scheduler.pt")
+
+    def load(self, folder: Path) -> None:
+        device = self.ctx.device
+        self._module.load_state_dict(torch.load(folder / "model.pt", map_location=device))
+        self.optimizer.load_state_dict(torch.load(folder / "optimizer.pt", map_location=device))
+        self.scheduler.load_state_dict(torch.load(folder / "scheduler.pt"))

@@ -1,0 +1,107 @@
+"""Atomic, rotating checkpoints in ``<run>/checkpoints/step-XXXXXXXX``.
+
+All ranks write into ``.tmp-step-XXXXXXXX``; after a barrier rank 0 fsyncs and renames it.
+A rename is atomic, so a kill at any moment leaves either the old set of checkpoints or the
+new one, never a half-written ``step-*``. Leftover temp folders are removed on the next start.
+The folder holds the backend's model/optimizer/scheduler files, every rank's RNG state and
+``state.json`` (step, counters): everything an exact resume needs.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import random
+import shutil
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from launcher import failpoints
+from launcher.dist import RankContext, barrier
+
+PREFIX = "step-"
+
+
+def _fsync_tree(folder: Path) -> None:
+    for path in folder.rglob("*"):
+        if path.is_file():
+            with path.open("rb") as fh:
+                os.fsync(fh.fileno())
+    fd = os.open(folder, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+class CheckpointManager:
+    def __init__(self, run_dir: Path, keep: int, ctx: RankContext):
+        self.root = Path(run_dir) / "checkpoints"
+        self.keep = keep
+        self.ctx = ctx
+
+    def clean_partial(self) -> None:
+        if self.ctx.is_main and self.root.exists():
+            for tmp in self.root.glob(".tmp-*"):
+                shutil.rmtree(tmp, ignore_errors=True)
+        barrier()
+
+    def all(self) -> list[Path]:
+        if not self.root.exists():
+            return []
+        done = [p for p in self.root.glob(f"{PREFIX}*") if (p / "state.json").exists()]
+        return sorted(done, key=lambda p: int(p.name[len(PREFIX):]))
+
+    def latest(self) -> Path | None:
+        found = self.all()
+        return found[-1] if found else None
+
+    def save(self, step: int, write: Callable[[Path], None], state: dict[str, Any]) -> Path:
+        final = self.root / f"{PREFIX}{step:08d}"
+        tmp = self.root / f".tmp-{PREFIX}{step:08d}"
+        if self.ctx.is_main:
+            shutil.rmtree(tmp, ignore_errors=True)
+            tmp.mkdir(parents=True)
+        barrier()
+        write(tmp)
+        torch.save(rng_state(), tmp / f"rng-rank{self.ctx.rank}.pt")
+        barrier()
+        if self.ctx.is_main:
+            (tmp / "state.json").write_text(json.dumps(state, indent=1))
+            _fsync_tree(tmp)
+            failpoints.hit("checkpoint.before_rename", step)
+            if final.exists():
+                shutil.rmtree(final)
+            os.rename(tmp, final)
+            self._prune()
+        barrier()
+        return final
+
+    def _prune(self) -> None:
+        for old in self.all()[: -self.keep]:
+            shutil.rmtree(old, ignore_errors=True)
+
+    def load_state(self, folder: Path) -> dict[str, Any]:
+        rng_file = folder / f"rng-rank{self.ctx.rank}.pt"
+        if rng_file.exists():
+            set_rng_state(torch.load(rng_file, weights_only=False))
+        return json.loads((folder / "state.json").read_text())
+
+
+def rng_state() -> dict[str, Any]:
+    state = {"python": random.getstate(), "numpy": np.random.get_state(), "torch": torch.get_rng_state()}
+    if torch.cuda.is_available():
+        state["cuda"] = torch.cuda.get_rng_state_all()
+    return state
+
+
+def set_rng_state(state: dict[str, Any]) -> None:
+    random.setstate(state["python"])
+    np.random.set_state(state["numpy"])
+    torch.set_rng_state(state["torch"])
+    if "cuda" in state and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(state["cuda"])

@@ -1,0 +1,211 @@
+"""The ``ftl`` command line (Click).
+
+Only click, rich and pydantic are imported at start-up; torch, transformers and Ray are
+imported inside the commands that need them, so ``ftl --help`` and schema errors are instant.
+Exit codes: 0 ok, 1 the job failed, 2 bad input (nothing submitted), 130 interrupted.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import sys
+from pathlib import Path
+from typing import Any
+
+import click
+
+from launcher.errors import JobFailed, UserError
+
+EXIT_FAILED, EXIT_USER, EXIT_INTERRUPTED = 1, 2, 130
+
+
+def _err(text: str) -> None:
+    click.echo(text, err=True)
+
+
+def _handle(fn):
+    """Map exceptions to exit codes: no tracebacks for user errors."""
+    import functools
+
+    @functools.wraps(fn)
+    def wrapper(*args: Any, **kwargs: Any) -> Any:
+        try:
+            return fn(*args, **kwargs)
+        except UserError as exc:
+            _err(f"error: {exc.render()}")
+            sys.exit(EXIT_USER)
+        except JobFailed as exc:
+            _err(f"job failed: {exc}")
+            sys.exit(EXIT_FAILED)
+        except KeyboardInterrupt:
+            _err("interrupted: stopped what this command started")
+            sys.exit(EXIT_INTERRUPTED)
+
+    return wrapper
+
+
+set_option = click.option(
+    "--set", "overrides", multiple=True, metavar="KEY=VALUE",
+    help="Override a config value, e.g. --set train.lr=1e-5 (repeatable).",
+)
+
+
+@click.group(context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 100})
+@click.version_option(package_name="ftl")
+def cli() -> None:
+    """ftl: launch LLM fine-tuning runs on Ray from one YAML file.
+
+    \b
+    Example:
+      ftl validate configs/quickstart.yaml
+      ftl run configs/quickstart.yaml --set train.max_steps=100
+    """
+
+
+@cli.command()
+@click.argument("configs", nargs=-1, required=True, type=click.Path(dir_okay=False))
+@set_option
+@click.option("--schema-only", is_flag=True, help="Skip preflight (no model or data is read).")
+@_handle
+def validate(configs: tuple[str, ...], overrides: tuple[str, ...], schema_only: bool) -> None:
+    """Check config files: schema, then preflight (model, tokenizer, data columns).
+
+    \b
+    Example:
+      ftl validate configs/quickstart.yaml --set train.lr=3e-4
+    """
+    from launcher.config.load import load_config
+
+    errors: list[UserError] = []
+    for path in configs:
+        try:
+            cfg = load_config(path, overrides)
+            if not schema_only:
+                from cluster import TARGETS
+                from launcher.lazy import load_object
+                from launcher.preflight import preflight
+
+                preflight(cfg, load_object(TARGETS.get(cfg.cluster.target).impl)())
+            click.echo(f"ok: {path}")
+        except UserError as exc:
+            errors.append(exc)
+            _err(f"error: {exc.render()}")
+    if errors:
+        sys.exit(EXIT_USER)
+
+
+@cli.command()
+@click.option("--method", default=None, help="Only this method's section.")
+def schema(method: str | None) -> None:
+    """Print the config's JSON Schema.
+
+    \b
+    Example:
+      ftl schema > ftl.schema.json
+    """
+    from launcher.config.load import run_config_model
+
+    data = run_config_model().model_json_schema()
+    if method:
+        data = data["properties"].get(method) or data["$defs"].get(method, {})
+    click.echo(json.dumps(data, indent=2))
+
+
+@cli.command()
+@click.argument("config", type=click.Path(dir_okay=False))
+@set_option
+@click.option("--json", "as_json", is_flag=True, help="Print the plan as JSON.")
+@_handle
+def plan(config: str, overrides: tuple[str, ...], as_json: bool) -> None:
+    """Show workers, placement, batch arithmetic and exact parameter counts.
+
+    \b
+    Example:
+      ftl plan configs/quickstart.yaml --json
+    """
+    from launcher.config.load import load_config
+    from launcher.planner import make_plan
+
+    cfg = load_config(config, overrides)
+    result = make_plan(cfg)
+    if as_json:
+        click.echo(json.dumps(result, indent=2))
+        return
+    from launcher.plan_view import render_plan
+
+    render_plan(result)
+
+
+@cli.command()
+@click.argument("config", required=False, type=click.Path(dir_okay=False))
+@set_option
+@click.option("--resume", "resume_dir", type=click.Path(file_okay=False),
+              help="Continue RUN_DIR from its newest checkpoint (CONFIG not needed).")
+@click.option("--dry-run", is_flag=True, help="Print what would be submitted; submit nothing.")
+@click.option("--no-progress", is_flag=True, help="No progress bar (logs only).")
+@click.option("--runs-dir", default=None, help="Parent of run folders (default: checkpoint.dir).")
+@_handle
+def run(config: str | None, overrides: tuple[str, ...], resume_dir: str | None, dry_run: bool,
+        no_progress: bool, runs_dir: str | None) -> None:
+    """Validate, plan and run a config; or resume a run folder.
+
+    \b
+    Examples:
+      ftl run configs/quickstart.yaml
+      ftl run configs/quickstart.yaml --set train.max_steps=50 --dry-run
+      ftl run --resume runs/quickstart-20260101-120000 --set train.max_steps=600
+    """
+    from launcher.submit import prepare_run, start_run
+
+    if bool(config) == bool(resume_dir):
+        raise UserError("give a CONFIG file, or --resume RUN_DIR (not both)")
+    folder, target = prepare_run(config, resume_dir, overrides, runs_dir=runs_dir, dry_run=dry_run)
+    if dry_run:
+        click.echo(target.render(folder))
+        return
+    _err(f"run folder: {folder.path}")
+    summary = start_run(folder, target, progress=not no_progress and sys.stderr.isatty())
+    _print_summary(folder.path, summary)
+
+
+def _print_summary(path: Path, summary: dict[str, Any]) -> None:
+    def show(d: dict) -> str:
+        return ", ".join(f"{k} {v:.4f}" for k, v in d.items() if k.count("/") == 1) or "-"
+
+    click.echo(f"done: {summary.get('steps')} steps in {summary.get('wall_time_s', 0):.1f} s, "
+               f"{summary.get('tokens_per_s', 0):,.0f} tokens/s")
+    click.echo(f"  before: {show(summary.get('initial', {}))}")
+    click.echo(f"  after:  {show(summary.get('final', {}))}")
+    click.echo(f"  run folder: {path}")
+
+
+@cli.command(name="list")
+@click.option("--runs-dir", default="runs", show_default=True)
+@click.option("--json", "as_json", is_flag=True)
+def list_runs_cmd(runs_dir: str, as_json: bool) -> None:
+    """List local runs with their status and final metrics.
+
+    \b
+    Example:
+      ftl list --runs-dir runs
+    """
+    from launcher.run_list import describe_runs, render_runs
+
+    rows = describe_runs(runs_dir)
+    if as_json:
+        click.echo(json.dumps(rows, indent=2))
+    else:
+        render_runs(rows)
+
+
+def main() -> None:
+    os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+    if not os.path.exists("/dev/nvidia0") and not os.path.exists("/dev/nvidiactl"):
+        # DeepSpeed probes for accelerators and warns on every import without this.
+        os.environ.setdefault("DS_ACCELERATOR", "cpu")
+    cli(prog_name="ftl")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,1 @@
+"""The run configuration: schema, loading, overrides and error reporting."""

@@ -1,0 +1,238 @@
+"""Pydantic schema of one run.
+
+Every section forbids unknown keys, so a typo fails with a did-you-mean instead of being
+silently ignored. Method sections (``sft:``, ``full:``...) come from the strategy registry, so
+adding a strategy adds its section to the schema and to ``ftl schema``.
+
+This module must stay light (no torch, no transformers): ``ftl validate`` reports schema
+errors in about a second.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+
+
+class Section(BaseModel):
+    """Base for every config section: unknown keys are errors, values are checked on set."""
+
+    model_config = ConfigDict(extra="forbid", validate_assignment=True)
+
+
+class ModelSection(Section):
+    path: str = Field(
+        description="Local HF folder, hub id, or 'builtin:<name>' for a model ftl creates "
+        "(see `ftl list-builtins`)."
+    )
+    tokenizer: str | None = Field(None, description="Tokenizer folder or hub id; default: path.")
+    gguf_file: str | None = Field(None, description="GGUF file inside `path` to dequantize.")
+    dtype: Literal["fp32", "bf16", "fp16"] = "fp32"
+    attn_implementation: Literal["sdpa", "eager", "flash_attention_2"] = "sdpa"
+    gradient_checkpointing: bool = False
+    trust_remote_code: bool = False
+
+
+class PeftSection(Section):
+    type: Literal["lora"] = "lora"
+    r: int = Field(16, gt=0)
+    alpha: float = Field(32.0, gt=0)
+    dropout: float = Field(0.0, ge=0, lt=1)
+    target_modules: str | list[str] = Field(
+        "all-linear", description="'all-linear' or a list of module names."
+    )
+
+
+class DataSource(Section):
+    """One dataset: a file, a hub id, or a builtin synthetic task."""
+
+    path: str | None = Field(
+        None, description="jsonl/json/parquet/csv file or folder, hub id, or 'builtin:<task>'."
+    )
+    split: str = "train"
+    name: str | None = Field(None, description="Task name for per-task metrics; default: file stem.")
+    weight: float = Field(1.0, gt=0, description="Sampling weight in a mixture.")
+    format: Literal["auto", "messages", "prompt_completion", "text"] = "auto"
+    num_rows: int | None = Field(
+        None, gt=0, description="Builtin tasks: rows to generate. Files: use at most this many."
+    )
+    seed: int = 0
+
+    @field_validator("path")
+    @classmethod
+    def _path_not_empty(cls, v: str | None) -> str | None:
+        if v is not None and not v.strip():
+            raise ValueError("must not be empty")
+        return v
+
+
+class DataSection(Section):
+    train: list[DataSource]
+    eval: list[DataSource] = Field(
+        default_factory=list, description="Held-out sets; each is scored as eval/<name>/..."
+    )
+    max_length: int = Field(1024, gt=1)
+    packing: bool = False
+
+    @field_validator("train", "eval", mode="before")
+    @classmethod
+    def _one_or_many(cls, v: Any) -> Any:
+        return [v] if isinstance(v, dict) else v
+
+    @field_validator("train")
+    @classmethod
+    def _not_empty(cls, v: list[DataSource]) -> list[DataSource]:
+        if not v:
+            raise ValueError("needs at least one dataset")
+        return v
+
+
+class TrainSection(Section):
+    max_steps: int = Field(gt=0)
+    micro_batch_size: int = Field(1, gt=0)
+    global_batch_size: int | None = Field(
+        None, gt=0, description="micro_batch_size x accumulation x workers; default: no accumulation."
+    )
+    lr: float = Field(1e-5, gt=0)
+    schedule: Literal["constant", "linear", "cosine"] = "cosine"
+    warmup_steps: int = Field(0, ge=0)
+    min_lr_ratio: float = Field(0.0, ge=0, le=1, description="cosine floor as a fraction of lr")
+    weight_decay: float = Field(0.0, ge=0)
+    betas: tuple[float, float] = (0.9, 0.999)
+    eps: float = Field(1e-8, gt=0)
+    max_grad_norm: float | None = Field(1.0, gt=0)
+    seed: int = 42
+    max_failures: int = Field(0, ge=0, description="Worker-group restarts from the last checkpoint.")
+
+
+def _registered(kind: str, name: str) -> str:
+    """Check ``name`` against a registry, imported lazily (registries are light)."""
+    from launcher.errors import HintedValueError
+
+    if kind == "method":
+        from strategies import STRATEGIES as registry
+    elif kind == "backend":
+        from launcher.backends import BACKENDS as registry
+    else:
+        from cluster import TARGETS as registry
+    if name not in registry:
+        problem = registry.unknown(name)
+        raise HintedValueError(problem.message, problem.hint)
+    return name
+
+
+class ShardingSection(Section):
+    backend: str = "ddp"
+
+    @field_validator("backend")
+    @classmethod
+    def _known_backend(cls, v: str) -> str:
+        return _registered("backend", v)
+
+
+class ResourcesSection(Section):
+    num_workers: int = Field(1, gt=0)
+    gpus_per_worker: float = Field(0, ge=0)
+    cpus_per_worker: float = Field(1, gt=0)
+    threads_per_worker: int | None = Field(
+        None, gt=0, description="torch intra-op threads; default: cpus_per_worker."
+    )
+
+
+class LocalTarget(Section):
+    num_cpus: int | None = Field(None, gt=0, description="CPUs the embedded Ray may use.")
+
+
+class ClusterSection(Section):
+    target: str = "local"
+    local: LocalTarget = Field(default_factory=LocalTarget)
+
+    @field_validator("target")
+    @classmethod
+    def _known_target(cls, v: str) -> str:
+        return _registered("target", v)
+
+
+class CheckpointSection(Section):
+    dir: str = Field("runs", description="Parent folder of run folders.")
+    every_steps: int | None = Field(None, gt=0)
+    keep: int = Field(2, gt=0)
+    save_final: bool = Field(True, description="Write final/ in HF format at the end.")
+
+
+class WandbSection(Section):
+    project: str = "ftl"
+    entity: str | None = None
+    mode: Literal["auto", "online", "offline", "disabled"] = Field(
+        "auto", description="auto: online when WANDB_API_KEY is set, offline otherwise."
+    )
+    tags: list[str] = Field(default_factory=list)
+
+
+class LoggingSection(Section):
+    every_steps: int = Field(10, gt=0)
+    wandb: WandbSection = Field(default_factory=WandbSection)
+    progress: bool = True
+
+
+class EvalSection(Section):
+    every_steps: int | None = Field(None, gt=0)
+    at_start: bool = True
+    max_batches: int | None = Field(None, gt=0, description="Cap on held-out loss batches.")
+    exact_match: bool | Literal["auto"] = Field(
+        "auto", description="Greedy-generate answers and score exact match (auto: chat/prompt data)."
+    )
+    max_generate: int = Field(256, gt=0, description="Eval rows scored by generation.")
+    max_new_tokens: int = Field(32, gt=0)
+    batch_size: int = Field(32, gt=0)
+
+
+# Top-level fields every config has; method sections are added from the strategy registry.
+BASE_FIELDS = (
+    "name", "method", "model", "peft", "data", "train", "sharding",
+    "resources", "cluster", "checkpoint", "logging", "eval",
+)
+
+
+class RunConfigBase(Section):
+    name: str = Field(pattern=r"^[A-Za-z0-9][A-Za-z0-9._-]*$", max_length=100)
+    method: str
+    model: ModelSection
+    peft: PeftSection | None = None
+    data: DataSection
+    train: TrainSection
+    sharding: ShardingSection = Field(default_factory=ShardingSection)
+    resources: ResourcesSection = Field(default_factory=ResourcesSection)
+    cluster: ClusterSection = Field(default_factory=ClusterSection)
+    checkpoint: CheckpointSection = Field(default_factory=CheckpointSection)
+    logging: LoggingSection = Field(default_factory=LoggingSection)
+    eval: EvalSection = Field(default_factory=EvalSection)
+
+    @field_validator("method")
+    @classmethod
+    def _known_method(cls, v: str) -> str:
+        return _registered("method", v)
+
+    @model_validator(mode="after")
+    def _batch_sizes_divide(self) -> RunConfigBase:
+        gbs = self.train.global_batch_size
+        per_step = self.train.micro_batch_size * self.resources.num_workers
+        if gbs is not None and gbs % per_step:
+            raise ValueError(
+                f"train.global_batch_size ({gbs}) must be a multiple of "
+                f"train.micro_batch_size x resources.num_workers ({per_step})"
+            )
+        return self
+
+    @property
+    def grad_accum(self) -> int:
+        per_step = self.train.micro_batch_size * self.resources.num_workers
+        return (self.train.global_batch_size or per_step) // per_step
+
+    @property
+    def global_batch(self) -> int:
+        return self.train.micro_batch_size * self.resources.num_workers * self.grad_accum
+
+    def method_options(self) -> BaseModel:
+        return getattr(self, self.method)

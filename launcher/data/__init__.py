@@ -1,0 +1,1 @@
+"""Datasets: sources (files, hub, builtin tasks), formats, tokenized batches, samplers."""

@@ -1,0 +1,101 @@
+"""The Ray-side driver: build a ``TorchTrainer`` whose workers run the per-rank loop.
+
+It runs wherever a Ray cluster is reachable (embedded here, a Ray Jobs entrypoint, or inside
+an sbatch script) and needs only the run folder: the resolved config lives there.
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+from pathlib import Path
+from typing import Any
+
+from launcher.errors import JobFailed
+from launcher.rundir import RunFolder
+
+# Worker environment: no per-line print patching (pages of noise from datasets.map), no
+# tokenizer thread pools fighting the training threads.
+WORKER_ENV = {"RAY_TRAIN_ENABLE_PRINT_PATCH": "0", "TOKENIZERS_PARALLELISM": "false"}
+# Environment passed through to workers when set on the driver (secrets are never logged).
+PASS_THROUGH = ("WANDB_API_KEY", "WANDB_MODE", "HF_TOKEN", "HF_HOME", "HF_HUB_OFFLINE",
+                "HF_DATASETS_OFFLINE", "FTL_HOME", "FTL_FAILPOINT", "FTL_FAILPOINT_RANK",
+                "TORCH_EXTENSIONS_DIR", "PYTHONPATH")
+
+
+def _worker_entry(config: dict[str, Any]) -> None:
+    from launcher.loop import train_rank
+
+    train_rank(config["run_dir"])
+
+
+def worker_env(cfg: Any) -> dict[str, str]:
+    threads = cfg.resources.threads_per_worker or max(1, int(cfg.resources.cpus_per_worker))
+    env = {**WORKER_ENV, "OMP_NUM_THREADS": str(threads)}
+    env.update({k: os.environ[k] for k in PASS_THROUGH if k in os.environ})
+    return env
+
+
+def run_trainer(folder: RunFolder) -> None:
+    """Run the job to completion on the connected Ray cluster; raise JobFailed on failure."""
+    from ray.train import FailureConfig, RunConfig, ScalingConfig, TrainingFailedError
+    from ray.train.torch import TorchConfig, TorchTrainer
+
+    cfg = folder.load_config()
+    use_gpu = cfg.resources.gpus_per_worker > 0
+    resources = {"CPU": cfg.resources.cpus_per_worker}
+    if use_gpu:
+        resources["GPU"] = cfg.resources.gpus_per_worker
+    launch_id = folder.launch_id() or "0"
+    folder.clear_failures()
+    trainer = TorchTrainer(
+        _worker_entry,
+        train_loop_config={"run_dir": str(folder.path.resolve())},
+        torch_config=TorchConfig(backend="nccl" if use_gpu else "gloo"),
+        scaling_config=ScalingConfig(
+            num_workers=cfg.resources.num_workers, use_gpu=use_gpu, resources_per_worker=resources
+        ),
+        run_config=RunConfig(
+            name=f"{folder.path.name}-{launch_id}",  # unique: Ray resumes same-named runs
+            storage_path=str((folder.path / "ray").resolve()),
+            failure_config=FailureConfig(max_failures=cfg.train.max_failures),
+            worker_runtime_env={"env_vars": worker_env(cfg)},
+        ),
+    )
+    try:
+        trainer.fit()
+    except TrainingFailedError as exc:
+        raise job_failure(folder, exc) from None
+
+
+def job_failure(folder: RunFolder, exc: BaseException | None) -> JobFailed:
+    """Name the failed rank(s), their error and their log file."""
+    failures = folder.failures()
+    ranks = dict(sorted(failures.items()))
+    if not ranks and exc is not None:
+        for rank, err in sorted(getattr(exc, "worker_failures", {}).items()):
+            ranks[int(rank)] = {"error": str(err).strip().splitlines()[-1] if str(err).strip() else repr(err)}
+    logs = {r: str(folder.logs / f"rank-{r}.log") for r in ranks}
+    if ranks:
+        lines = [f"rank {r} failed: {info['error']}\n    log: {logs[r]}" for r, info in ranks.items()]
+        message = "\n".join(lines)
+    else:
+        message = f"the job failed: {str(exc).strip().splitlines()[0] if exc else 'unknown error'}"
+    return JobFailed(message, {r: i["error"] for r, i in ranks.items()}, logs)
+
+
+def main() -> None:
+    """``python -m launcher.driver RUN_DIR``: entrypoint on a cluster (Ray Jobs, Slurm)."""
+    import ray
+
+    ray.init(address=os.environ.get("RAY_ADDRESS", "auto"))
+    folder = RunFolder(Path(sys.argv[1]))
+    try:
+        run_trainer(folder)
+    except JobFailed as exc:
+        print(f"ftl: {exc}", file=sys.stderr)
+        raise SystemExit(1) from None
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,120 @@
+"""Held-out loss and exact match by greedy generation, sharded over ranks.
+
+Every rank runs the same number of batches (short shards repeat a batch with zero weight):
+sharded backends gather parameters inside forward, so unequal counts would deadlock.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import TYPE_CHECKING, Any
+
+import torch
+
+from launcher.dist import RankContext, all_reduce_sum
+
+if TYPE_CHECKING:
+    from launcher.backends.base import Backend
+    from launcher.data.pipeline import EvalSet
+    from strategies.base import GenerationExample, Strategy
+
+
+def _shard(items: list, ctx: RankContext) -> list:
+    return items[ctx.rank :: ctx.world_size]
+
+
+def _batches(items: list, size: int, ctx: RankContext, total: int) -> list[tuple[list, bool]]:
+    """This rank's batches, padded to the count every rank runs; flag = real batch."""
+    per_rank = math.ceil(total / ctx.world_size)
+    count = math.ceil(per_rank / size) if per_rank else 0
+    out = []
+    for b in range(count):
+        chunk = items[b * size : (b + 1) * size]
+        out.append((chunk, True) if chunk else (None, False))
+    return out
+
+
+@torch.no_grad()
+def eval_loss(backend: Backend, strategy: Strategy, eval_set: EvalSet, cfg: Any) -> dict[str, float]:
+    ctx = backend.ctx
+    model = backend.module
+    was_training = model.training
+    model.eval()
+    features = eval_set.features
+    if cfg.eval.max_batches:
+        features = features[: cfg.eval.max_batches * cfg.eval.batch_size * ctx.world_size]
+    mine = _shard(features, ctx)
+    loss_sum, count = 0.0, 0.0
+    for chunk, real in _batches(mine, cfg.eval.batch_size, ctx, len(features)):
+        batch = strategy.collate(chunk if real else features[:1])
+        batch = {k: v.to(ctx.device) for k, v in batch.items()}
+        with backend.autocast():
+            out = strategy.loss(model, batch)
+        if real:
+            loss_sum += float(out.loss_sum)
+            count += float(out.count)
+    loss_sum, count = all_reduce_sum([loss_sum, count], ctx.device)
+    model.train(was_training)
+    return {"loss": loss_sum / max(count, 1.0), "_loss_sum": loss_sum, "_count": count}
+
+
+@torch.no_grad()
+def exact_match(backend: Backend, strategy: Strategy, examples: list[GenerationExample],
+                cfg: Any) -> dict[str, float]:
+    ctx = backend.ctx
+    tok = strategy.tokenizer
+    model = backend.module
+    was_training = model.training
+    model.eval()
+    pad = tok.pad_token_id if tok.pad_token_id is not None else tok.eos_token_id
+    mine = _shard(examples, ctx)
+    correct = 0.0
+    for chunk, real in _batches(mine, cfg.eval.batch_size, ctx, len(examples)):
+        rows = chunk if real else examples[:1]
+        longest = max(len(e.prompt_ids) for e in rows)
+        ids = torch.full((len(rows), longest), pad, dtype=torch.long)
+        mask = torch.zeros_like(ids)
+        for i, e in enumerate(rows):  # left padding for generation
+            ids[i, longest - len(e.prompt_ids):] = torch.tensor(e.prompt_ids)
+            mask[i, longest - len(e.prompt_ids):] = 1
+        with backend.autocast():
+            out = model.generate(
+                input_ids=ids.to(ctx.device),
+                attention_mask=mask.to(ctx.device),
+                max_new_tokens=cfg.eval.max_new_tokens,
+                do_sample=False,
+                pad_token_id=pad,
+                eos_token_id=tok.eos_token_id,
+                synced_gpus=backend.needs_synced_generation,
+            )
+        if not real:
+            continue
+        for e, gen in zip(rows, out[:, longest:]):
+            text = tok.decode(gen, skip_special_tokens=True).strip()
+            correct += float(text == e.reference.strip())
+    correct, total = all_reduce_sum([correct, float(len(mine))], ctx.device)
+    model.train(was_training)
+    return {"exact_match": correct / max(total, 1.0), "_em_total": total}
+
+
+def evaluate(backend: Backend, strategy: Strategy, eval_sets: list[EvalSet], cfg: Any
+             ) -> dict[str, float]:
+    """``eval/<set>/<metric>`` for every set, plus ``eval/loss`` (token-weighted) and
+    ``eval/exact_match`` (example-weighted) over all sets."""
+    metrics: dict[str, float] = {}
+    loss_sum = count = em_sum = em_total = 0.0
+    for es in eval_sets:
+        lm = eval_loss(backend, strategy, es, cfg)
+        metrics[f"eval/{es.name}/loss"] = lm["loss"]
+        loss_sum += lm["_loss_sum"]
+        count += lm["_count"]
+        if es.generation:
+            em = exact_match(backend, strategy, es.generation, cfg)
+            metrics[f"eval/{es.name}/exact_match"] = em["exact_match"]
+            em_sum += em["exact_match"] * em["_em_total"]
+            em_total += em["_em_total"]
+    if eval_sets:
+        metrics["eval/loss"] = loss_sum / max(count, 1.0)
+    if em_total:
+        metrics["eval/exact_match"] = em_sum / em_total
+    return metrics

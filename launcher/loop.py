@@ -1,0 +1,281 @@
+"""The per-rank training loop: the same function under Ray Train, torchrun, or plain python.
+
+``train_rank(run_dir)`` reads the resolved config from the run folder, so the only thing a
+launcher passes is a path. It resumes from the newest checkpoint in the folder when there is
+one (``ftl run --resume`` and Ray's worker-group restarts both rely on that).
+
+Loss normalisation: each micro-batch's summed loss is divided by the item count of the whole
+global batch (all micro-batches, all ranks) and multiplied by the world size (DDP averages
+gradients over ranks). The gradient is therefore the exact per-token mean over the global
+batch, whatever the micro/accumulation/world split.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import random
+import resource
+import sys
+import time
+import traceback
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+import torch.distributed as dist
+
+from launcher import failpoints
+from launcher.checkpoint import CheckpointManager
+from launcher.config.load import config_to_dict
+from launcher.dist import RankContext, all_reduce_sum, barrier, init_distributed
+from launcher.lazy import load_object
+from launcher.rundir import RunFolder
+
+log = logging.getLogger("ftl.loop")
+
+
+def seed_everything(seed: int) -> None:
+    random.seed(seed)
+    np.random.seed(seed)
+    torch.manual_seed(seed)
+    if torch.cuda.is_available():
+        torch.cuda.manual_seed_all(seed)
+
+
+def _setup_logging(folder: RunFolder, rank: int) -> None:
+    folder.logs.mkdir(parents=True, exist_ok=True)
+    handler = logging.FileHandler(folder.logs / f"rank-{rank}.log")
+    handler.setFormatter(logging.Formatter("%(asctime)s rank%(rank)s %(levelname)s %(message)s"))
+    handler.addFilter(lambda record: setattr(record, "rank", rank) or True)
+    root = logging.getLogger("ftl")
+    root.handlers = [handler]
+    root.setLevel(logging.INFO)
+    root.propagate = False
+
+
+def train_rank(run_dir: str) -> dict[str, Any]:
+    """Entry point on every rank. Records a failure marker naming this rank, then re-raises."""
+    folder = RunFolder(Path(run_dir))
+    rank = int(os.environ.get("RANK", "0"))
+    try:
+        cfg = folder.load_config()
+        ctx = init_distributed(use_gpu=cfg.resources.gpus_per_worker > 0)
+        rank = ctx.rank
+        _setup_logging(folder, rank)
+        return _train(cfg, ctx, folder)
+    except BaseException as exc:
+        folder.logs.mkdir(parents=True, exist_ok=True)
+        (folder.logs / f"failed-rank-{rank}.json").write_text(json.dumps({
+            "rank": rank, "error": f"{type(exc).__name__}: {exc}", "pid": os.getpid(),
+            "traceback": traceback.format_exc(),
+        }))
+        with (folder.logs / f"rank-{rank}.log").open("a") as fh:
+            fh.write(traceback.format_exc())
+        raise
+
+
+def _train(cfg: Any, ctx: RankContext, folder: RunFolder) -> dict[str, Any]:
+    from transformers.utils import logging as hf_logging
+
+    hf_logging.disable_progress_bar()
+    from launcher.backends import BACKENDS
+    from launcher.data.pipeline import prepare_data
+    from launcher.data.sampler import StepSampler
+    from launcher.evaluate import evaluate
+    from launcher.models.load import count_parameters, load_model, load_tokenizer
+    from launcher.optim import make_optimizer, make_scheduler
+    from strategies import STRATEGIES
+
+    wall_start = time.time()
+    threads = cfg.resources.threads_per_worker or max(1, int(cfg.resources.cpus_per_worker))
+    torch.set_num_threads(threads)
+    seed_everything(cfg.train.seed)
+    spec = STRATEGIES.get(cfg.method)
+    tokenizer = load_tokenizer(cfg)
+    strategy = load_object(spec.impl)(cfg, tokenizer)
+    strategy.spec = spec
+    data = prepare_data(cfg, strategy)
+    log.info("data: %d train examples, eval sets %s", len(data.train),
+             [(e.name, len(e.features)) for e in data.eval_sets])
+    model = load_model(cfg, strategy)
+    total_params, trainable_params = count_parameters(model)
+
+    backend = load_object(BACKENDS.get(cfg.sharding.backend).impl)(cfg, ctx)
+    backend.setup(model, lambda m: make_optimizer(m, cfg.train),
+                  lambda o: make_scheduler(o, cfg.train))
+
+    ckpts = CheckpointManager(folder.path, cfg.checkpoint.keep, ctx)
+    ckpts.clean_partial()
+    launch_id = folder.launch_id()
+    state: dict[str, Any] = {"step": 0, "tokens": 0, "train_time_s": 0.0, "restarts": 0,
+                             "initial": {}, "launch_id": launch_id}
+    latest = ckpts.latest()
+    if latest is not None:
+        backend.load(latest)
+        state.update(ckpts.load_state(latest))
+        if state.get("launch_id") == launch_id:  # same launch: Ray restarted the worker group
+            state["restarts"] = state.get("restarts", 0) + 1
+        state["launch_id"] = launch_id
+        log.info("resumed from %s at step %d", latest, state["step"])
+    start_step = state["step"]
+
+    sinks = _open_sinks(cfg, ctx, folder, start_step)
+    sampler = StepSampler(data.source_sizes, data.weights, cfg.train.seed)
+    accum = cfg.grad_accum
+    micro = cfg.train.micro_batch_size
+
+    if start_step == 0 and data.eval_sets and cfg.eval.at_start:
+        state["initial"] = evaluate(backend, strategy, data.eval_sets, cfg)
+        _emit(sinks, 0, state["initial"])
+
+    backend.model.train()
+    logged_tokens, logged_time = 0.0, 0.0
+    for step in range(start_step, cfg.train.max_steps):
+        t0 = time.perf_counter()
+        micro_idx = sampler.micro_batches(step, ctx.rank, ctx.world_size, micro, accum)
+        batches = [strategy.collate([data.train[i] for i in idx]) for idx in micro_idx]
+        local_items = sum(_items(b) for b in batches)
+        local_tokens = sum(_tokens(b) for b in batches)
+        global_items, global_tokens = all_reduce_sum([local_items, local_tokens], ctx.device)
+        scale = ctx.world_size / max(global_items, 1.0)
+        loss_total = 0.0
+        metric_totals: dict[str, float] = {}
+        for m, batch in enumerate(batches):
+            batch = {k: v.to(ctx.device) for k, v in batch.items()}
+            with backend.accumulate(sync=m == accum - 1):
+                with backend.autocast():
+                    out = strategy.loss(backend.model, batch)
+                backend.backward(out.loss_sum * scale)
+            loss_total += float(out.loss_sum.detach())
+            for k, v in out.metric_sums.items():
+                metric_totals[k] = metric_totals.get(k, 0.0) + float(v)
+        lr = backend.optimizer.param_groups[0]["lr"]
+        grad_norm = backend.step()
+        failpoints.hit("train.after_step", step + 1, ctx.rank)
+        names = sorted(metric_totals)
+        sums = all_reduce_sum([loss_total] + [metric_totals[k] for k in names], ctx.device)
+        dt = time.perf_counter() - t0
+        state["step"] = step + 1
+        state["tokens"] += int(global_tokens)
+        state["train_time_s"] += dt
+        logged_tokens += global_tokens
+        logged_time += dt
+        done = state["step"] == cfg.train.max_steps
+        if state["step"] % cfg.logging.every_steps == 0 or done or state["step"] == 1:
+            metrics = {
+                "train/loss": sums[0] / max(global_items, 1.0),
+                "train/lr": lr,
+                "train/grad_norm": grad_norm,
+                "train/tokens_per_s": logged_tokens / max(logged_time, 1e-9),
+                "train/tokens": state["tokens"],
+                **{f"train/{k}": s / max(global_items, 1.0) for k, s in zip(names, sums[1:])},
+            }
+            logged_tokens, logged_time = 0.0, 0.0
+            _emit(sinks, state["step"], metrics)
+        if cfg.eval.every_steps and state["step"] % cfg.eval.every_steps == 0 and not done:
+            _emit(sinks, state["step"], evaluate(backend, strategy, data.eval_sets, cfg))
+        if cfg.checkpoint.every_steps and state["step"] % cfg.checkpoint.every_steps == 0:
+            ckpts.save(state["step"], backend.save, _state_for_save(state))
+
+    final = evaluate(backend, strategy, data.eval_sets, cfg) if data.eval_sets else {}
+    if final:
+        _emit(sinks, state["step"], final)
+    if cfg.checkpoint.save_final:
+        _export_final(backend, tokenizer, folder, ctx)
+    rss = _gather_peak_rss(ctx)
+    wall = time.time() - wall_start
+    summary = {
+        "steps": state["step"],
+        "wall_time_s": round(wall, 3),
+        "train_time_s": round(state["train_time_s"], 3),
+        "tokens": state["tokens"],
+        "tokens_per_s": state["tokens"] / max(state["train_time_s"], 1e-9),
+        "initial": state.get("initial", {}),
+        "final": final,
+        "peak_rss_mb_per_rank": rss,
+        "parameters": {"total": total_params, "trainable": trainable_params},
+        "world_size": ctx.world_size,
+        "launcher": ctx.launcher,
+        "resumed_from_step": start_step or None,
+        "restarts": state.get("restarts", 0),
+    }
+    if ctx.is_main:
+        folder.write_summary(summary)
+        for sink in sinks:
+            if hasattr(sink, "summary"):
+                sink.summary({k: v for k, v in final.items()})
+            sink.close()
+    barrier()
+    return summary
+
+
+def _items(batch: dict[str, torch.Tensor]) -> float:
+    if "labels" in batch:
+        return float((batch["labels"][:, 1:] != -100).sum())
+    return float(len(batch["input_ids"]))
+
+
+def _tokens(batch: dict[str, torch.Tensor]) -> float:
+    if "attention_mask" in batch:
+        return float(batch["attention_mask"].sum())
+    return float(batch["input_ids"].numel())
+
+
+def _state_for_save(state: dict[str, Any]) -> dict[str, Any]:
+    keys = ("step", "tokens", "train_time_s", "restarts", "initial", "launch_id")
+    return {k: state[k] for k in keys}
+
+
+def _open_sinks(cfg: Any, ctx: RankContext, folder: RunFolder, start_step: int) -> list[Any]:
+    if not ctx.is_main:
+        return []
+    from launcher.metrics.jsonl import JsonlSink
+
+    sinks: list[Any] = [JsonlSink(folder.metrics, resume_step=start_step)]
+    if cfg.logging.wandb.mode != "disabled":
+        from launcher.metrics.wandb_sink import WandbSink
+
+        sinks.append(WandbSink(folder.path, folder.path.name, cfg.logging.wandb, config_to_dict(cfg)))
+    return sinks
+
+
+def _emit(sinks: list[Any], step: int, metrics: dict[str, float]) -> None:
+    clean = {k: (float(v) if isinstance(v, (int, float)) else v) for k, v in metrics.items()
+             if not k.startswith("_")}
+    log.info("step %d %s", step, clean)
+    for sink in sinks:
+        sink.log(step, clean)
+
+
+def _export_final(backend: Any, tokenizer: Any, folder: RunFolder, ctx: RankContext) -> None:
+    """``final/``: an HF folder (``from_pretrained``-ready; adapter only under LoRA)."""
+    if ctx.is_main:
+        out = folder.path / "final"
+        backend.module.save_pretrained(out, safe_serialization=True)
+        tokenizer.save_pretrained(out)
+    barrier()
+
+
+def _gather_peak_rss(ctx: RankContext) -> list[float]:
+    mb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0
+    if ctx.world_size == 1:
+        return [round(mb, 1)]
+    gathered: list[Any] = [None] * ctx.world_size
+    dist.all_gather_object(gathered, round(mb, 1))
+    return gathered
+
+
+def main() -> None:
+    """``python -m launcher.loop RUN_DIR`` (e.g. under torchrun)."""
+    if len(sys.argv) != 2:
+        raise SystemExit("usage: python -m launcher.loop RUN_DIR")
+    train_rank(sys.argv[1])
+    if dist.is_initialized():
+        dist.destroy_process_group()
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,1 @@
+"""Where metrics go: metrics.jsonl, Weights & Biases, and the console."""

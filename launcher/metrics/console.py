@@ -1,0 +1,64 @@
+"""Console progress for a running job: a rich bar fed by the run's ``metrics.jsonl``.
+
+Reading the file the rank-0 worker writes (instead of ``ray.train.report`` per step, which
+costs ~1.8 s a call) keeps training at full speed and works the same for any launcher.
+"""
+
+from __future__ import annotations
+
+import json
+import threading
+from pathlib import Path
+
+from rich.console import Console
+from rich.progress import (
+    BarColumn,
+    MofNCompleteColumn,
+    Progress,
+    TextColumn,
+    TimeElapsedColumn,
+    TimeRemainingColumn,
+)
+
+
+def _fmt(metrics: dict) -> str:
+    parts = []
+    if "train/loss" in metrics:
+        parts.append(f"loss {metrics['train/loss']:.4f}")
+    if "train/tokens_per_s" in metrics:
+        parts.append(f"{metrics['train/tokens_per_s']:,.0f} tok/s")
+    for key in ("eval/loss", "eval/exact_match"):
+        if key in metrics:
+            parts.append(f"{key} {metrics[key]:.4f}")
+    return "  ".join(parts)
+
+
+def follow(metrics_path: Path, total_steps: int, done: threading.Event, console: Console,
+           enabled: bool = True, poll_s: float = 0.5) -> None:
+    """Show progress until ``done`` is set; eval results are printed as lines."""
+    offset = 0
+    columns = [TextColumn("[bold]step"), MofNCompleteColumn(), BarColumn(),
+               TextColumn("{task.fields[info]}"), TimeElapsedColumn(), TextColumn("eta"),
+               TimeRemainingColumn()]
+    with Progress(*columns, console=console, disable=not enabled, transient=False) as progress:
+        task = progress.add_task("train", total=total_steps, info="starting workers...")
+        while True:
+            finished = done.wait(poll_s)
+            if metrics_path.exists():
+                with metrics_path.open() as fh:
+                    fh.seek(offset)
+                    chunk = fh.read()
+                complete = chunk[: chunk.rfind("\n") + 1]
+                offset += len(complete.encode())
+                for line in complete.splitlines():
+                    if not line.strip():
+                        continue
+                    row = json.loads(line)
+                    step = row.get("step", 0)
+                    progress.update(task, completed=step)
+                    if any(k.startswith("train/") for k in row):
+                        progress.update(task, info=_fmt(row))
+                    elif any(k.startswith("eval/") for k in row):
+                        progress.console.print(f"step {step}: {_fmt(row)}")
+            if finished:
+                break

@@ -1,0 +1,1 @@
+"""Model and tokenizer loading, and the builtin tiny models ftl can create offline."""

@@ -1,0 +1,47 @@
+"""``ftl list``: what runs exist locally, how far they got, and how they scored."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from rich.console import Console
+from rich.table import Table
+
+from launcher.metrics.jsonl import read_metrics
+from launcher.rundir import list_runs
+
+
+def describe_runs(runs_dir: str) -> list[dict[str, Any]]:
+    rows = []
+    for run in list_runs(runs_dir):
+        cfg = run.raw_config() or {}
+        summary = run.summary()
+        metrics = read_metrics(run.metrics)
+        last_step = max((m.get("step", 0) for m in metrics), default=0)
+        if summary:
+            status = "done"
+        elif run.failures():
+            status = "failed"
+        else:
+            status = "incomplete"
+        rows.append({
+            "run": str(run.path),
+            "method": cfg.get("method"),
+            "status": status,
+            "step": summary["steps"] if summary else last_step,
+            "max_steps": (cfg.get("train") or {}).get("max_steps"),
+            "final": (summary or {}).get("final", {}),
+        })
+    return rows
+
+
+def render_runs(rows: list[dict[str, Any]]) -> None:
+    table = Table(title="runs")
+    for col in ("run", "method", "status", "step", "eval/loss", "eval/exact_match"):
+        table.add_column(col)
+    for r in rows:
+        f = r["final"]
+        table.add_row(r["run"], str(r["method"]), r["status"], f"{r['step']}/{r['max_steps']}",
+                      f"{f['eval/loss']:.4f}" if "eval/loss" in f else "-",
+                      f"{f['eval/exact_match']:.3f}" if "eval/exact_match" in f else "-")
+    Console().print(table)

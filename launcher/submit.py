@@ -1,0 +1,64 @@
+"""From a config file (or a run folder to resume) to a started run on its target."""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+from typing import Any
+
+from launcher.config.load import apply_overrides, config_to_dict, load_config, validate_config
+from launcher.errors import Problem, UserError
+from launcher.lazy import load_object
+from launcher.rundir import RunFolder
+
+
+def _target(cfg: Any) -> Any:
+    from cluster import TARGETS
+
+    return load_object(TARGETS.get(cfg.cluster.target, "cluster.target").impl)()
+
+
+def prepare_run(config: str | None, resume_dir: str | None, overrides: tuple[str, ...], *,
+                runs_dir: str | None = None, dry_run: bool = False) -> tuple[RunFolder, Any]:
+    """Validate and preflight; create (or reopen) the run folder unless ``dry_run``."""
+    from launcher.planner import make_plan
+    from launcher.preflight import preflight
+
+    if resume_dir:
+        folder = RunFolder(Path(resume_dir))
+        if not folder.config_file.exists():
+            raise UserError(Problem(resume_dir, "not a run folder (no config.yaml)",
+                                    "pass the folder `ftl run` printed, e.g. runs/<name>-<time>"))
+        data = apply_overrides(folder.raw_config(), overrides)
+        cfg = validate_config(data, str(folder.config_file))
+    else:
+        cfg = load_config(config, overrides)
+        parent = runs_dir or cfg.checkpoint.dir
+        stamp = time.strftime("%Y%m%d-%H%M%S")
+        folder = RunFolder(Path(parent) / f"{cfg.name}-{stamp}")
+    target = _target(cfg)
+    preflight(cfg, target)
+    plan = make_plan(cfg)
+    if dry_run:
+        folder.pending_config = cfg  # type: ignore[attr-defined]
+        return folder, _DryRun(target, folder, cfg)
+    if not resume_dir:
+        folder = RunFolder.create(runs_dir or cfg.checkpoint.dir, cfg.name)
+    folder.write_config(config_to_dict(cfg))
+    folder.write_json("plan.json", plan)
+    folder.new_launch()
+    return folder, target
+
+
+class _DryRun:
+    """Renders what the target would submit, for a folder that is not created."""
+
+    def __init__(self, target: Any, folder: RunFolder, cfg: Any):
+        self.target, self.folder, self.cfg = target, folder, cfg
+
+    def render(self, folder: RunFolder) -> str:
+        return self.target.render(self.folder, self.cfg)
+
+
+def start_run(folder: RunFolder, target: Any, *, progress: bool) -> dict[str, Any]:
+    return target.run(folder, progress=progress)

@@ -1,0 +1,84 @@
+"""The strategy protocol: what a method trains, independent of sharding and launch.
+
+A strategy builds its model, turns dataset rows into token examples, collates them into a
+batch and computes the loss. It never sees DeepSpeed, FSDP or Ray: the per-rank loop and the
+sharding backend do that. Losses are returned as a *sum* with the number of items it covers,
+so the loop can normalise exactly over the whole global batch (every micro-batch and rank),
+which keeps gradient accumulation and world size from changing the math.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+import torch
+from torch import nn
+
+from strategies.registry import StrategySpec
+
+
+@dataclass
+class LossOutput:
+    loss_sum: torch.Tensor          # differentiable sum of per-item losses
+    count: torch.Tensor             # items the sum covers (tokens, pairs, ...)
+    metric_sums: dict[str, torch.Tensor] = field(default_factory=dict)  # summed like loss_sum
+
+
+@dataclass
+class GenerationExample:
+    """A held-out prompt and its reference answer, scored by exact match."""
+
+    prompt_ids: list[int]
+    reference: str
+
+
+class Strategy:
+    spec: StrategySpec
+
+    def __init__(self, cfg: Any, tokenizer: Any):
+        self.cfg = cfg
+        self.options = cfg.method_options()
+        self.tokenizer = tokenizer
+
+    # -- model
+    def load_model(self, path: str, **kwargs: Any) -> nn.Module:
+        from transformers import AutoModelForCausalLM
+
+        return AutoModelForCausalLM.from_pretrained(path, **kwargs)
+
+    # -- data
+    def tokenize(self, row: dict, fmt: str) -> dict:
+        raise NotImplementedError
+
+    def pack_dataset(self, features: list[dict]) -> list[dict]:
+        """Rows of several examples each (``data.packing``), attention kept per example."""
+        from launcher.data.batching import pack_examples
+
+        return pack_examples(features, self.cfg.data.max_length)
+
+    def collate(self, features: list[dict]) -> dict[str, torch.Tensor]:
+        from launcher.data.batching import collate
+
+        pad = self.tokenizer.pad_token_id
+        return collate(features, pad if pad is not None else 0)
+
+    def generation_example(self, row: dict, fmt: str) -> GenerationExample | None:
+        return None
+
+    # -- loss
+    def loss(self, model: nn.Module, batch: dict[str, torch.Tensor]) -> LossOutput:
+        raise NotImplementedError
+
+
+def causal_lm_loss(model: nn.Module, batch: dict[str, torch.Tensor]) -> LossOutput:
+    """Summed next-token cross-entropy over labelled tokens (labels == -100 are skipped)."""
+    inputs = {k: v for k, v in batch.items() if k != "labels"}
+    logits = model(**inputs, use_cache=False).logits
+    labels = batch["labels"][:, 1:]
+    logits = logits[:, :-1, :].float()
+    loss_sum = nn.functional.cross_entropy(
+        logits.reshape(-1, logits.size(-1)), labels.reshape(-1), ignore_index=-100, reduction="sum"
+    )
+    count = (labels != -100).sum()
+    return LossOutput(loss_sum, count)
