@@ -32,7 +32,7 @@ class LocalTarget(Target):
         have = self.num_cpus(cfg)
         if need > have:
             raise UserError(Problem(
-                "resources", f"{cfg.resources.num_workers} workers x {cfg.resources.cpus_per_worker} "
+                "resources", f"{cfg.resources.num_workers} workers x {cfg.resources.cpus_per_worker:g} "
                 f"CPUs need {need:g} CPUs; the local Ray has {have}",
                 "lower resources.num_workers/cpus_per_worker, or set cluster.local.num_cpus "
                 "to oversubscribe on purpose"))

@@ -1,7 +1,9 @@
-"""Named fault-injection points, armed by ``FTL_FAILPOINT=name:step[,name:step]``.
+"""Named fault-injection points, armed by ``FTL_FAILPOINT=name:step[:action][,...]``.
 
-Tests use them to kill a real process at an exact moment (mid checkpoint save, mid step),
-which a timer cannot hit reliably. Unarmed, a failpoint costs one dict lookup.
+Tests use them to fail a real process at an exact moment (mid checkpoint save, after a given
+step), which a timer cannot hit reliably. ``action`` is ``kill`` (SIGKILL, the default: what
+an OOM killer or a lost node does) or ``raise`` (a Python exception in the training code).
+``FTL_FAILPOINT_RANK`` limits it to one rank. Unarmed, a failpoint costs one env lookup.
 """
 
 from __future__ import annotations
@@ -10,21 +12,30 @@ import os
 import signal
 
 
-def _armed() -> dict[str, int]:
+class FailpointError(RuntimeError):
+    """Raised by a failpoint armed with the ``raise`` action."""
+
+
+def _armed() -> dict[str, tuple[int, str]]:
     spec = os.environ.get("FTL_FAILPOINT", "")
-    out: dict[str, int] = {}
+    out: dict[str, tuple[int, str]] = {}
     for item in filter(None, (s.strip() for s in spec.split(","))):
-        name, _, step = item.partition(":")
-        out[name] = int(step) if step else -1
+        name, _, rest = item.partition(":")
+        step, _, action = rest.partition(":")
+        out[name] = (int(step) if step else -1, action or "kill")
     return out
 
 
 def hit(name: str, step: int, rank: int | None = None) -> None:
-    """SIGKILL this process if failpoint ``name`` is armed for ``step`` (and ``rank``)."""
+    """Fail here if failpoint ``name`` is armed for ``step`` (and this rank)."""
+    if "FTL_FAILPOINT" not in os.environ:
+        return
     armed = _armed()
-    if name not in armed or armed[name] not in (step, -1):
+    if name not in armed or armed[name][0] not in (step, -1):
         return
     only_rank = os.environ.get("FTL_FAILPOINT_RANK")
     if only_rank is not None and rank is not None and int(only_rank) != rank:
         return
+    if armed[name][1] == "raise":
+        raise FailpointError(f"failpoint {name} at step {step}")
     os.kill(os.getpid(), signal.SIGKILL)

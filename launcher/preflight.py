@@ -49,7 +49,7 @@ def check_tokenizer(cfg: Any, spec: Any) -> tuple[Any, list[Problem]]:
 
 
 def check_data(cfg: Any, spec: Any) -> list[Problem]:
-    from launcher.data.sources import load_source, resolve_format
+    from launcher.data.sources import eval_split, load_source, resolve_format
 
     problems: list[Problem] = []
     groups = [("data.train", cfg.data.train), ("data.eval", cfg.data.eval)]
@@ -57,8 +57,7 @@ def check_data(cfg: Any, spec: Any) -> list[Problem]:
         for i, source in enumerate(sources):
             where = f"{prefix}.{i}"
             try:
-                builtin = (source.path or "").startswith("builtin:")
-                split = "eval" if prefix == "data.eval" and builtin else None
+                split = eval_split(source) if prefix == "data.eval" else None
                 ds = load_source(source, where, split=split)
                 if len(ds) == 0:
                     problems.append(Problem(f"{where}.path", "the dataset is empty"))

@@ -5,7 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
-from launcher.data.sources import load_source, resolve_format, source_label
+from launcher.data.sources import eval_split, load_source, resolve_format, source_label
 
 if TYPE_CHECKING:
     from strategies.base import GenerationExample, Strategy
@@ -47,8 +47,7 @@ def prepare_data(cfg: Any, strategy: Strategy, *, with_eval: bool = True) -> Pre
     if with_eval:
         for i, source in enumerate(cfg.data.eval):
             where = f"data.eval.{i}"
-            split = source.split if source.split != "train" else "eval"
-            ds = load_source(source, where, split=split if source.path.startswith("builtin:") else None)
+            ds = load_source(source, where, split=eval_split(source))
             fmt = resolve_format(ds, source, spec.formats, where, cfg.method)
             features = _tokenize_all(ds, strategy, fmt)
             generation = []

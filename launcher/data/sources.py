@@ -93,6 +93,13 @@ def _check_json_lines(path: Path) -> None:
                 raise UserError(Problem(f"{path}:{lineno}", "each line must be a JSON object"))
 
 
+def eval_split(source: DataSource) -> str | None:
+    """Split to read for an eval source: builtin tasks default to their held-out ``eval``."""
+    if (source.path or "").startswith(BUILTIN_PREFIX) and source.split == "train":
+        return "eval"
+    return None
+
+
 def row_location(source: DataSource, index: int) -> str:
     """``file:line`` for jsonl (1-based line), ``file:row N`` otherwise."""
     path = source.path or "data"

@@ -1,0 +1,83 @@
+"""Every kind of bad input exits 2 with a located message and no traceback (real CLI process)."""
+
+from __future__ import annotations
+
+import json
+
+from tests.conftest import run_dirs, run_ftl, tiny_config, write_config
+
+
+def assert_user_error(proc, *needles):
+    assert proc.returncode == 2, proc.stderr
+    assert "Traceback" not in proc.stderr
+    for needle in needles:
+        assert needle in proc.stderr, proc.stderr
+
+
+def test_unknown_key_exits_2_with_suggestion(workdir):
+    cfg = tiny_config()
+    cfg["data"]["max_lenght"] = 128
+    proc = run_ftl(["run", write_config(workdir, cfg)], workdir)
+    assert_user_error(proc, "data.max_lenght: unknown key", "did you mean 'max_length'?")
+    assert run_dirs(workdir) == []  # nothing submitted, no run folder
+
+
+def test_wrong_type_exits_2(workdir):
+    cfg = tiny_config()
+    cfg["train"]["lr"] = "fast"
+    proc = run_ftl(["validate", write_config(workdir, cfg)], workdir)
+    assert_user_error(proc, "train.lr: Input should be a valid number")
+
+
+def test_several_errors_reported_together(workdir):
+    cfg = tiny_config(resources={"num_workers": 0})
+    cfg["train"]["schedule"] = "cosin"
+    cfg["model"]["dtype"] = "int3"
+    proc = run_ftl(["validate", write_config(workdir, cfg)], workdir)
+    assert_user_error(proc, "3 problem(s)", "resources.num_workers", "train.schedule", "model.dtype")
+
+
+def test_bad_set_path_exits_2(workdir):
+    proc = run_ftl(["run", write_config(workdir, tiny_config()), "--set", "train.learning_rate=1"], workdir)
+    assert_user_error(proc, "--set train.learning_rate=1: unknown config path")
+    assert run_dirs(workdir) == []
+
+
+def test_missing_dataset_column_names_file_and_row(workdir):
+    rows = [{"messages": [{"role": "user", "content": "hi"}, {"role": "assistant", "content": "yo"}]}] * 3
+    rows.insert(2, {"prompt": "no messages here"})
+    data = workdir / "chat.jsonl"
+    data.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    cfg = tiny_config(data={"train": {"path": str(data)}, "eval": []})
+    proc = run_ftl(["run", write_config(workdir, cfg)], workdir)
+    assert_user_error(proc, f"{data}:3: missing column 'messages'")
+    assert run_dirs(workdir) == []
+
+
+def test_malformed_jsonl_line_is_located(workdir):
+    data = workdir / "broken.jsonl"
+    data.write_text('{"text": "ok"}\n{"text": oops}\n')
+    cfg = tiny_config(method="full", data={"train": {"path": str(data)}, "eval": []})
+    proc = run_ftl(["validate", write_config(workdir, cfg)], workdir)
+    assert_user_error(proc, f"{data}:2: invalid JSON")
+
+
+def test_missing_file_and_unknown_builtin(workdir):
+    cfg = tiny_config(model={"path": "builtin:tiny-lama"},
+                      data={"train": {"path": "./nowhere.jsonl"}, "eval": []})
+    proc = run_ftl(["validate", write_config(workdir, cfg)], workdir)
+    assert_user_error(proc, "model.path: unknown builtin model 'tiny-lama'", "did you mean 'tiny-llama'",
+                      "data.train.0.path: file not found: ./nowhere.jsonl")
+
+
+def test_too_many_local_workers_is_a_user_error(workdir):
+    proc = run_ftl(["validate", write_config(workdir, tiny_config(resources={"num_workers": 64}))], workdir)
+    assert_user_error(proc, "resources: 64 workers x 1 CPUs need 64 CPUs")
+
+
+def test_help_shows_examples(workdir):
+    for cmd in (["--help"], ["run", "--help"], ["validate", "--help"], ["plan", "--help"],
+                ["schema", "--help"], ["list", "--help"]):
+        proc = run_ftl(cmd, workdir)
+        assert proc.returncode == 0
+        assert "Example" in proc.stdout, cmd

@@ -1,0 +1,113 @@
+"""Sampler, packing, SFT masks and builtin tasks, on real tokenizers and a real tiny model."""
+
+from __future__ import annotations
+
+import collections
+
+import pytest
+import torch
+
+from launcher.data.batching import collate, group_texts, pack_examples
+from launcher.data.sampler import StepSampler
+from launcher.data.synthetic import generate, in_split
+
+
+def test_sampler_partitions_global_batch_across_ranks_and_layouts():
+    s = StepSampler([100], [1.0], seed=3)
+    for step in range(5):
+        two_ranks = [i for r in range(2) for mb in s.micro_batches(step, r, 2, 4, 2) for i in mb]
+        one_rank = [i for mb in s.micro_batches(step, 0, 1, 8, 2) for i in mb]
+        assert len(two_ranks) == 16
+        assert sorted(two_ranks) == sorted(one_rank)  # same examples whatever the layout
+    assert s.micro_batches(7, 1, 2, 4, 2) == StepSampler([100], [1.0], 3).micro_batches(7, 1, 2, 4, 2)
+
+
+def test_sampler_covers_each_epoch_once():
+    s = StepSampler([50], [1.0], seed=0)
+    assert sorted(s.take(0, 50)) == list(range(50))
+    assert sorted(s.take(50, 50)) == list(range(50))
+    assert s.take(0, 50) != s.take(50, 50)  # reshuffled per epoch
+
+
+def test_mixture_proportions_follow_weights():
+    s = StepSampler([1000, 300, 5000], [0.5, 0.3, 0.2], seed=1)
+    counts = collections.Counter(s.source_of(i) for i in s.take(0, 10_000))
+    for src, weight in enumerate([0.5, 0.3, 0.2]):
+        assert abs(counts[src] / 10_000 - weight) < 0.02, counts
+
+
+def test_synthetic_eval_split_is_held_out():
+    train = generate("reverse", 2000, seed=0, split="train")
+    held = generate("reverse", 200, seed=5, split="eval")
+    train_q = {r["messages"][0]["content"] for r in train}
+    eval_q = {r["messages"][0]["content"] for r in held}
+    assert not train_q & eval_q
+    assert all(in_split(q, "eval") for q in eval_q)
+    row = held[0]["messages"]
+    assert row[1]["content"] == " ".join(reversed(row[0]["content"].split(": ")[1].split()))
+
+
+def test_group_texts_cuts_fixed_blocks():
+    blocks = group_texts([[1, 2, 3], [4, 5], [6, 7, 8, 9]], 4)
+    assert blocks == [[1, 2, 3, 4], [5, 6, 7, 8]]
+
+
+@pytest.fixture(scope="module")
+def tiny():
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    from launcher.models.tiny import resolve_model_path
+
+    path = resolve_model_path("builtin:tiny-llama")
+    return AutoTokenizer.from_pretrained(path), AutoModelForCausalLM.from_pretrained(path).eval()
+
+
+def test_packed_rows_do_not_attend_across_examples(tiny):
+    tok, model = tiny
+    examples = [tok(t)["input_ids"] for t in ["reverse: a b c", "copy: d e", "add: 1 + 2 = 3 and more"]]
+    features = [{"input_ids": ids, "labels": ids} for ids in examples]
+    rows = pack_examples(features, max_length=64)
+    assert len(rows) == 1 and rows[0]["position_ids"][len(examples[0])] == 0
+    packed = collate(rows, pad_id=tok.pad_token_id)
+    assert "attention_mask" not in packed
+    with torch.no_grad():
+        packed_logits = model(input_ids=packed["input_ids"], position_ids=packed["position_ids"],
+                              use_cache=False).logits[0]
+        start = 0
+        for ids in examples:
+            alone = model(input_ids=torch.tensor([ids]), use_cache=False).logits[0]
+            torch.testing.assert_close(packed_logits[start:start + len(ids)], alone, atol=1e-5, rtol=1e-5)
+            start += len(ids)
+
+
+def test_sft_masks_assistant_tokens_with_and_without_generation_markers(tiny):
+    from launcher.config.load import validate_config
+    from strategies.sft import SFTStrategy
+    from tests.conftest import tiny_config
+
+    tok, _ = tiny
+    cfg = validate_config(tiny_config())
+    messages = [{"role": "user", "content": "reverse: a b"}, {"role": "assistant", "content": "b a"},
+                {"role": "user", "content": "copy: c"}, {"role": "assistant", "content": "c"}]
+    with_markers = SFTStrategy(cfg, tok).tokenize({"messages": messages}, "messages")
+    plain = tok.__class__.from_pretrained(tok.name_or_path)
+    plain.chat_template = tok.chat_template.replace("{% generation %}", "").replace("{% endgeneration %}", "")
+    without = SFTStrategy(cfg, plain).tokenize({"messages": messages}, "messages")
+    assert with_markers["input_ids"] == without["input_ids"]
+    trained = [tok.decode([t]) for t in with_markers["labels"] if t != -100]
+    assert "".join(trained) == "b a<|im_end|>c<|im_end|>"
+    # The fallback marks the same answer tokens (it may also include the turn's trailing newline).
+    fallback = "".join(tok.decode([t]) for t in without["labels"] if t != -100)
+    assert fallback.replace("\n", "") == "b a<|im_end|>c<|im_end|>"
+
+
+def test_prompt_completion_trains_completion_and_eos(tiny):
+    from launcher.config.load import validate_config
+    from strategies.sft import SFTStrategy
+    from tests.conftest import tiny_config
+
+    tok, _ = tiny
+    ex = SFTStrategy(validate_config(tiny_config()), tok).tokenize(
+        {"prompt": "add: 1 + 2 =", "completion": " 3"}, "prompt_completion")
+    trained = [t for t in ex["labels"] if t != -100]
+    assert tok.decode(trained) == " 3<|im_end|>"
