@@ -36,7 +36,7 @@ def _fmt(metrics: dict) -> str:
 def follow(metrics_path: Path, total_steps: int, done: threading.Event, console: Console,
            enabled: bool = True, poll_s: float = 0.5) -> None:
     """Show progress until ``done`` is set; eval results are printed as lines."""
-    offset = 0
+    offset, inode = 0, None
     columns = [TextColumn("[bold]step"), MofNCompleteColumn(), BarColumn(),
                TextColumn("{task.fields[info]}"), TimeElapsedColumn(), TextColumn("eta"),
                TimeRemainingColumn()]
@@ -45,6 +45,9 @@ def follow(metrics_path: Path, total_steps: int, done: threading.Event, console:
         while True:
             finished = done.wait(poll_s)
             if metrics_path.exists():
+                st = metrics_path.stat()
+                if st.st_ino != inode or st.st_size < offset:  # replaced (resume): start over
+                    offset, inode = 0, st.st_ino
                 with metrics_path.open() as fh:
                     fh.seek(offset)
                     chunk = fh.read()

@@ -14,7 +14,9 @@ class JsonlSink:
             # Drop what was logged after the checkpoint we resume from: it will be redone.
             kept = [ln for ln in path.read_text().splitlines()
                     if ln.strip() and json.loads(ln).get("step", 0) <= resume_step]
-            path.write_text("".join(ln + "\n" for ln in kept))
+            tmp = path.with_suffix(".jsonl.tmp")
+            tmp.write_text("".join(ln + "\n" for ln in kept))
+            tmp.replace(path)  # atomic: a reader sees the old file or the new one
         self._fh = path.open("a", buffering=1)
 
     def log(self, step: int, metrics: dict[str, Any]) -> None:

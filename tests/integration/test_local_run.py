@@ -1,0 +1,187 @@
+"""Real runs on an embedded Ray cluster with 2 DDP workers over gloo (CPU, fp32)."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import psutil
+import pytest
+
+from launcher.metrics.jsonl import read_metrics
+from tests.conftest import FTL, run_dirs, run_ftl, tiny_config, write_config
+from tests.helpers.wandb_file import find_wandb_file, history
+
+STEPS = 8
+
+
+def losses(run: Path) -> dict[int, float]:
+    return {m["step"]: m["train/loss"] for m in read_metrics(run / "metrics.jsonl") if "train/loss" in m}
+
+
+def base_config(**overrides) -> dict:
+    cfg = tiny_config(train={"max_steps": STEPS, "micro_batch_size": 4, "lr": 3e-3,
+                             "schedule": "cosine", "warmup_steps": 2},
+                      checkpoint={"dir": "runs", "every_steps": 2, "keep": 3})
+    for k, v in overrides.items():
+        cfg[k] = {**cfg.get(k, {}), **v} if isinstance(v, dict) else v
+    return cfg
+
+
+@pytest.fixture(scope="module")
+def reference_run(tmp_path_factory) -> Path:
+    """One uninterrupted run, W&B offline, shared by the tests that compare against it."""
+    work = tmp_path_factory.mktemp("ref")
+    cfg = base_config(logging={"every_steps": 1, "wandb": {"mode": "offline", "project": "t"}})
+    proc = run_ftl(["run", write_config(work, cfg)], work)
+    assert proc.returncode == 0, proc.stderr
+    (run,) = run_dirs(work)
+    return run
+
+
+def test_run_folder_contents(reference_run):
+    run = reference_run
+    summary = json.loads((run / "summary.json").read_text())
+    assert summary["steps"] == STEPS and summary["world_size"] == 2 and summary["launcher"] == "ray"
+    assert summary["tokens_per_s"] > 0 and len(summary["peak_rss_mb_per_rank"]) == 2
+    assert set(summary["initial"]) >= {"eval/loss", "eval/exact_match", "eval/reverse/loss"}
+    assert summary["final"]["eval/loss"] < summary["initial"]["eval/loss"]
+    assert sorted(losses(run)) == list(range(1, STEPS + 1))
+    ckpts = sorted(p.name for p in (run / "checkpoints").iterdir())
+    assert ckpts == ["step-00000004", "step-00000006", "step-00000008"]  # keep: 3
+    assert (run / "config.yaml").exists() and (run / "plan.json").exists()
+    assert (run / "logs" / "rank-0.log").exists() and (run / "logs" / "rank-1.log").exists()
+
+
+def test_wandb_offline_file_holds_the_logged_losses(reference_run):
+    rows = history(find_wandb_file(reference_run))
+    logged = {r["_step"]: r["train/loss"] for r in rows if "train/loss" in r}
+    assert logged == pytest.approx(losses(reference_run), rel=0, abs=0)
+    assert any("eval/exact_match" in r for r in rows)
+
+
+def test_final_folder_loads_and_generates(reference_run):
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    tok = AutoTokenizer.from_pretrained(reference_run / "final")
+    model = AutoModelForCausalLM.from_pretrained(reference_run / "final")
+    ids = tok.apply_chat_template([{"role": "user", "content": "reverse: a b c"}], add_generation_prompt=True,
+                                  return_tensors="pt", return_dict=True)
+    out = model.generate(**ids, max_new_tokens=8, do_sample=False)
+    assert out.shape[1] > ids["input_ids"].shape[1]
+    # The weights are the trained ones: the checkpoint at the last step holds the same tensors.
+    import torch
+
+    ckpt = torch.load(reference_run / "checkpoints" / "step-00000008" / "model.pt")
+    for name, tensor in model.state_dict().items():
+        torch.testing.assert_close(tensor, ckpt[name], rtol=0, atol=0)
+
+
+def test_killed_run_resumes_with_identical_losses(reference_run, workdir):
+    cfg = base_config()
+    cfg["logging"]["every_steps"] = 1
+    proc = run_ftl(["run", write_config(workdir, cfg)], workdir, env={"FTL_FAILPOINT": "train.after_step:5"})
+    assert proc.returncode == 1, proc.stderr
+    (run,) = run_dirs(workdir)
+    assert max(losses(run)) == 4  # killed before step 5 was logged
+    proc = run_ftl(["run", "--resume", run], workdir)
+    assert proc.returncode == 0, proc.stderr
+    assert losses(run) == losses(reference_run)  # exact, every step
+    assert json.loads((run / "summary.json").read_text())["resumed_from_step"] == 4
+
+
+def test_k_steps_then_k_more_equals_2k_steps(workdir):
+    cfg = base_config(train={"schedule": "constant", "warmup_steps": 0, "max_steps": STEPS})
+    cfg["checkpoint"]["every_steps"] = STEPS // 2
+    straight = run_ftl(["run", write_config(workdir, cfg, "a.yaml")], workdir)
+    assert straight.returncode == 0, straight.stderr
+    half = run_ftl(["run", write_config(workdir, cfg, "b.yaml"), "--set", f"train.max_steps={STEPS // 2}"],
+                   workdir)
+    assert half.returncode == 0, half.stderr
+    run_a, run_b = run_dirs(workdir)
+    resumed = run_ftl(["run", "--resume", run_b, "--set", f"train.max_steps={STEPS}"], workdir)
+    assert resumed.returncode == 0, resumed.stderr
+    assert sorted(losses(run_b)) == list(range(1, STEPS + 1))
+    assert losses(run_b) == losses(run_a)
+
+
+def test_kill_during_checkpoint_save_keeps_previous_loadable(reference_run, workdir):
+    cfg = base_config()
+    cfg["logging"]["every_steps"] = 1
+    proc = run_ftl(["run", write_config(workdir, cfg)], workdir,
+                   env={"FTL_FAILPOINT": "checkpoint.before_rename:6"})
+    assert proc.returncode == 1, proc.stderr
+    (run,) = run_dirs(workdir)
+    ckpt_dir = run / "checkpoints"
+    assert (ckpt_dir / ".tmp-step-00000006").is_dir()  # the save was cut off mid-way...
+    assert not (ckpt_dir / "step-00000006").exists()
+    assert (ckpt_dir / "step-00000004" / "state.json").exists()  # ...the previous one is whole
+    proc = run_ftl(["run", "--resume", run], workdir)
+    assert proc.returncode == 0, proc.stderr
+    assert json.loads((run / "summary.json").read_text())["resumed_from_step"] == 4
+    assert losses(run) == losses(reference_run)
+    assert not (ckpt_dir / ".tmp-step-00000006").exists()
+
+
+def test_failed_rank_is_named_with_its_log(workdir):
+    proc = run_ftl(["run", write_config(workdir, base_config())], workdir,
+                   env={"FTL_FAILPOINT": "train.after_step:2:raise", "FTL_FAILPOINT_RANK": "1"})
+    assert proc.returncode == 1, proc.stderr
+    (run,) = run_dirs(workdir)
+    log = run / "logs" / "rank-1.log"
+    assert "rank 1 failed: FailpointError: failpoint train.after_step at step 2" in proc.stderr
+    assert f"log: {log.relative_to(workdir)}" in proc.stderr
+    assert "Traceback" in log.read_text()
+    assert "Traceback" not in proc.stderr
+
+
+def test_ctrl_c_stops_everything_and_exits_130(workdir):
+    cfg = base_config(train={"max_steps": 100_000}, checkpoint={"every_steps": 100_000})
+    path = write_config(workdir, cfg)
+    proc = subprocess.Popen(FTL + ["run", str(path)], cwd=workdir, stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, text=True, env={**os.environ})
+    deadline = time.time() + 240
+    metrics = None
+    while time.time() < deadline and proc.poll() is None:
+        runs = run_dirs(workdir)
+        if runs and losses(runs[0]):
+            metrics = losses(runs[0])
+            break
+        time.sleep(0.5)
+    assert metrics, "training never started"
+    children = psutil.Process(proc.pid).children(recursive=True)
+    assert len(children) >= 3  # raylet, gcs, workers...
+    proc.send_signal(signal.SIGINT)
+    _, err = proc.communicate(timeout=120)
+    assert proc.returncode == 130, err
+    assert "interrupted" in err
+    gone, alive = psutil.wait_procs(children, timeout=30)
+    assert not alive, [p.info if hasattr(p, "info") else p for p in alive]
+
+
+def test_same_loop_under_torchrun_and_single_process(reference_run, workdir):
+    """The per-rank loop gives Ray's exact losses under torchrun (2 ranks), and the same
+    math in one process with 2 accumulation steps (same global batch)."""
+    from launcher.submit import prepare_run
+
+    cfg_path = write_config(workdir, base_config(logging={"every_steps": 1, "wandb": {"mode": "disabled"}}))
+    os.chdir(workdir)
+    folder, _ = prepare_run(str(cfg_path), None, ())
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    torchrun = subprocess.run(
+        [sys.executable, "-m", "torch.distributed.run", "--nproc-per-node", "2", "--master-port", "0",
+         "-m", "launcher.loop", str(folder.path)], env=env, capture_output=True, text=True, timeout=600)
+    assert torchrun.returncode == 0, torchrun.stderr[-3000:]
+    assert losses(folder.path) == losses(reference_run)
+
+    single, _ = prepare_run(str(cfg_path), None, ("resources.num_workers=1", "train.global_batch_size=8"))
+    proc = subprocess.run([sys.executable, "-m", "launcher.loop", str(single.path)], env=env,
+                          capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert json.loads((single.path / "summary.json").read_text())["launcher"] == "single"
+    assert losses(single.path) == pytest.approx(losses(reference_run), rel=1e-5)
