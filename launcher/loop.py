@@ -32,6 +32,7 @@ from launcher.checkpoint import CheckpointManager
 from launcher.config.load import config_to_dict
 from launcher.dist import RankContext, all_reduce_sum, barrier, init_distributed
 from launcher.lazy import load_object
+from launcher.paths import ftl_home
 from launcher.rundir import RunFolder
 
 log = logging.getLogger("ftl.loop")
@@ -60,6 +61,8 @@ def train_rank(run_dir: str) -> dict[str, Any]:
     """Entry point on every rank. Records a failure marker naming this rank, then re-raises."""
     folder = RunFolder(Path(run_dir))
     rank = int(os.environ.get("RANK", "0"))
+    # DeepSpeed compiles a comm op on first use (~25 s): keep the build across runs.
+    os.environ.setdefault("TORCH_EXTENSIONS_DIR", str(ftl_home() / "torch_extensions"))
     try:
         cfg = folder.load_config()
         ctx = init_distributed(use_gpu=cfg.resources.gpus_per_worker > 0)
@@ -81,7 +84,7 @@ def _train(cfg: Any, ctx: RankContext, folder: RunFolder) -> dict[str, Any]:
     from transformers.utils import logging as hf_logging
 
     hf_logging.disable_progress_bar()
-    from launcher.backends import BACKENDS
+    from launcher.backends.registry import resolve_sharding
     from launcher.data.pipeline import prepare_data
     from launcher.data.sampler import StepSampler
     from launcher.evaluate import evaluate
@@ -100,10 +103,10 @@ def _train(cfg: Any, ctx: RankContext, folder: RunFolder) -> dict[str, Any]:
     data = prepare_data(cfg, strategy)
     log.info("data: %d train examples, eval sets %s", len(data.train),
              [(e.name, len(e.features)) for e in data.eval_sets])
-    model = load_model(cfg, strategy)
+    backend = load_object(resolve_sharding(cfg.sharding).impl)(cfg, ctx)
+    backend.strategy = strategy
+    model = backend.load_model(lambda: load_model(cfg, strategy))
     total_params, trainable_params = count_parameters(model)
-
-    backend = load_object(BACKENDS.get(cfg.sharding.backend).impl)(cfg, ctx)
     backend.setup(model, lambda m: make_optimizer(m, cfg.train),
                   lambda o: make_scheduler(o, cfg.train))
 
@@ -152,7 +155,7 @@ def _train(cfg: Any, ctx: RankContext, folder: RunFolder) -> dict[str, Any]:
             loss_total += float(out.loss_sum.detach())
             for k, v in out.metric_sums.items():
                 metric_totals[k] = metric_totals.get(k, 0.0) + float(v)
-        lr = backend.optimizer.param_groups[0]["lr"]
+        lr = backend.current_lr()
         grad_norm = backend.step()
         failpoints.hit("train.after_step", step + 1, ctx.rank)
         names = sorted(metric_totals)
@@ -209,6 +212,7 @@ def _train(cfg: Any, ctx: RankContext, folder: RunFolder) -> dict[str, Any]:
                 sink.summary({k: v for k, v in final.items()})
             sink.close()
     barrier()
+    backend.close()
     return summary
 
 
@@ -252,9 +256,10 @@ def _emit(sinks: list[Any], step: int, metrics: dict[str, float]) -> None:
 
 def _export_final(backend: Any, tokenizer: Any, folder: RunFolder, ctx: RankContext) -> None:
     """``final/``: an HF folder (``from_pretrained``-ready; adapter only under LoRA)."""
+    state_dict = backend.full_state_dict()  # collective: every rank takes part
     if ctx.is_main:
         out = folder.path / "final"
-        backend.module.save_pretrained(out, safe_serialization=True)
+        backend.module.save_pretrained(out, state_dict=state_dict, safe_serialization=True)
         tokenizer.save_pretrained(out)
     barrier()
 

@@ -42,10 +42,18 @@ class Strategy:
         self.tokenizer = tokenizer
 
     # -- model
-    def load_model(self, path: str, **kwargs: Any) -> nn.Module:
+    def model_class(self) -> Any:
+        """The transformers Auto class this method trains (a causal LM by default)."""
         from transformers import AutoModelForCausalLM
 
-        return AutoModelForCausalLM.from_pretrained(path, **kwargs)
+        return AutoModelForCausalLM
+
+    def load_model(self, path: str, **kwargs: Any) -> nn.Module:
+        return self.model_class().from_pretrained(path, **kwargs)
+
+    def model_from_config(self, config: Any, **kwargs: Any) -> nn.Module:
+        """Build without weights (meta device / sharded loading)."""
+        return self.model_class().from_config(config, **kwargs)
 
     # -- data
     def tokenize(self, row: dict, fmt: str) -> dict:

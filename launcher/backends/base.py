@@ -31,9 +31,27 @@ class Backend:
         self.optimizer: torch.optim.Optimizer | None = None
         self.scheduler: Any = None
 
+    #: set by the loop before ``load_model`` (FSDP2 builds the strategy's model class itself)
+    strategy: Any = None
+
+    def load_model(self, load: Callable[[], nn.Module]) -> nn.Module:
+        """Build the model; sharded backends construct it so no rank holds all of it."""
+        return load()
+
     def setup(self, model: nn.Module, make_optimizer: OptimizerFactory,
               make_scheduler: SchedulerFactory) -> None:
         raise NotImplementedError
+
+    def current_lr(self) -> float:
+        return self.optimizer.param_groups[0]["lr"]
+
+    def full_state_dict(self) -> dict[str, torch.Tensor] | None:
+        """The whole model's state dict on rank 0 (None elsewhere). A collective."""
+        return self.module.state_dict() if self.ctx.is_main else None
+
+    def local_parameter_bytes(self) -> int:
+        """Bytes of parameters this rank holds (its shards for sharded backends)."""
+        return sum(p.numel() * p.element_size() for p in self.module.parameters())
 
     @property
     def module(self) -> nn.Module:
@@ -62,6 +80,9 @@ class Backend:
 
     def load(self, folder: Path) -> None:
         raise NotImplementedError
+
+    def close(self) -> None:
+        """Release global state (DeepSpeed's HF hook) so another run can follow in-process."""
 
     def trainable_parameters(self) -> Iterator[nn.Parameter]:
         return (p for p in self.module.parameters() if p.requires_grad)

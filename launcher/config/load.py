@@ -212,9 +212,22 @@ def validate_config(data: dict, source: str = "<config>", lines: dict | None = N
         cfg = model.model_validate(data)
     except ValidationError as exc:
         problems += [_error_problem(e, model, source, lines) for e in exc.errors(include_url=False)]
+    else:
+        problems += _cross_checks(cfg)
     if problems:
         raise UserError(problems, title=f"{source}: {len(problems)} problem(s) in the config")
     return cfg
+
+
+def _cross_checks(cfg: Any) -> list[Problem]:
+    """Checks that span sections (run after the schema passed)."""
+    from launcher.backends.registry import resolve_sharding
+
+    try:
+        resolve_sharding(cfg.sharding)
+    except UserError as exc:
+        return exc.problems
+    return []
 
 
 def _foreign_method_sections(data: dict, source: str, lines: dict) -> list[Problem]:

@@ -35,7 +35,7 @@ class ModelSection(Section):
 
 
 class PeftSection(Section):
-    type: Literal["lora"] = "lora"
+    type: Literal["lora", "qlora"] = Field("lora", description="qlora: 4-bit base (CUDA + bitsandbytes).")
     r: int = Field(16, gt=0)
     alpha: float = Field(32.0, gt=0)
     dropout: float = Field(0.0, ge=0, lt=1)
@@ -88,6 +88,14 @@ class DataSection(Section):
         return v
 
 
+class FreezeSection(Section):
+    """Parameters to freeze: by name pattern (fnmatch) and/or by decoder-layer range."""
+
+    patterns: list[str] = Field(default_factory=list, description="e.g. ['model.embed_tokens.*']")
+    layers: str | None = Field(None, pattern=r"^\d+(-\d+)?$", description="e.g. '0-11' (inclusive)")
+    embeddings: bool = False
+
+
 class TrainSection(Section):
     max_steps: int = Field(gt=0)
     micro_batch_size: int = Field(1, gt=0)
@@ -104,6 +112,7 @@ class TrainSection(Section):
     max_grad_norm: float | None = Field(1.0, gt=0)
     seed: int = 42
     max_failures: int = Field(0, ge=0, description="Worker-group restarts from the last checkpoint.")
+    freeze: FreezeSection | None = Field(None, description="Freeze parameters (transfer learning).")
 
 
 def _registered(kind: str, name: str) -> str:
@@ -123,7 +132,21 @@ def _registered(kind: str, name: str) -> str:
 
 
 class ShardingSection(Section):
-    backend: str = "ddp"
+    backend: str = Field(
+        "ddp", description="ddp | deepspeed | fsdp2, or a preset: zero1, zero2, zero3, "
+        "zero3_offload, fsdp2, fsdp2_offload (`ftl schema` lists them)."
+    )
+    zero_stage: Literal[0, 1, 2, 3] | None = Field(None, description="deepspeed: ZeRO stage.")
+    offload_optimizer: Literal["none", "cpu"] | None = Field(
+        None, description="deepspeed: optimizer states (and step) on CPU."
+    )
+    offload_params: Literal["none", "cpu"] | None = Field(
+        None, description="deepspeed stage 3 / fsdp2: parameters on CPU between uses."
+    )
+    reshard_after_forward: bool = Field(True, description="fsdp2: free gathered params after forward.")
+    deepspeed_config: dict[str, Any] | None = Field(
+        None, description="deepspeed: expert settings merged on top of the generated config."
+    )
 
     @field_validator("backend")
     @classmethod

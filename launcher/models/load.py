@@ -1,7 +1,16 @@
-"""Load the tokenizer and the strategy's model from ``model.*`` (and wrap PEFT adapters)."""
+"""Load the tokenizer and the strategy's model from ``model.*``; add adapters, freeze.
+
+Adapters are initialised from a generator seeded by the run seed and the parameter name, not
+from the global RNG: every backend (and every way of building the model) then starts from
+the same LoRA weights, which makes backends comparable step by step.
+"""
 
 from __future__ import annotations
 
+import fnmatch
+import math
+import re
+import zlib
 from typing import Any
 
 import torch
@@ -23,27 +32,47 @@ def load_tokenizer(cfg: Any) -> Any:
     return tok
 
 
+def _model_kwargs(cfg: Any) -> dict[str, Any]:
+    return {"dtype": torch.float32, "attn_implementation": cfg.model.attn_implementation,
+            "trust_remote_code": cfg.model.trust_remote_code}
+
+
 def load_model(cfg: Any, strategy: Any) -> nn.Module:
-    """Master weights are fp32; ``model.dtype`` bf16/fp16 means autocast in forward."""
+    """Master weights are fp32; ``model.dtype`` bf16/fp16 means autocast (or FSDP2's
+    mixed-precision policy) in forward."""
     path = resolve_model_path(cfg.model.path)
-    kwargs: dict[str, Any] = {
-        "dtype": torch.float32,
-        "attn_implementation": cfg.model.attn_implementation,
-        "trust_remote_code": cfg.model.trust_remote_code,
-    }
+    kwargs = _model_kwargs(cfg)
     if cfg.model.gguf_file:
         kwargs["gguf_file"] = cfg.model.gguf_file
-    model = strategy.load_model(path, **kwargs)
+    return finish_model(strategy.load_model(path, **kwargs), cfg)
+
+
+def build_model_skeleton(cfg: Any, strategy: Any) -> nn.Module:
+    """The architecture without reading weights (call under a meta-device context)."""
+    from transformers import AutoConfig
+
+    path = resolve_model_path(cfg.model.path)
+    config = AutoConfig.from_pretrained(path, trust_remote_code=cfg.model.trust_remote_code)
+    return strategy.model_from_config(config, **_model_kwargs(cfg))
+
+
+def finish_model(model: nn.Module, cfg: Any, *, init_adapters: bool = True) -> nn.Module:
     if cfg.model.gradient_checkpointing:
         model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+    if cfg.train.freeze is not None:
+        freeze_parameters(model, cfg.train.freeze)
     if cfg.peft is not None:
         model = apply_lora(model, cfg.peft)
+        if init_adapters:
+            init_adapters_deterministic(model, cfg.train.seed)
     return model
 
 
 def apply_lora(model: nn.Module, peft_cfg: Any) -> nn.Module:
     from peft import LoraConfig, get_peft_model
 
+    if peft_cfg.type == "qlora":
+        raise RuntimeError("qlora must be loaded 4-bit; see launcher.preflight")
     lora = LoraConfig(
         r=peft_cfg.r,
         lora_alpha=peft_cfg.alpha,
@@ -57,7 +86,58 @@ def apply_lora(model: nn.Module, peft_cfg: Any) -> nn.Module:
     return model
 
 
+@torch.no_grad()
+def init_adapters_deterministic(model: nn.Module, seed: int, skip: set[str] | None = None) -> None:
+    """LoRA A ~ kaiming-uniform (as peft), B = 0, from a per-name seeded generator.
+
+    Works on plain and on DTensor (FSDP2) parameters: the full tensor is generated on every
+    rank and each keeps its own shard.
+    """
+    for name, param in model.named_parameters():
+        if "lora_" not in name or (skip and name in skip):
+            continue
+        shape = tuple(param.shape)
+        full = torch.empty(shape, dtype=torch.float32)
+        if "lora_A" in name or "lora_embedding_A" in name:
+            gen = torch.Generator().manual_seed(seed * 1_000_003 + zlib.crc32(name.encode()))
+            bound = 1.0 / math.sqrt(shape[1]) if len(shape) > 1 else 0.0  # kaiming_uniform(a=sqrt(5))
+            full.uniform_(-bound, bound, generator=gen)
+        else:
+            full.zero_()
+        if hasattr(param, "placements"):
+            from torch.distributed.tensor import distribute_tensor
+
+            local = distribute_tensor(full, param.device_mesh, param.placements, src_data_rank=None)
+            param.to_local().copy_(local.to_local())
+        else:
+            param.copy_(full.to(param.device, param.dtype))
+        param._ftl_init = True  # type: ignore[attr-defined]
+
+
+def freeze_parameters(model: nn.Module, freeze: Any) -> list[str]:
+    """Freeze by fnmatch pattern, decoder-layer range and/or input embeddings."""
+    frozen = []
+    lo = hi = None
+    if freeze.layers:
+        lo_s, _, hi_s = freeze.layers.partition("-")
+        lo, hi = int(lo_s), int(hi_s or lo_s)
+    embed = model.get_input_embeddings() if freeze.embeddings else None
+    embed_ids = {id(p) for p in embed.parameters()} if embed is not None else set()
+    for name, p in model.named_parameters():
+        hit = any(fnmatch.fnmatch(name, pat) for pat in freeze.patterns) or id(p) in embed_ids
+        if lo is not None:
+            m = re.search(r"\.layers\.(\d+)\.", name)
+            hit = hit or bool(m and lo <= int(m.group(1)) <= hi)
+        if hit:
+            p.requires_grad_(False)
+            frozen.append(name)
+    return frozen
+
+
 def count_parameters(model: nn.Module) -> tuple[int, int]:
-    total = sum(p.numel() for p in model.parameters())
-    trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)
+    def numel(p: nn.Parameter) -> int:
+        return p.ds_numel if hasattr(p, "ds_numel") else p.numel()
+
+    total = sum(numel(p) for p in model.parameters())
+    trainable = sum(numel(p) for p in model.parameters() if p.requires_grad)
     return total, trainable

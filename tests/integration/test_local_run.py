@@ -174,7 +174,7 @@ def test_same_loop_under_torchrun_and_single_process(reference_run, workdir):
     folder, _ = prepare_run(str(cfg_path), None, ())
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
     torchrun = subprocess.run(
-        [sys.executable, "-m", "torch.distributed.run", "--nproc-per-node", "2", "--master-port", "0",
+        [sys.executable, "-m", "torch.distributed.run", "--nproc-per-node", "2", "--standalone",
          "-m", "launcher.loop", str(folder.path)], env=env, capture_output=True, text=True, timeout=600)
     assert torchrun.returncode == 0, torchrun.stderr[-3000:]
     assert losses(folder.path) == losses(reference_run)

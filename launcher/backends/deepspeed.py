@@ -1,0 +1,138 @@
+"""``deepspeed``: ZeRO stages 0-3 with optional CPU offload of optimizer and parameters.
+
+The DeepSpeed config is generated from the ftl config (batch sizes, clipping, precision,
+ZeRO settings); ``sharding.deepspeed_config`` is merged on top for expert settings. A torch
+AdamW is used (``zero_allow_untested_optimizer``, ``zero_force_ds_cpu_optimizer: false``) so
+that no fused kernel is compiled on CPU machines (DeepSpeed's CPU Adam build takes ~40 s and
+~8 GB). With ZeRO-3 the HF model is constructed under ``zero.Init`` through
+``HfDeepSpeedConfig``: parameters are partitioned as they are created, so no rank ever holds
+the whole model.
+"""
+
+from __future__ import annotations
+
+import copy
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+
+from launcher.backends.base import Backend, OptimizerFactory, SchedulerFactory
+from launcher.backends.registry import resolve_sharding
+
+TAG = "ds"
+
+
+def _merge(base: dict, extra: dict) -> dict:
+    out = copy.deepcopy(base)
+    for k, v in extra.items():
+        out[k] = _merge(out[k], v) if isinstance(v, dict) and isinstance(out.get(k), dict) else v
+    return out
+
+
+def build_ds_config(cfg: Any, world_size: int) -> dict[str, Any]:
+    sharding = resolve_sharding(cfg.sharding)
+    zero: dict[str, Any] = {"stage": sharding.zero_stage, "overlap_comm": False,
+                            "contiguous_gradients": True}
+    if sharding.offload_optimizer == "cpu":
+        zero["offload_optimizer"] = {"device": "cpu", "pin_memory": torch.cuda.is_available()}
+    if sharding.offload_params == "cpu":
+        zero["offload_param"] = {"device": "cpu", "pin_memory": torch.cuda.is_available()}
+    if sharding.zero_stage == 3:
+        zero["stage3_gather_16bit_weights_on_model_save"] = True
+    ds = {
+        "train_micro_batch_size_per_gpu": cfg.train.micro_batch_size,
+        "gradient_accumulation_steps": cfg.grad_accum,
+        "train_batch_size": cfg.train.micro_batch_size * cfg.grad_accum * world_size,
+        "gradient_clipping": cfg.train.max_grad_norm or 0.0,
+        "zero_optimization": zero,
+        "bf16": {"enabled": cfg.model.dtype == "bf16"},
+        "fp16": {"enabled": cfg.model.dtype == "fp16"},
+        "zero_allow_untested_optimizer": True,
+        "zero_force_ds_cpu_optimizer": False,
+        "steps_per_print": 10**12,
+        "wall_clock_breakdown": False,
+    }
+    return _merge(ds, sharding.deepspeed_config or {})
+
+
+class DeepSpeedBackend(Backend):
+    def __init__(self, cfg: Any, ctx: Any):
+        super().__init__(cfg, ctx)
+        import deepspeed
+
+        deepspeed.init_distributed(dist_backend="nccl" if ctx.device.type == "cuda" else "gloo",
+                                   auto_mpi_discovery=False)
+        self.ds_config = build_ds_config(cfg, ctx.world_size)
+        self.stage = self.ds_config["zero_optimization"]["stage"]
+        self.needs_synced_generation = self.stage == 3
+        self._hf_ds_config = None
+
+    def load_model(self, load: Any) -> nn.Module:
+        if self.stage == 3:
+            from transformers.integrations import HfDeepSpeedConfig
+
+            # Must stay alive while the model is built: transformers then constructs it under
+            # deepspeed.zero.Init and loads each weight into its partition.
+            self._hf_ds_config = HfDeepSpeedConfig(self.ds_config)
+        return load()
+
+    def setup(self, model: nn.Module, make_optimizer: OptimizerFactory,
+              make_scheduler: SchedulerFactory) -> None:
+        import deepspeed
+
+        optimizer = make_optimizer(model)
+        scheduler = make_scheduler(optimizer)
+        engine, optimizer, _, scheduler = deepspeed.initialize(
+            model=model, optimizer=optimizer, lr_scheduler=scheduler, config=self.ds_config,
+            dist_init_required=False,
+        )
+        self.model = engine
+        self.optimizer = optimizer
+        self.scheduler = scheduler
+
+    @property
+    def module(self) -> nn.Module:
+        return self.model.module
+
+    def backward(self, loss: torch.Tensor) -> None:
+        # The loop already divides by the global item count: no extra 1/accumulation.
+        self.model.backward(loss, scale_wrt_gas=False)
+        self.model.step()  # steps optimizer and scheduler only at the accumulation boundary
+
+    def step(self) -> float:
+        norm = self.model.get_global_grad_norm()
+        return float(norm) if norm is not None else float("nan")
+
+    def current_lr(self) -> float:
+        return self.model.get_lr()[0]
+
+    def save(self, folder: Path) -> None:
+        self.model.save_checkpoint(str(folder), tag=TAG, save_latest=False)
+
+    def load(self, folder: Path) -> None:
+        path, _ = self.model.load_checkpoint(str(folder), tag=TAG, load_optimizer_states=True,
+                                             load_lr_scheduler_states=True)
+        if path is None:
+            raise RuntimeError(f"DeepSpeed found no checkpoint in {folder}")
+
+    def close(self) -> None:
+        if self._hf_ds_config is not None:
+            from transformers.integrations.deepspeed import unset_hf_deepspeed_config
+
+            unset_hf_deepspeed_config()
+            self._hf_ds_config = None
+
+    def full_state_dict(self) -> dict[str, torch.Tensor] | None:
+        if self.stage == 3:
+            sd = self.model._zero3_consolidated_16bit_state_dict()
+            return sd if self.ctx.is_main else None
+        return self.module.state_dict() if self.ctx.is_main else None
+
+    def local_parameter_bytes(self) -> int:
+        total = 0
+        for p in self.module.parameters():
+            t = getattr(p, "ds_tensor", None)
+            total += (t if t is not None else p).numel() * p.element_size()
+        return total

@@ -1,0 +1,180 @@
+"""``fsdp2``: torch ``fully_shard`` per decoder layer, then the root.
+
+Big-model init: the model is built with parameters on the meta device, sharded, materialized
+as local shards only (``to_empty``), then filled tensor by tensor from the safetensors files:
+each rank reads one full tensor at a time and keeps its shard, so a rank holds at most its
+shard plus one tensor. (accelerate's FSDP2 path broadcasts a full state dict that rank 0
+loads whole, which a 70B model does not allow; hence this loader.)
+Checkpoints use torch.distributed.checkpoint (each rank writes its shards).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+
+from launcher.backends.base import Backend, OptimizerFactory, SchedulerFactory
+from launcher.backends.registry import resolve_sharding
+
+
+def decoder_layers(model: nn.Module) -> list[nn.Module]:
+    """The repeated blocks: elements of the largest ModuleList (Llama: model.layers)."""
+    lists = [m for m in model.modules() if isinstance(m, nn.ModuleList)]
+    if not lists:
+        return []
+    return list(max(lists, key=lambda m: sum(p.numel() for p in m.parameters())))
+
+
+def _checkpoint_files(folder: Path) -> list[Path]:
+    index = folder / "model.safetensors.index.json"
+    if index.exists():
+        names = sorted(set(json.loads(index.read_text())["weight_map"].values()))
+        return [folder / n for n in names]
+    files = sorted(folder.glob("*.safetensors"))
+    if not files:
+        raise FileNotFoundError(f"no .safetensors files in {folder} (fsdp2 loads safetensors only)")
+    return files
+
+
+def _target_name(key: str, names: set[str]) -> str | None:
+    """Map a checkpoint key to the (possibly PEFT-wrapped) model's parameter name."""
+    candidates = [key, f"base_model.model.{key}"]
+    if key.endswith(".weight") or key.endswith(".bias"):
+        stem, _, leaf = key.rpartition(".")
+        candidates += [f"{stem}.base_layer.{leaf}", f"base_model.model.{stem}.base_layer.{leaf}"]
+    return next((c for c in candidates if c in names), None)
+
+
+class FSDP2Backend(Backend):
+    needs_synced_generation = True
+
+    def __init__(self, cfg: Any, ctx: Any):
+        super().__init__(cfg, ctx)
+        from torch.distributed.device_mesh import init_device_mesh
+
+        self.sharding = resolve_sharding(cfg.sharding)
+        self.mesh = init_device_mesh(ctx.device.type, (ctx.world_size,))
+
+    # -- construction
+    def load_model(self, load: Any) -> nn.Module:
+        from accelerate import init_empty_weights
+
+        from launcher.models.load import build_model_skeleton, finish_model
+        from launcher.models.tiny import resolve_model_path
+
+        # Parameters on meta, buffers (rotary tables) real: they are not in the checkpoint.
+        with init_empty_weights(include_buffers=False):
+            model = build_model_skeleton(self.cfg, self.strategy)
+        if hasattr(model, "tie_weights"):
+            model.tie_weights()  # init_empty_weights leaves tied embeddings untied
+        buffers = {n: b.detach().clone() for n, b in model.named_buffers()}
+        model = finish_model(model, self.cfg, init_adapters=False)
+        self._shard(model)
+        model.to_empty(device=self.ctx.device)
+        with torch.no_grad():
+            for name, buf in model.named_buffers():
+                if name in buffers:
+                    buf.copy_(buffers[name])
+        self._load_weights(model, Path(resolve_model_path(self.cfg.model.path)))
+        return model
+
+    def _shard(self, model: nn.Module) -> None:
+        from torch.distributed.fsdp import CPUOffloadPolicy, MixedPrecisionPolicy, fully_shard
+
+        kwargs: dict[str, Any] = {"mesh": self.mesh,
+                                  "reshard_after_forward": self.sharding.reshard_after_forward}
+        dtype = {"bf16": torch.bfloat16, "fp16": torch.float16}.get(self.cfg.model.dtype)
+        if dtype is not None:
+            kwargs["mp_policy"] = MixedPrecisionPolicy(param_dtype=dtype, reduce_dtype=torch.float32)
+        if self.sharding.offload_params == "cpu":
+            kwargs["offload_policy"] = CPUOffloadPolicy(pin_memory=torch.cuda.is_available())
+        for layer in decoder_layers(model):
+            fully_shard(layer, **kwargs)
+        fully_shard(model, **kwargs)
+
+    @torch.no_grad()
+    def _load_weights(self, model: nn.Module, folder: Path) -> None:
+        from safetensors import safe_open
+        from torch.distributed.tensor import distribute_tensor
+
+        from launcher.models.load import init_adapters_deterministic
+
+        params = dict(model.named_parameters())
+        names = set(params)
+        loaded: set[str] = set()
+        for file in _checkpoint_files(folder):
+            with safe_open(str(file), framework="pt") as fh:
+                for key in fh.keys():
+                    name = _target_name(key, names)
+                    if name is None:
+                        continue
+                    param = params[name]
+                    full = fh.get_tensor(key).to(param.dtype)
+                    shard = distribute_tensor(full, self.mesh, param.placements, src_data_rank=None)
+                    param.to_local().copy_(shard.to_local())
+                    del full, shard
+                    loaded.add(name)
+        init_adapters_deterministic(model, self.cfg.train.seed, loaded)
+        missing = [n for n, p in params.items() if n not in loaded and not getattr(p, "_ftl_init", False)]
+        if missing:
+            raise RuntimeError(f"weights missing from {folder}: {missing[:5]}")
+
+    def setup(self, model: nn.Module, make_optimizer: OptimizerFactory,
+              make_scheduler: SchedulerFactory) -> None:
+        self.model = model
+        self.optimizer = make_optimizer(model)
+        self.scheduler = make_scheduler(self.optimizer)
+
+    @property
+    def module(self) -> nn.Module:
+        return self.model
+
+    def accumulate(self, sync: bool) -> contextlib.AbstractContextManager:
+        self.model.set_requires_gradient_sync(sync)
+        return contextlib.nullcontext()
+
+    def step(self) -> float:
+        params = [p for p in self.model.parameters() if p.requires_grad]
+        max_norm = self.cfg.train.max_grad_norm
+        norm = torch.nn.utils.clip_grad_norm_(params, max_norm if max_norm else float("inf"))
+        norm = norm.full_tensor() if hasattr(norm, "full_tensor") else norm
+        self.optimizer.step()
+        self.scheduler.step()
+        self.optimizer.zero_grad(set_to_none=True)
+        return float(norm)
+
+    # -- checkpoints
+    def save(self, folder: Path) -> None:
+        import torch.distributed.checkpoint as dcp
+        from torch.distributed.checkpoint.state_dict import get_state_dict
+
+        model_sd, optim_sd = get_state_dict(self.model, self.optimizer)
+        dcp.save({"model": model_sd, "optim": optim_sd}, checkpoint_id=str(folder / "dcp"))
+        if self.ctx.is_main:
+            torch.save(self.scheduler.state_dict(), folder / "scheduler.pt")
+
+    def load(self, folder: Path) -> None:
+        import torch.distributed.checkpoint as dcp
+        from torch.distributed.checkpoint.state_dict import get_state_dict, set_state_dict
+
+        model_sd, optim_sd = get_state_dict(self.model, self.optimizer)
+        state = {"model": model_sd, "optim": optim_sd}
+        dcp.load(state, checkpoint_id=str(folder / "dcp"))
+        set_state_dict(self.model, self.optimizer, model_state_dict=state["model"],
+                       optim_state_dict=state["optim"])
+        self.scheduler.load_state_dict(torch.load(folder / "scheduler.pt"))
+
+    def full_state_dict(self) -> dict[str, torch.Tensor] | None:
+        from torch.distributed.checkpoint.state_dict import StateDictOptions, get_model_state_dict
+
+        sd = get_model_state_dict(self.model, options=StateDictOptions(full_state_dict=True,
+                                                                      cpu_offload=True))
+        return sd if self.ctx.is_main else None
+
+    def local_parameter_bytes(self) -> int:
+        return sum(p.to_local().numel() * p.element_size() for p in self.model.parameters())
