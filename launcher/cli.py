@@ -180,6 +180,26 @@ def _print_summary(path: Path, summary: dict[str, Any]) -> None:
     click.echo(f"  run folder: {path}")
 
 
+@cli.command()
+@click.argument("run_dir", type=click.Path(file_okay=False))
+@click.option("--to", "to", required=True, type=click.Path(), help="Output folder (HF format).")
+@click.option("--merge-lora", is_flag=True, help="Merge LoRA adapters into the base weights.")
+@click.option("--step", type=int, default=None, help="Checkpoint step (default: newest).")
+@_handle
+def export(run_dir: str, to: str, merge_lora: bool, step: int | None) -> None:
+    """Write one HF safetensors folder from a run's checkpoint (any backend).
+
+    \b
+    Example:
+      ftl export runs/quickstart-20260101-120000 --to out/model --merge-lora
+    """
+    from launcher.export import export_run
+
+    info = export_run(run_dir, to, merge_lora=merge_lora, step=step)
+    click.echo(f"exported {info['checkpoint']} ({info['backend']}) to {info['to']}"
+               + (" with LoRA merged" if info["merged"] else ""))
+
+
 @cli.command(name="list")
 @click.option("--runs-dir", default="runs", show_default=True)
 @click.option("--json", "as_json", is_flag=True)

@@ -37,7 +37,7 @@ def _batches(items: list, size: int, ctx: RankContext, total: int) -> list[tuple
 @torch.no_grad()
 def eval_loss(backend: Backend, strategy: Strategy, eval_set: EvalSet, cfg: Any) -> dict[str, float]:
     ctx = backend.ctx
-    model = backend.module
+    model = backend.model  # the wrapped model: sharded backends gather params in its forward
     was_training = model.training
     model.eval()
     features = eval_set.features

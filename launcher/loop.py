@@ -32,6 +32,7 @@ from launcher.checkpoint import CheckpointManager
 from launcher.config.load import config_to_dict
 from launcher.dist import RankContext, all_reduce_sum, barrier, init_distributed
 from launcher.lazy import load_object
+from launcher.memwatch import PeakAnon
 from launcher.paths import ftl_home
 from launcher.rundir import RunFolder
 
@@ -68,6 +69,7 @@ def train_rank(run_dir: str) -> dict[str, Any]:
         ctx = init_distributed(use_gpu=cfg.resources.gpus_per_worker > 0)
         rank = ctx.rank
         _setup_logging(folder, rank)
+        (folder.logs / f"rank-{rank}.pid").write_text(str(os.getpid()))
         return _train(cfg, ctx, folder)
     except BaseException as exc:
         folder.logs.mkdir(parents=True, exist_ok=True)
@@ -105,7 +107,10 @@ def _train(cfg: Any, ctx: RankContext, folder: RunFolder) -> dict[str, Any]:
              [(e.name, len(e.features)) for e in data.eval_sets])
     backend = load_object(resolve_sharding(cfg.sharding).impl)(cfg, ctx)
     backend.strategy = strategy
-    model = backend.load_model(lambda: load_model(cfg, strategy))
+    with PeakAnon() as load_mem:
+        model = backend.load_model(lambda: load_model(cfg, strategy))
+    load_stats = {"peak_anon_mb": load_mem.peak_delta / 2**20,
+                  "param_mb": backend_param_bytes(model) / 2**20}
     total_params, trainable_params = count_parameters(model)
     backend.setup(model, lambda m: make_optimizer(m, cfg.train),
                   lambda o: make_scheduler(o, cfg.train))
@@ -189,6 +194,7 @@ def _train(cfg: Any, ctx: RankContext, folder: RunFolder) -> dict[str, Any]:
     if cfg.checkpoint.save_final:
         _export_final(backend, tokenizer, folder, ctx)
     rss = _gather_peak_rss(ctx)
+    load_mem_per_rank = _gather(ctx, {k: round(v, 2) for k, v in load_stats.items()})
     wall = time.time() - wall_start
     summary = {
         "steps": state["step"],
@@ -199,6 +205,7 @@ def _train(cfg: Any, ctx: RankContext, folder: RunFolder) -> dict[str, Any]:
         "initial": state.get("initial", {}),
         "final": final,
         "peak_rss_mb_per_rank": rss,
+        "model_load_mb_per_rank": load_mem_per_rank,
         "parameters": {"total": total_params, "trainable": trainable_params},
         "world_size": ctx.world_size,
         "launcher": ctx.launcher,
@@ -264,13 +271,29 @@ def _export_final(backend: Any, tokenizer: Any, folder: RunFolder, ctx: RankCont
     barrier()
 
 
-def _gather_peak_rss(ctx: RankContext) -> list[float]:
-    mb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0
+def _gather(ctx: RankContext, value: Any) -> list[Any]:
     if ctx.world_size == 1:
-        return [round(mb, 1)]
+        return [value]
     gathered: list[Any] = [None] * ctx.world_size
-    dist.all_gather_object(gathered, round(mb, 1))
+    dist.all_gather_object(gathered, value)
     return gathered
+
+
+def _gather_peak_rss(ctx: RankContext) -> list[float]:
+    return _gather(ctx, round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0, 1))
+
+
+def backend_param_bytes(model: Any) -> int:
+    """Bytes of parameter storage this rank holds (ZeRO-3 partitions, FSDP2 local shards)."""
+    total = 0
+    for p in model.parameters():
+        if hasattr(p, "ds_tensor"):
+            total += p.ds_tensor.numel() * p.element_size()
+        elif hasattr(p, "to_local"):
+            total += p.to_local().numel() * p.element_size()
+        else:
+            total += p.numel() * p.element_size()
+    return total
 
 
 def main() -> None:

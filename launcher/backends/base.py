@@ -49,11 +49,6 @@ class Backend:
         """The whole model's state dict on rank 0 (None elsewhere). A collective."""
         return self.module.state_dict() if self.ctx.is_main else None
 
-    def local_parameter_bytes(self) -> int:
-        """Bytes of parameters this rank holds (its shards for sharded backends)."""
-        return sum(p.numel() * p.element_size() for p in self.module.parameters())
-
-    @property
     def module(self) -> nn.Module:
         """The plain (unwrapped) model, for generation and export."""
         raise NotImplementedError

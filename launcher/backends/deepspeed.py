@@ -129,10 +129,3 @@ class DeepSpeedBackend(Backend):
             sd = self.model._zero3_consolidated_16bit_state_dict()
             return sd if self.ctx.is_main else None
         return self.module.state_dict() if self.ctx.is_main else None
-
-    def local_parameter_bytes(self) -> int:
-        total = 0
-        for p in self.module.parameters():
-            t = getattr(p, "ds_tensor", None)
-            total += (t if t is not None else p).numel() * p.element_size()
-        return total

@@ -72,9 +72,9 @@ class FSDP2Backend(Backend):
             model = build_model_skeleton(self.cfg, self.strategy)
         if hasattr(model, "tie_weights"):
             model.tie_weights()  # init_empty_weights leaves tied embeddings untied
-        buffers = {n: b.detach().clone() for n, b in model.named_buffers()}
         model = finish_model(model, self.cfg, init_adapters=False)
-        self._shard(model)
+        buffers = {n: b.detach().clone() for n, b in model.named_buffers()}
+        self._root = self._shard(model)
         model.to_empty(device=self.ctx.device)
         with torch.no_grad():
             for name, buf in model.named_buffers():
@@ -83,7 +83,9 @@ class FSDP2Backend(Backend):
         self._load_weights(model, Path(resolve_model_path(self.cfg.model.path)))
         return model
 
-    def _shard(self, model: nn.Module) -> None:
+    def _shard(self, model: nn.Module) -> nn.Module:
+        """Shard decoder layers, then the root. Under PEFT the root is the inner HF model:
+        peft calls it via ``.forward``/``.generate``, which would bypass hooks on the wrapper."""
         from torch.distributed.fsdp import CPUOffloadPolicy, MixedPrecisionPolicy, fully_shard
 
         kwargs: dict[str, Any] = {"mesh": self.mesh,
@@ -95,7 +97,9 @@ class FSDP2Backend(Backend):
             kwargs["offload_policy"] = CPUOffloadPolicy(pin_memory=torch.cuda.is_available())
         for layer in decoder_layers(model):
             fully_shard(layer, **kwargs)
-        fully_shard(model, **kwargs)
+        root = model.get_base_model() if hasattr(model, "get_base_model") else model
+        fully_shard(root, **kwargs)
+        return root
 
     @torch.no_grad()
     def _load_weights(self, model: nn.Module, folder: Path) -> None:
@@ -109,7 +113,7 @@ class FSDP2Backend(Backend):
         loaded: set[str] = set()
         for file in _checkpoint_files(folder):
             with safe_open(str(file), framework="pt") as fh:
-                for key in fh.keys():
+                for key in fh.keys():  # noqa: SIM118 (safe_open is not iterable)
                     name = _target_name(key, names)
                     if name is None:
                         continue
@@ -126,20 +130,21 @@ class FSDP2Backend(Backend):
 
     def setup(self, model: nn.Module, make_optimizer: OptimizerFactory,
               make_scheduler: SchedulerFactory) -> None:
-        self.model = model
+        self._wrapper = model
+        self.model = self._root  # what forward calls go through
         self.optimizer = make_optimizer(model)
         self.scheduler = make_scheduler(self.optimizer)
 
     @property
     def module(self) -> nn.Module:
-        return self.model
+        return self._wrapper
 
     def accumulate(self, sync: bool) -> contextlib.AbstractContextManager:
         self.model.set_requires_gradient_sync(sync)
         return contextlib.nullcontext()
 
     def step(self) -> float:
-        params = [p for p in self.model.parameters() if p.requires_grad]
+        params = [p for p in self._wrapper.parameters() if p.requires_grad]
         max_norm = self.cfg.train.max_grad_norm
         norm = torch.nn.utils.clip_grad_norm_(params, max_norm if max_norm else float("inf"))
         norm = norm.full_tensor() if hasattr(norm, "full_tensor") else norm
@@ -153,7 +158,7 @@ class FSDP2Backend(Backend):
         import torch.distributed.checkpoint as dcp
         from torch.distributed.checkpoint.state_dict import get_state_dict
 
-        model_sd, optim_sd = get_state_dict(self.model, self.optimizer)
+        model_sd, optim_sd = get_state_dict(self._wrapper, self.optimizer)
         dcp.save({"model": model_sd, "optim": optim_sd}, checkpoint_id=str(folder / "dcp"))
         if self.ctx.is_main:
             torch.save(self.scheduler.state_dict(), folder / "scheduler.pt")
@@ -162,19 +167,16 @@ class FSDP2Backend(Backend):
         import torch.distributed.checkpoint as dcp
         from torch.distributed.checkpoint.state_dict import get_state_dict, set_state_dict
 
-        model_sd, optim_sd = get_state_dict(self.model, self.optimizer)
+        model_sd, optim_sd = get_state_dict(self._wrapper, self.optimizer)
         state = {"model": model_sd, "optim": optim_sd}
         dcp.load(state, checkpoint_id=str(folder / "dcp"))
-        set_state_dict(self.model, self.optimizer, model_state_dict=state["model"],
+        set_state_dict(self._wrapper, self.optimizer, model_state_dict=state["model"],
                        optim_state_dict=state["optim"])
         self.scheduler.load_state_dict(torch.load(folder / "scheduler.pt"))
 
     def full_state_dict(self) -> dict[str, torch.Tensor] | None:
         from torch.distributed.checkpoint.state_dict import StateDictOptions, get_model_state_dict
 
-        sd = get_model_state_dict(self.model, options=StateDictOptions(full_state_dict=True,
+        sd = get_model_state_dict(self._wrapper, options=StateDictOptions(full_state_dict=True,
                                                                       cpu_offload=True))
         return sd if self.ctx.is_main else None
-
-    def local_parameter_bytes(self) -> int:
-        return sum(p.to_local().numel() * p.element_size() for p in self.model.parameters())

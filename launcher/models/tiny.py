@@ -56,6 +56,8 @@ class TinySpec:
 TINY_MODELS: Registry[TinySpec] = Registry("builtin model")
 TINY_MODELS.register("tiny-llama")(TinySpec(128, 256, 2, 4, 2))
 TINY_MODELS.register("tiny-llama-256")(TinySpec(256, 512, 4, 8, 4))
+# ~94M parameters (375 MB fp32): big enough that holding it whole shows in memory figures.
+TINY_MODELS.register("llama-94m")(TinySpec(1024, 2816, 8, 16, 8))
 
 BUILTIN_PREFIX = "builtin:"
 _FORMAT_VERSION = 1

@@ -1,0 +1,77 @@
+"""``ftl export``: one HF safetensors folder from any backend's checkpoint, offline.
+
+Runs in a single process with no process group: DDP checkpoints hold the state dict;
+DeepSpeed ZeRO shards are consolidated with ``zero_to_fp32``; FSDP2's distributed checkpoint
+is read with ``dcp_to_torch_save``. The state dict is loaded strictly into the model the
+config describes (adapters included), so a mismatch fails instead of exporting garbage.
+"""
+
+from __future__ import annotations
+
+import tempfile
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from launcher.checkpoint import PREFIX
+from launcher.errors import Problem, UserError
+from launcher.rundir import RunFolder
+
+
+def pick_checkpoint(folder: RunFolder, step: int | None) -> Path:
+    root = folder.path / "checkpoints"
+    found = sorted(root.glob(f"{PREFIX}*"), key=lambda p: int(p.name[len(PREFIX):])) if root.exists() else []
+    found = [p for p in found if (p / "state.json").exists()]
+    if step is not None:
+        found = [p for p in found if int(p.name[len(PREFIX):]) == step]
+    if not found:
+        raise UserError(Problem(str(root), "no complete checkpoint" + (f" at step {step}" if step else ""),
+                                "checkpoints are written every checkpoint.every_steps"))
+    return found[-1]
+
+
+def consolidated_state_dict(ckpt: Path, kind: str) -> dict[str, torch.Tensor]:
+    """The full model state dict of one checkpoint, whatever backend wrote it."""
+    if kind == "ddp":
+        return torch.load(ckpt / "model.pt", map_location="cpu")
+    if kind == "deepspeed":
+        from deepspeed.utils.zero_to_fp32 import get_fp32_state_dict_from_zero_checkpoint
+
+        return get_fp32_state_dict_from_zero_checkpoint(str(ckpt), tag="ds")
+    from torch.distributed.checkpoint.format_utils import dcp_to_torch_save
+
+    with tempfile.TemporaryDirectory() as tmp:
+        out = Path(tmp) / "full.pt"
+        dcp_to_torch_save(str(ckpt / "dcp"), str(out))
+        return torch.load(out, map_location="cpu", weights_only=False)["model"]
+
+
+def export_run(run_dir: str, to: str, *, merge_lora: bool = False, step: int | None = None) -> dict[str, Any]:
+    from launcher.backends.registry import resolve_sharding
+    from launcher.lazy import load_object
+    from launcher.models.load import load_model, load_tokenizer
+    from strategies import STRATEGIES
+
+    folder = RunFolder(Path(run_dir))
+    if not folder.config_file.exists():
+        raise UserError(Problem(run_dir, "not a run folder (no config.yaml)"))
+    cfg = folder.load_config()
+    if merge_lora and cfg.peft is None:
+        raise UserError(Problem("--merge-lora", "this run has no LoRA adapters to merge"))
+    ckpt = pick_checkpoint(folder, step)
+    kind = resolve_sharding(cfg.sharding).kind
+    state_dict = consolidated_state_dict(ckpt, kind)
+    spec = STRATEGIES.get(cfg.method)
+    tokenizer = load_tokenizer(cfg)
+    strategy = load_object(spec.impl)(cfg, tokenizer)
+    strategy.spec = spec
+    model = load_model(cfg, strategy)
+    model.load_state_dict(state_dict, strict=True)
+    if merge_lora:
+        model = model.merge_and_unload()
+    out = Path(to)
+    model.save_pretrained(out, safe_serialization=True)
+    tokenizer.save_pretrained(out)
+    return {"checkpoint": str(ckpt), "backend": kind, "to": str(out), "merged": merge_lora,
+            "tensors": len(state_dict)}
