@@ -51,6 +51,10 @@ def init_distributed(use_gpu: bool) -> RankContext:
         dist.init_process_group(backend, store=dist.HashStore(), rank=0, world_size=1)
         launcher = "single"
     local_rank = _local_rank()
+    # DeepSpeed (zero.Init) and others read these; plain `python` runs have none of them.
+    os.environ.setdefault("LOCAL_RANK", str(local_rank))
+    os.environ.setdefault("RANK", str(dist.get_rank()))
+    os.environ.setdefault("WORLD_SIZE", str(dist.get_world_size()))
     if use_gpu and torch.cuda.is_available():
         device = torch.device("cuda", local_rank % torch.cuda.device_count())
         torch.cuda.set_device(device)

@@ -70,13 +70,43 @@ class DeepSpeedBackend(Backend):
         self._hf_ds_config = None
 
     def load_model(self, load: Any) -> nn.Module:
-        if self.stage == 3:
-            from transformers.integrations import HfDeepSpeedConfig
+        if self.stage != 3:
+            return load()
+        return self._load_partitioned()
 
-            # Must stay alive while the model is built: transformers then constructs it under
-            # deepspeed.zero.Init and loads each weight into its partition.
-            self._hf_ds_config = HfDeepSpeedConfig(self.ds_config)
-        return load()
+    @torch.no_grad()
+    def _load_partitioned(self) -> nn.Module:
+        """Build under ``zero.Init`` (each parameter partitioned as it is created), then copy
+        the checkpoint in one tensor at a time: gathered on all ranks, filled from rank 0's
+        read, re-partitioned. A rank never holds more than its partitions plus one tensor."""
+        import deepspeed
+        import torch._dynamo  # noqa: F401  (its first import fails inside zero.Init's patched constructors)
+        from transformers.integrations import HfDeepSpeedConfig
+
+        from launcher.models.load import build_model_skeleton, finish_model, init_adapters_deterministic
+        from launcher.models.streaming import check_complete, iter_tensors
+        from launcher.models.tiny import resolve_model_path
+
+        # Kept alive for the engine: transformers checks it for ZeRO-3 (e.g. in generate).
+        self._hf_ds_config = HfDeepSpeedConfig(self.ds_config)
+        # No dtype=: DeepSpeed 0.19 ignores it on CPU (operator precedence in _set_dtype) and
+        # picks bf16; without it the dtype follows the config's bf16/fp16 sections.
+        with deepspeed.zero.Init(config_dict_or_path=self.ds_config):
+            model = build_model_skeleton(self.cfg, self.strategy)
+        model = finish_model(model, self.cfg, init_adapters=False)
+        params = dict(model.named_parameters())
+        folder = Path(resolve_model_path(self.cfg.model.path))
+        loaded: set[str] = set()
+        for name, full in iter_tensors(folder, set(params)):
+            param = params[name]
+            with deepspeed.zero.GatheredParameters([param], modifier_rank=0):
+                if self.ctx.is_main:
+                    param.data.copy_(full.to(param.dtype))
+            del full
+            loaded.add(name)
+        init_adapters_deterministic(model, self.cfg.train.seed, loaded)
+        check_complete(params, loaded, folder)
+        return model
 
     def setup(self, model: nn.Module, make_optimizer: OptimizerFactory,
               make_scheduler: SchedulerFactory) -> None:

@@ -11,7 +11,6 @@ Checkpoints use torch.distributed.checkpoint (each rank writes its shards).
 from __future__ import annotations
 
 import contextlib
-import json
 from pathlib import Path
 from typing import Any
 
@@ -28,26 +27,6 @@ def decoder_layers(model: nn.Module) -> list[nn.Module]:
     if not lists:
         return []
     return list(max(lists, key=lambda m: sum(p.numel() for p in m.parameters())))
-
-
-def _checkpoint_files(folder: Path) -> list[Path]:
-    index = folder / "model.safetensors.index.json"
-    if index.exists():
-        names = sorted(set(json.loads(index.read_text())["weight_map"].values()))
-        return [folder / n for n in names]
-    files = sorted(folder.glob("*.safetensors"))
-    if not files:
-        raise FileNotFoundError(f"no .safetensors files in {folder} (fsdp2 loads safetensors only)")
-    return files
-
-
-def _target_name(key: str, names: set[str]) -> str | None:
-    """Map a checkpoint key to the (possibly PEFT-wrapped) model's parameter name."""
-    candidates = [key, f"base_model.model.{key}"]
-    if key.endswith(".weight") or key.endswith(".bias"):
-        stem, _, leaf = key.rpartition(".")
-        candidates += [f"{stem}.base_layer.{leaf}", f"base_model.model.{stem}.base_layer.{leaf}"]
-    return next((c for c in candidates if c in names), None)
 
 
 class FSDP2Backend(Backend):
@@ -103,30 +82,22 @@ class FSDP2Backend(Backend):
 
     @torch.no_grad()
     def _load_weights(self, model: nn.Module, folder: Path) -> None:
-        from safetensors import safe_open
         from torch.distributed.tensor import distribute_tensor
 
         from launcher.models.load import init_adapters_deterministic
+        from launcher.models.streaming import check_complete, iter_tensors
 
         params = dict(model.named_parameters())
-        names = set(params)
         loaded: set[str] = set()
-        for file in _checkpoint_files(folder):
-            with safe_open(str(file), framework="pt") as fh:
-                for key in fh.keys():  # noqa: SIM118 (safe_open is not iterable)
-                    name = _target_name(key, names)
-                    if name is None:
-                        continue
-                    param = params[name]
-                    full = fh.get_tensor(key).to(param.dtype)
-                    shard = distribute_tensor(full, self.mesh, param.placements, src_data_rank=None)
-                    param.to_local().copy_(shard.to_local())
-                    del full, shard
-                    loaded.add(name)
+        for name, full in iter_tensors(folder, set(params)):
+            param = params[name]
+            # Every rank reads the tensor and keeps only its shard (no communication).
+            shard = distribute_tensor(full.to(param.dtype), self.mesh, param.placements, src_data_rank=None)
+            param.to_local().copy_(shard.to_local())
+            del full, shard
+            loaded.add(name)
         init_adapters_deterministic(model, self.cfg.train.seed, loaded)
-        missing = [n for n, p in params.items() if n not in loaded and not getattr(p, "_ftl_init", False)]
-        if missing:
-            raise RuntimeError(f"weights missing from {folder}: {missing[:5]}")
+        check_complete(params, loaded, folder)
 
     def setup(self, model: nn.Module, make_optimizer: OptimizerFactory,
               make_scheduler: SchedulerFactory) -> None:
