@@ -68,6 +68,32 @@ def check_data(cfg: Any, spec: Any) -> list[Problem]:
     return problems
 
 
+def check_sharding(cfg: Any) -> list[Problem]:
+    from launcher.backends.registry import resolve_sharding
+
+    sharding = resolve_sharding(cfg.sharding)
+    problems: list[Problem] = []
+    if sharding.kind == "deepspeed":
+        from launcher.backends.deepspeed import validate_ds_config
+
+        problems += validate_ds_config(cfg)
+    if cfg.peft is not None and cfg.peft.type == "qlora":
+        import importlib.util
+
+        import torch
+
+        if not torch.cuda.is_available():
+            problems.append(Problem("peft.type", "qlora needs a CUDA GPU (4-bit weights via bitsandbytes)",
+                                    "use peft.type: lora on CPU machines"))
+        elif importlib.util.find_spec("bitsandbytes") is None:
+            problems.append(Problem("peft.type", "qlora needs the bitsandbytes package",
+                                    "pip install bitsandbytes"))
+        if sharding.kind == "fsdp2" or sharding.zero_stage == 3:
+            problems.append(Problem("sharding.backend", "qlora is supported with ddp, zero1 and zero2",
+                                    "4-bit weights cannot be sharded by fsdp2/ZeRO-3 here"))
+    return problems
+
+
 def preflight(cfg: Any, target: Any | None = None) -> Any:
     """Run every check; raise one UserError listing all problems. Returns the tokenizer."""
     from strategies import STRATEGIES
@@ -79,6 +105,7 @@ def preflight(cfg: Any, target: Any | None = None) -> Any:
         tokenizer, tok_problems = check_tokenizer(cfg, spec)
         problems += tok_problems
     problems += check_data(cfg, spec)
+    problems += check_sharding(cfg)
     if target is not None:
         try:
             target.preflight(cfg)

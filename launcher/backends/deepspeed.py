@@ -20,6 +20,7 @@ from torch import nn
 
 from launcher.backends.base import Backend, OptimizerFactory, SchedulerFactory
 from launcher.backends.registry import resolve_sharding
+from launcher.errors import Problem, UserError
 
 TAG = "ds"
 
@@ -54,7 +55,42 @@ def build_ds_config(cfg: Any, world_size: int) -> dict[str, Any]:
         "steps_per_print": 10**12,
         "wall_clock_breakdown": False,
     }
-    return _merge(ds, sharding.deepspeed_config or {})
+    expert = sharding.deepspeed_config or {}
+    problems = [
+        Problem(f"sharding.deepspeed_config.{key}", f"{expert[key]!r} contradicts the value ftl "
+                f"derives ({ds[key]!r})", f"set {OWNED[key]} instead")
+        for key in OWNED if key in expert and expert[key] != ds[key]
+    ]
+    if problems:
+        raise UserError(problems)
+    return _merge(ds, expert)
+
+
+# DeepSpeed keys ftl derives from its own config; an expert mapping may not contradict them.
+OWNED = {
+    "train_micro_batch_size_per_gpu": "train.micro_batch_size",
+    "gradient_accumulation_steps": "train.global_batch_size",
+    "train_batch_size": "train.global_batch_size",
+    "gradient_clipping": "train.max_grad_norm",
+}
+
+
+def validate_ds_config(cfg: Any) -> list[Problem]:
+    """Build the merged DeepSpeed config and let DeepSpeed's own schema check it."""
+    from deepspeed.runtime.config import DeepSpeedConfig
+
+    try:
+        ds = build_ds_config(cfg, cfg.resources.num_workers)
+    except UserError as exc:
+        return exc.problems
+    probe = {k: v for k, v in ds.items() if k != "train_batch_size"}  # no process group here
+    try:
+        DeepSpeedConfig(probe)
+    except Exception as exc:  # DeepSpeed raises pydantic and plain errors alike
+        text = " ".join(str(exc).split())[:400]
+        return [Problem("sharding.deepspeed_config", f"DeepSpeed rejects the config: {text}",
+                        "see https://www.deepspeed.ai/docs/config-json/")]
+    return []
 
 
 class DeepSpeedBackend(Backend):

@@ -44,7 +44,27 @@ def load_model(cfg: Any, strategy: Any) -> nn.Module:
     kwargs = _model_kwargs(cfg)
     if cfg.model.gguf_file:
         kwargs["gguf_file"] = cfg.model.gguf_file
+    if cfg.peft is not None and cfg.peft.type == "qlora":
+        return _load_qlora(cfg, strategy, path, kwargs)
     return finish_model(strategy.load_model(path, **kwargs), cfg)
+
+
+def _load_qlora(cfg: Any, strategy: Any, path: str, kwargs: dict[str, Any]) -> nn.Module:
+    """4-bit NF4 base (bitsandbytes, CUDA only) + LoRA adapters, as in the QLoRA paper.
+    Preflight refuses this without CUDA and bitsandbytes; it is not exercised on CPU CI."""
+    from peft import prepare_model_for_kbit_training
+    from transformers import BitsAndBytesConfig
+
+    kwargs = {**kwargs, "quantization_config": BitsAndBytesConfig(
+        load_in_4bit=True, bnb_4bit_quant_type="nf4", bnb_4bit_use_double_quant=True,
+        bnb_4bit_compute_dtype=torch.bfloat16)}
+    model = strategy.load_model(path, **kwargs)
+    model = prepare_model_for_kbit_training(
+        model, use_gradient_checkpointing=cfg.model.gradient_checkpointing)
+    lora_cfg = cfg.peft.model_copy(update={"type": "lora"})
+    model = apply_lora(model, lora_cfg)
+    init_adapters_deterministic(model, cfg.train.seed)
+    return model
 
 
 def build_model_skeleton(cfg: Any, strategy: Any) -> nn.Module:

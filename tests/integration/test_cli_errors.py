@@ -81,3 +81,10 @@ def test_help_shows_examples(workdir):
         proc = run_ftl(cmd, workdir)
         assert proc.returncode == 0
         assert "Example" in proc.stdout, cmd
+
+
+def test_qlora_without_gpu_and_bad_deepspeed_config_exit_2(workdir):
+    cfg = tiny_config(peft={"type": "qlora", "r": 8},
+                      sharding={"backend": "zero2", "deepspeed_config": {"zero_optimization": {"stage": 7}}})
+    proc = run_ftl(["validate", write_config(workdir, cfg)], workdir)
+    assert_user_error(proc, "peft.type: qlora needs a CUDA GPU", "sharding.deepspeed_config: DeepSpeed rejects")

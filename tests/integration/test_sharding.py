@@ -68,6 +68,9 @@ def matrix(tmp_path_factory) -> dict[tuple[str, bool], Path]:
     work = tmp_path_factory.mktemp("matrix")
     runs = {(b, lora): prepare(work, f"{b}-{'lora' if lora else 'full'}", matrix_config(b, b, lora))
             for b in BACKENDS for lora in (False, True)}
+    frozen = matrix_config("freeze", "fsdp2", False)
+    frozen["train"]["freeze"] = {"layers": "0-0", "embeddings": True}
+    runs[("freeze", False)] = prepare(work, "freeze", frozen)
     torchrun_many(list(runs.values()))
     return runs
 
@@ -76,6 +79,8 @@ def test_every_backend_matches_ddp(matrix):
     rows = []
     worst = 0.0
     for (backend, lora), run in matrix.items():
+        if backend == "freeze":
+            continue
         ref, got = losses(matrix[("ddp", lora)]), losses(run)
         assert sorted(got) == list(range(1, STEPS + 1)), (backend, lora)
         rel = max(abs(got[s] - ref[s]) / abs(ref[s]) for s in ref)
@@ -92,6 +97,20 @@ def test_lora_trains_only_adapters(matrix):
     assert 0 < params["trainable"] < params["total"] / 5
     final = matrix[("ddp", True)] / "final"
     assert (final / "adapter_config.json").exists()
+
+
+def test_freezing_keeps_frozen_weights(matrix):
+    from transformers import AutoModelForCausalLM
+
+    from launcher.models.tiny import resolve_model_path
+
+    before = AutoModelForCausalLM.from_pretrained(resolve_model_path("builtin:tiny-llama")).state_dict()
+    after = AutoModelForCausalLM.from_pretrained(matrix[("freeze", False)] / "final").state_dict()
+    changed = {k for k in before if not torch.equal(before[k], after[k])}
+    assert not any(k.startswith(("model.layers.0.", "model.embed_tokens")) for k in changed)
+    assert any(k.startswith("model.layers.1.") for k in changed)
+    params = json.loads((matrix[("freeze", False)] / "summary.json").read_text())["parameters"]
+    assert params["trainable"] < params["total"]
 
 
 def test_exact_resume_on_every_backend(matrix, tmp_path):
