@@ -64,8 +64,9 @@ def main() -> int:
         summary = folder.summary()
         ok = losses[-1] < losses[0]
         failures += not ok
+        em = summary["final"].get("eval/exact_match", 0.0)
         print(f"{backend:>6}: loss {losses[0]:.4f} -> {losses[-1]:.4f} "
-              f"{summary['tokens_per_s']:,.0f} tok/s  eval EM {summary['final'].get('eval/exact_match', 0):.3f} "
+              f"{summary['tokens_per_s']:,.0f} tok/s  eval EM {em:.3f} "
               f"{'ok' if ok else 'LOSS DID NOT FALL'}")
     return 1 if failures else 0
 

@@ -84,7 +84,8 @@ def test_help_shows_examples(workdir):
 
 
 def test_qlora_without_gpu_and_bad_deepspeed_config_exit_2(workdir):
+    bad_ds = {"zero_optimization": {"stage": 7}}
     cfg = tiny_config(peft={"type": "qlora", "r": 8},
-                      sharding={"backend": "zero2", "deepspeed_config": {"zero_optimization": {"stage": 7}}})
+                      sharding={"backend": "zero2", "deepspeed_config": bad_ds})
     proc = run_ftl(["validate", write_config(workdir, cfg)], workdir)
     assert_user_error(proc, "peft.type: qlora needs a CUDA GPU", "sharding.deepspeed_config: DeepSpeed rejects")

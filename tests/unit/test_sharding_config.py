@@ -50,8 +50,9 @@ def test_impossible_combinations_are_config_errors(sharding, needle):
 def test_deepspeed_config_follows_ftl_config_and_merges_expert_keys():
     from launcher.backends.deepspeed import build_ds_config
 
+    expert = {"zero_optimization": {"reduce_bucket_size": 1000}}
     cfg = validate_config(tiny_config(
-        sharding={"backend": "zero3_offload", "deepspeed_config": {"zero_optimization": {"reduce_bucket_size": 1000}}},
+        sharding={"backend": "zero3_offload", "deepspeed_config": expert},
         train={"micro_batch_size": 2, "global_batch_size": 16, "max_grad_norm": 0.5}))
     ds = build_ds_config(cfg, world_size=2)
     assert ds["train_micro_batch_size_per_gpu"] == 2 and ds["gradient_accumulation_steps"] == 4
