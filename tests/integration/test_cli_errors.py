@@ -88,4 +88,5 @@ def test_qlora_without_gpu_and_bad_deepspeed_config_exit_2(workdir):
     cfg = tiny_config(peft={"type": "qlora", "r": 8},
                       sharding={"backend": "zero2", "deepspeed_config": bad_ds})
     proc = run_ftl(["validate", write_config(workdir, cfg)], workdir)
-    assert_user_error(proc, "peft.type: qlora needs a CUDA GPU", "sharding.deepspeed_config: DeepSpeed rejects")
+    assert_user_error(proc, "peft.type: qlora needs a CUDA GPU",
+                      "sharding.deepspeed_config: DeepSpeed rejects")
