@@ -19,3 +19,6 @@ TARGETS: Registry[TargetSpec] = Registry("cluster target")
 TARGETS.register("local")(
     TargetSpec("local", "cluster.local:LocalTarget", "embedded Ray on this machine")
 )
+TARGETS.register("ray")(
+    TargetSpec("ray", "cluster.ray_jobs:RayJobsTarget", "an existing Ray cluster, through its Jobs API")
+)

@@ -145,9 +145,11 @@ def plan(config: str, overrides: tuple[str, ...], as_json: bool) -> None:
 @click.option("--dry-run", is_flag=True, help="Print what would be submitted; submit nothing.")
 @click.option("--no-progress", is_flag=True, help="No progress bar (logs only).")
 @click.option("--runs-dir", default=None, help="Parent of run folders (default: checkpoint.dir).")
+@click.option("--target", default=None, help="Where to run (overrides cluster.target): local, ray, ...")
+@click.option("--detach", is_flag=True, help="Submit and return (cluster targets); see ftl status/logs/stop.")
 @_handle
 def run(config: str | None, overrides: tuple[str, ...], resume_dir: str | None, dry_run: bool,
-        no_progress: bool, runs_dir: str | None) -> None:
+        no_progress: bool, runs_dir: str | None, target: str | None, detach: bool) -> None:
     """Validate, plan and run a config; or resume a run folder.
 
     \b
@@ -160,12 +162,21 @@ def run(config: str | None, overrides: tuple[str, ...], resume_dir: str | None, 
 
     if bool(config) == bool(resume_dir):
         raise UserError("give a CONFIG file, or --resume RUN_DIR (not both)")
-    folder, target = prepare_run(config, resume_dir, overrides, runs_dir=runs_dir, dry_run=dry_run)
+    if target:
+        overrides = (*overrides, f"cluster.target={target}")
+    folder, chosen = prepare_run(config, resume_dir, overrides, runs_dir=runs_dir, dry_run=dry_run)
     if dry_run:
-        click.echo(target.render(folder))
+        click.echo(chosen.render(folder))
         return
     _err(f"run folder: {folder.path}")
-    summary = start_run(folder, target, progress=not no_progress and sys.stderr.isatty())
+    if detach:
+        if not hasattr(chosen, "submit"):
+            raise UserError(f"target {chosen.name!r} runs attached only (no --detach)")
+        job = chosen.submit(folder)
+        click.echo(f"submitted {job}\n  ftl status {folder.path}\n  ftl logs {folder.path} --follow"
+                   f"\n  ftl stop {folder.path}")
+        return
+    summary = start_run(folder, chosen, progress=not no_progress and sys.stderr.isatty())
     _print_summary(folder.path, summary)
 
 
@@ -198,6 +209,60 @@ def export(run_dir: str, to: str, merge_lora: bool, step: int | None) -> None:
     info = export_run(run_dir, to, merge_lora=merge_lora, step=step)
     click.echo(f"exported {info['checkpoint']} ({info['backend']}) to {info['to']}"
                + (" with LoRA merged" if info["merged"] else ""))
+
+
+def _submitted(run_dir: str) -> tuple[Any, Any]:
+    from launcher.rundir import RunFolder
+    from launcher.submit import target_of
+
+    folder = RunFolder(Path(run_dir))
+    if not folder.config_file.exists():
+        raise UserError(f"{run_dir}: not a run folder (no config.yaml)")
+    return folder, target_of(folder)
+
+
+@cli.command()
+@click.argument("run_dir", type=click.Path(file_okay=False))
+@_handle
+def status(run_dir: str) -> None:
+    """State of a submitted run, read from its cluster (PENDING, RUNNING, SUCCEEDED, FAILED, STOPPED).
+
+    \b
+    Example:
+      ftl status runs/llama-sft-20260101-120000
+    """
+    folder, target = _submitted(run_dir)
+    click.echo(target.status(folder))
+
+
+@cli.command()
+@click.argument("run_dir", type=click.Path(file_okay=False))
+@click.option("--follow", "-f", is_flag=True, help="Stream until the job ends.")
+@_handle
+def logs(run_dir: str, follow: bool) -> None:
+    """Print a submitted run's driver logs.
+
+    \b
+    Example:
+      ftl logs runs/llama-sft-20260101-120000 --follow
+    """
+    folder, target = _submitted(run_dir)
+    for chunk in target.logs(folder, follow=follow):
+        click.echo(chunk, nl=False)
+
+
+@cli.command()
+@click.argument("run_dir", type=click.Path(file_okay=False))
+@_handle
+def stop(run_dir: str) -> None:
+    """Stop a submitted run and print its final state.
+
+    \b
+    Example:
+      ftl stop runs/llama-sft-20260101-120000
+    """
+    folder, target = _submitted(run_dir)
+    click.echo(target.stop(folder))
 
 
 @cli.command(name="list")

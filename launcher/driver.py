@@ -26,6 +26,10 @@ PASS_THROUGH = ("WANDB_API_KEY", "WANDB_MODE", "HF_TOKEN", "HF_HOME", "HF_HUB_OF
 def _worker_entry(config: dict[str, Any]) -> None:
     from launcher.loop import train_rank
 
+    # Relative paths in the config (uploaded data under ftl-data/) are relative to the
+    # driver's directory: the job's working_dir, unpacked at the same path on every node.
+    if os.path.isdir(config.get("cwd", "")):
+        os.chdir(config["cwd"])
     train_rank(config["run_dir"])
 
 
@@ -50,7 +54,7 @@ def run_trainer(folder: RunFolder) -> None:
     folder.clear_failures()
     trainer = TorchTrainer(
         _worker_entry,
-        train_loop_config={"run_dir": str(folder.path.resolve())},
+        train_loop_config={"run_dir": str(folder.path.resolve()), "cwd": os.getcwd()},
         torch_config=TorchConfig(backend="nccl" if use_gpu else "gloo"),
         scaling_config=ScalingConfig(
             num_workers=cfg.resources.num_workers, use_gpu=use_gpu, resources_per_worker=resources
@@ -85,16 +89,32 @@ def job_failure(folder: RunFolder, exc: BaseException | None) -> JobFailed:
 
 
 def main() -> None:
-    """``python -m launcher.driver RUN_DIR``: entrypoint on a cluster (Ray Jobs, Slurm)."""
+    """``python -m launcher.driver RUN_DIR [--seed DIR]``: the entrypoint on a cluster (Ray
+    Jobs, Slurm). ``--seed`` (re)writes the run folder's config from a staged copy."""
+    import argparse
+
     import ray
 
+    parser = argparse.ArgumentParser(prog="python -m launcher.driver")
+    parser.add_argument("run_dir")
+    parser.add_argument("--seed", default=None)
+    args = parser.parse_args()
+    if args.seed:
+        from cluster.staging import seed_run_folder
+
+        folder = seed_run_folder(Path(args.run_dir), Path(args.seed))
+    else:
+        folder = RunFolder(Path(args.run_dir))
     ray.init(address=os.environ.get("RAY_ADDRESS", "auto"))
-    folder = RunFolder(Path(sys.argv[1]))
+    cfg = folder.load_config()
+    print(f"ftl driver: run folder {folder.path}; {cfg.resources.num_workers} workers, "
+          f"{cfg.sharding.backend}, {cfg.method}", flush=True)
     try:
         run_trainer(folder)
     except JobFailed as exc:
         print(f"ftl: {exc}", file=sys.stderr)
         raise SystemExit(1) from None
+    print(f"ftl driver: done; summary in {folder.summary_file}", flush=True)
 
 
 if __name__ == "__main__":

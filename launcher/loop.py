@@ -195,6 +195,7 @@ def _train(cfg: Any, ctx: RankContext, folder: RunFolder) -> dict[str, Any]:
         _export_final(backend, tokenizer, folder, ctx)
     rss = _gather_peak_rss(ctx)
     load_mem_per_rank = _gather(ctx, {k: round(v, 2) for k, v in load_stats.items()})
+    hosts = _gather(ctx, _where_am_i())
     wall = time.time() - wall_start
     summary = {
         "steps": state["step"],
@@ -206,6 +207,7 @@ def _train(cfg: Any, ctx: RankContext, folder: RunFolder) -> dict[str, Any]:
         "final": final,
         "peak_rss_mb_per_rank": rss,
         "model_load_mb_per_rank": load_mem_per_rank,
+        "hosts_per_rank": hosts,
         "parameters": {"total": total_params, "trainable": trainable_params},
         "world_size": ctx.world_size,
         "launcher": ctx.launcher,
@@ -277,6 +279,21 @@ def _gather(ctx: RankContext, value: Any) -> list[Any]:
     gathered: list[Any] = [None] * ctx.world_size
     dist.all_gather_object(gathered, value)
     return gathered
+
+
+def _where_am_i() -> dict[str, Any]:
+    """Host, PID and (under Ray) node id of this rank: shows how ranks were placed."""
+    import socket
+
+    where: dict[str, Any] = {"host": socket.gethostname(), "pid": os.getpid()}
+    try:
+        import ray
+
+        if ray.is_initialized():
+            where["node_id"] = ray.get_runtime_context().get_node_id()
+    except Exception:  # not under Ray
+        pass
+    return where
 
 
 def _gather_peak_rss(ctx: RankContext) -> list[float]:

@@ -18,6 +18,17 @@ def _target(cfg: Any) -> Any:
     return load_object(TARGETS.get(cfg.cluster.target, "cluster.target").impl)()
 
 
+def target_of(folder: RunFolder) -> Any:
+    """The target a run folder was submitted to (for status, logs, stop)."""
+    sub = folder.read_json("submission.json")
+    if not sub:
+        raise UserError(Problem(str(folder.path), "this run was not submitted to a cluster",
+                                "status/logs/stop apply to runs started with --target ray|slurm|kubernetes"))
+    from cluster import TARGETS
+
+    return load_object(TARGETS.get(sub["target"]).impl)()
+
+
 def prepare_run(config: str | None, resume_dir: str | None, overrides: tuple[str, ...], *,
                 runs_dir: str | None = None, dry_run: bool = False) -> tuple[RunFolder, Any]:
     """Validate and preflight; create (or reopen) the run folder unless ``dry_run``."""

@@ -167,9 +167,20 @@ class LocalTarget(Section):
     num_cpus: int | None = Field(None, gt=0, description="CPUs the embedded Ray may use.")
 
 
+class RayTarget(Section):
+    address: str | None = Field(
+        None, description="Ray dashboard URL, e.g. http://head:8265 (default: RAY_ADDRESS)."
+    )
+    forward_secrets: bool = Field(
+        True, description="Pass WANDB_API_KEY/HF_TOKEN from this shell to the job's env."
+    )
+    pip: list[str] = Field(default_factory=list, description="Extra pip packages for the job.")
+
+
 class ClusterSection(Section):
     target: str = "local"
     local: LocalTarget = Field(default_factory=LocalTarget)
+    ray: RayTarget = Field(default_factory=RayTarget)
 
     @field_validator("target")
     @classmethod

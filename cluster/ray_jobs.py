@@ -1,0 +1,160 @@
+"""``ray``: an existing Ray cluster, through the Ray Jobs API.
+
+The job's entrypoint is ftl's driver (``python -m launcher.driver RUN_DIR --seed ftl-run``)
+in a staged working directory (code, config, small local data; see ``cluster.staging``).
+Token auth: Ray's own client reads ``RAY_AUTH_TOKEN``/``RAY_AUTH_TOKEN_PATH`` from the
+environment; ftl never reads, prints or stores the token. W&B/HF secrets are forwarded in the
+job's env only when ``cluster.ray.forward_secrets`` is on, and are masked in ``--dry-run``.
+State is read from the Jobs API (``ray job status`` exits 0 even for failed jobs).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import sys
+import time
+import uuid
+from collections.abc import Iterator
+from typing import Any
+
+from cluster.base import Target
+from cluster.staging import SEED_DIR, stage
+from launcher.errors import JobFailed, Problem, UserError
+from launcher.rundir import RunFolder
+
+SECRETS = ("WANDB_API_KEY", "HF_TOKEN")
+PLAIN_ENV = ("WANDB_MODE", "HF_HUB_OFFLINE", "HF_DATASETS_OFFLINE", "FTL_FAILPOINT", "FTL_FAILPOINT_RANK")
+TERMINAL = {"SUCCEEDED", "FAILED", "STOPPED"}
+
+
+def _address(cfg: Any) -> str:
+    address = cfg.cluster.ray.address or os.environ.get("RAY_ADDRESS")
+    if not address:
+        raise UserError(Problem("cluster.ray.address", "no Ray cluster address",
+                                "set cluster.ray.address: http://<head>:8265 (or RAY_ADDRESS)"))
+    return address if "://" in address else f"http://{address}"
+
+
+class RayJobsTarget(Target):
+    name = "ray"
+
+    def _client(self, address: str) -> Any:
+        from ray.job_submission import JobSubmissionClient
+
+        last: Exception | None = None
+        for _ in range(10):  # a head warming up answers "No available agent" for a while
+            try:
+                return JobSubmissionClient(address)
+            except Exception as exc:  # ConnectionError, RuntimeError from the SDK
+                last = exc
+                time.sleep(1)
+        raise UserError(Problem("cluster.ray.address", f"cannot reach the Ray dashboard at {address}: "
+                                f"{str(last).splitlines()[0] if last else ''}",
+                                "is the cluster up, and is the dashboard port reachable from here?"))
+
+    def preflight(self, cfg: Any) -> None:
+        self._client(_address(cfg))
+
+    # -- what is submitted
+    def job_spec(self, folder: RunFolder, cfg: Any, working_dir: str, *, mask: bool) -> dict[str, Any]:
+        env = {k: os.environ[k] for k in PLAIN_ENV if k in os.environ}
+        env.update({"RAY_TRAIN_ENABLE_PRINT_PATCH": "0", "TOKENIZERS_PARALLELISM": "false"})
+        if cfg.cluster.ray.forward_secrets:
+            env.update({k: ("***" if mask else os.environ[k]) for k in SECRETS if k in os.environ})
+        runtime_env: dict[str, Any] = {"working_dir": working_dir, "env_vars": env}
+        if cfg.cluster.ray.pip:
+            runtime_env["pip"] = list(cfg.cluster.ray.pip)
+        run_dir = str(folder.path.resolve())
+        return {
+            "address": _address(cfg),
+            "submission_id": f"ftl-{folder.path.name}-{uuid.uuid4().hex[:6]}",
+            "entrypoint": f"python -m launcher.driver {_quote(run_dir)} --seed {SEED_DIR}",
+            "runtime_env": runtime_env,
+        }
+
+    def render(self, folder: RunFolder, cfg: Any) -> str:
+        spec = self.job_spec(folder, cfg, "<staged: launcher/ strategies/ cluster/ ftl-run/ ftl-data/>",
+                             mask=True)
+        return json.dumps(spec, indent=2)
+
+    # -- lifecycle
+    def submit(self, folder: RunFolder) -> str:
+        cfg = folder.load_config()
+        staged = stage(folder)
+        try:
+            spec = self.job_spec(folder, cfg, str(staged), mask=False)
+            client = self._client(spec["address"])
+            client.submit_job(entrypoint=spec["entrypoint"], runtime_env=spec["runtime_env"],
+                              submission_id=spec["submission_id"])
+        finally:
+            shutil.rmtree(staged, ignore_errors=True)
+        folder.write_json("submission.json", {"target": self.name, "address": spec["address"],
+                                              "submission_id": spec["submission_id"]})
+        return spec["submission_id"]
+
+    def _job(self, folder: RunFolder) -> tuple[Any, str]:
+        sub = folder.read_json("submission.json")
+        if not sub:
+            raise UserError(Problem(str(folder.path), "this run was not submitted to a cluster"))
+        return self._client(sub["address"]), sub["submission_id"]
+
+    def status(self, folder: RunFolder) -> str:
+        client, sid = self._job(folder)
+        return str(client.get_job_status(sid).value)
+
+    def logs(self, folder: RunFolder, *, follow: bool = False) -> Iterator[str]:
+        client, sid = self._job(folder)
+        if not follow:
+            yield client.get_job_logs(sid)
+            return
+        seen = 0
+        while True:
+            text = client.get_job_logs(sid)
+            if len(text) > seen:
+                yield text[seen:]
+                seen = len(text)
+            if str(client.get_job_status(sid).value) in TERMINAL:
+                text = client.get_job_logs(sid)
+                if len(text) > seen:
+                    yield text[seen:]
+                return
+            time.sleep(1)
+
+    def stop(self, folder: RunFolder) -> str:
+        client, sid = self._job(folder)
+        client.stop_job(sid)
+        for _ in range(60):
+            state = str(client.get_job_status(sid).value)
+            if state in TERMINAL:
+                return state
+            time.sleep(1)
+        return str(client.get_job_status(sid).value)
+
+    def run(self, folder: RunFolder, *, progress: bool = True) -> dict[str, Any]:
+        self.submit(folder)
+        client, sid = self._job(folder)
+        print(f"submitted Ray job {sid}", file=sys.stderr)
+        try:
+            for chunk in self.logs(folder, follow=True):
+                sys.stderr.write(chunk)
+                sys.stderr.flush()
+        except KeyboardInterrupt:
+            self.stop(folder)
+            raise
+        info = client.get_job_info(sid)
+        state = str(info.status.value)
+        if state != "SUCCEEDED":
+            from launcher.driver import job_failure
+
+            failure = job_failure(folder, None)
+            detail = failure.message if failure.failed_ranks else (info.message or state)
+            raise JobFailed(f"Ray job {sid} {state.lower()}: {detail}", failure.failed_ranks, failure.logs)
+        return folder.summary() or {}
+
+
+def _quote(text: str) -> str:
+    import shlex
+
+    return shlex.quote(text)

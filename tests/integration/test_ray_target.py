@@ -1,0 +1,136 @@
+"""``--target ray``: a real Ray head on loopback, the Jobs API, detach/status/logs/stop."""
+
+from __future__ import annotations
+
+import json
+import time
+from pathlib import Path
+
+import pytest
+
+from launcher.data.synthetic import generate
+from tests.conftest import run_dirs, run_ftl, tiny_config, write_config
+from tests.helpers.ray_head import RayHead
+
+TOKEN = "ftl-test-token-5b0c9f1e7d"
+
+
+@pytest.fixture(scope="module")
+def head():
+    h = RayHead(num_cpus=3, env={"RAY_AUTH_MODE": "token", "RAY_AUTH_TOKEN": TOKEN})
+    try:
+        h.wait_ready()
+        yield h
+    finally:
+        h.close()
+
+
+def client_env(head) -> dict:
+    return {"RAY_AUTH_MODE": "token", "RAY_AUTH_TOKEN": TOKEN, "WANDB_API_KEY": "wandb-secret-0123456789"}
+
+
+def ray_config(workdir: Path, head, **train) -> Path:
+    data = workdir / "reverse.jsonl"
+    data.write_text("".join(json.dumps(r) + "\n" for r in generate("reverse", 256)))
+    cfg = tiny_config(data={"train": {"path": str(data)}, "eval": {"path": "builtin:reverse", "num_rows": 16}},
+                      train={"max_steps": 6, **train},
+                      cluster={"target": "ray", "ray": {"address": head.address}},
+                      logging={"every_steps": 1, "wandb": {"mode": "disabled"}})
+    return write_config(workdir, cfg)
+
+
+def no_secret_anywhere(texts: list[str], run: Path) -> None:
+    for text in texts:
+        assert TOKEN not in text and "wandb-secret-0123456789" not in text
+    for f in run.rglob("*"):
+        if f.is_file() and f.stat().st_size < 5_000_000:
+            data = f.read_bytes()
+            assert TOKEN.encode() not in data and b"wandb-secret-0123456789" not in data, f
+
+
+def test_attached_run_on_existing_cluster(head, workdir):
+    proc = run_ftl(["run", ray_config(workdir, head)], workdir, env=client_env(head))
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    (run,) = run_dirs(workdir)
+    summary = json.loads((run / "summary.json").read_text())
+    assert summary["steps"] == 6 and summary["world_size"] == 2 and summary["launcher"] == "ray"
+    assert "submitted Ray job ftl-" in proc.stderr and "ftl driver: done" in proc.stderr
+    staged = json.loads(json.dumps(__import__("yaml").safe_load((run / "config.yaml").read_text())))
+    assert staged["data"]["train"][0]["path"].startswith("ftl-data/")  # the local file was uploaded
+    no_secret_anywhere([proc.stdout, proc.stderr], run)
+
+
+def test_dry_run_masks_secrets_and_submits_nothing(head, workdir):
+    proc = run_ftl(["run", ray_config(workdir, head), "--dry-run"], workdir, env=client_env(head))
+    assert proc.returncode == 0, proc.stderr
+    spec = json.loads(proc.stdout)
+    assert spec["entrypoint"].startswith("python -m launcher.driver ")
+    assert spec["runtime_env"]["env_vars"]["WANDB_API_KEY"] == "***"
+    assert run_dirs(workdir) == []
+    no_secret_anywhere([proc.stdout, proc.stderr], workdir)
+
+
+def test_detach_status_logs_stop(head, workdir):
+    path = ray_config(workdir, head, max_steps=100_000)
+    proc = run_ftl(["run", path, "--detach"], workdir, env=client_env(head))
+    assert proc.returncode == 0, proc.stderr
+    (run,) = run_dirs(workdir)
+    assert "submitted ftl-" in proc.stdout
+    state = ""
+    deadline = time.time() + 180
+    while time.time() < deadline:
+        state = run_ftl(["status", run], workdir, env=client_env(head)).stdout.strip()
+        if state == "RUNNING" and (run / "metrics.jsonl").exists():
+            break
+        time.sleep(2)
+    assert state == "RUNNING"
+    logs = run_ftl(["logs", run], workdir, env=client_env(head))
+    assert logs.returncode == 0 and "ftl driver: run folder" in logs.stdout
+    stopped = run_ftl(["stop", run], workdir, env=client_env(head))
+    assert stopped.returncode == 0 and stopped.stdout.strip() == "STOPPED", stopped.stderr
+    assert run_ftl(["status", run], workdir, env=client_env(head)).stdout.strip() == "STOPPED"
+    follow = run_ftl(["logs", run, "--follow"], workdir, env=client_env(head), timeout=60)
+    assert follow.returncode == 0
+
+
+def test_failed_job_exits_1_naming_the_rank(head, workdir):
+    env = {**client_env(head), "FTL_FAILPOINT": "train.after_step:2:raise", "FTL_FAILPOINT_RANK": "1"}
+    proc = run_ftl(["run", ray_config(workdir, head)], workdir, env=env)
+    assert proc.returncode == 1, proc.stderr[-2000:]
+    assert "rank 1 failed: FailpointError" in proc.stderr
+
+
+def test_unreachable_cluster_is_a_user_error(workdir):
+    cfg = tiny_config(cluster={"target": "ray", "ray": {"address": "http://127.0.0.1:9"}})
+    proc = run_ftl(["run", write_config(workdir, cfg)], workdir, timeout=120)
+    assert proc.returncode == 2, proc.stderr
+    assert "cannot reach the Ray dashboard at http://127.0.0.1:9" in proc.stderr
+    assert run_dirs(workdir) == []
+
+
+def test_two_node_cluster_places_workers_on_both_nodes(workdir):
+    """ray.cluster_utils.Cluster: two raylets on this machine, 1 CPU each, 2 workers."""
+    import ray
+    from ray.cluster_utils import Cluster
+
+    from launcher.driver import run_trainer
+    from launcher.submit import prepare_run
+
+    cfg = tiny_config(train={"max_steps": 3}, logging={"every_steps": 1, "wandb": {"mode": "disabled"}})
+    path = write_config(workdir, cfg)
+    import os
+
+    os.chdir(workdir)
+    folder, _ = prepare_run(str(path), None, ())
+    cluster = Cluster(initialize_head=True, head_node_args={"num_cpus": 1})
+    cluster.add_node(num_cpus=1)
+    try:
+        ray.init(address=cluster.address)
+        run_trainer(folder)
+    finally:
+        ray.shutdown()
+        cluster.shutdown()
+    summary = json.loads((folder.path / "summary.json").read_text())
+    nodes = [h["node_id"] for h in summary["hosts_per_rank"]]
+    print("\nrank -> node:", nodes)
+    assert len(set(nodes)) == 2
