@@ -6,6 +6,7 @@ new session and is torn down with ``os.killpg``.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import signal
 import socket
@@ -67,9 +68,7 @@ class RayHead:
         raise TimeoutError(f"ray head not ready: {last}")
 
     def close(self) -> None:
-        try:
+        with contextlib.suppress(ProcessLookupError):
             os.killpg(self.proc.pid, signal.SIGKILL)
-        except ProcessLookupError:
-            pass
         self.proc.wait(timeout=30)
         self.log.close()
