@@ -32,7 +32,8 @@ def client_env(head) -> dict:
 def ray_config(workdir: Path, head, **train) -> Path:
     data = workdir / "reverse.jsonl"
     data.write_text("".join(json.dumps(r) + "\n" for r in generate("reverse", 256)))
-    cfg = tiny_config(data={"train": {"path": str(data)}, "eval": {"path": "builtin:reverse", "num_rows": 16}},
+    held_out = {"path": "builtin:reverse", "num_rows": 16}
+    cfg = tiny_config(data={"train": {"path": str(data)}, "eval": held_out},
                       train={"max_steps": 6, **train},
                       cluster={"target": "ray", "ray": {"address": head.address}},
                       logging={"every_steps": 1, "wandb": {"mode": "disabled"}})
