@@ -19,6 +19,9 @@ TARGETS: Registry[TargetSpec] = Registry("cluster target")
 TARGETS.register("local")(
     TargetSpec("local", "cluster.local:LocalTarget", "embedded Ray on this machine")
 )
+TARGETS.register("slurm")(
+    TargetSpec("slurm", "cluster.slurm:SlurmTarget", "a Slurm allocation that brings up Ray (sbatch)")
+)
 TARGETS.register("ray")(
     TargetSpec("ray", "cluster.ray_jobs:RayJobsTarget", "an existing Ray cluster, through its Jobs API")
 )

@@ -16,6 +16,7 @@ if command -v nvidia-smi >/dev/null 2>&1 && nvidia-smi -L >/dev/null 2>&1; then
   echo "ftl install: GPU found, installing the default (CUDA) torch build" >&2
   "${pip[@]}" "torch>=2.4"
 else
+  export DS_ACCELERATOR=cpu  # quiet DeepSpeed's accelerator probe
   # A bare torch requirement pulls a multi-GB CUDA build; pin the CPU wheel.
   "${pip[@]}" "torch==${FTL_CPU_TORCH:-2.13.0}"
 fi

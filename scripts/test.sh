@@ -4,6 +4,14 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 ./scripts/install.sh
+# Real Slurm daemons for the slurm target's tests (Debian packages; needs root and apt).
+if ! command -v slurmctld >/dev/null || ! command -v munged >/dev/null; then
+  if [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null; then
+    (apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq \
+      --no-install-recommends slurmctld slurmd slurm-client munge) >/dev/null \
+      || echo "test.sh: could not install Slurm; its tests will be skipped" >&2
+  fi
+fi
 export FTL_HOME="${FTL_HOME:-$PWD/.cache/ftl}"          # builtin models, compiled ops
 export TORCH_EXTENSIONS_DIR="${TORCH_EXTENSIONS_DIR:-$FTL_HOME/torch_extensions}"
 export HF_HUB_OFFLINE=1 HF_DATASETS_OFFLINE=1 RAY_AUTH_MODE=disabled

@@ -177,10 +177,31 @@ class RayTarget(Section):
     pip: list[str] = Field(default_factory=list, description="Extra pip packages for the job.")
 
 
+class SlurmTarget(Section):
+    nodes: int = Field(1, gt=0)
+    gpus_per_node: int = Field(0, ge=0)
+    cpus_per_node: int | None = Field(None, gt=0, description="default: workers per node x cpus_per_worker")
+    mem: str | None = Field(None, pattern=r"^\d+[KMGT]?$", description="per node, e.g. 480G")
+    time: str = Field("24:00:00", pattern=r"^(\d+-)?\d+(:\d{2}){0,2}$")
+    partition: str | None = None
+    account: str | None = None
+    qos: str | None = None
+    constraint: str | None = None
+    exclusive: bool = False
+    container_image: str | None = Field(None, description="pyxis/enroot image (srun --container-image)")
+    setup: list[str] = Field(
+        default_factory=list,
+        description="Shell lines run first on every node, e.g. 'source /shared/venv/bin/activate'.",
+    )
+    python: str = Field("python", description="Python on the nodes that has ftl's dependencies.")
+    join_timeout_s: int = Field(300, gt=0, description="Wait for every node's Ray to join, then fail.")
+
+
 class ClusterSection(Section):
     target: str = "local"
     local: LocalTarget = Field(default_factory=LocalTarget)
     ray: RayTarget = Field(default_factory=RayTarget)
+    slurm: SlurmTarget = Field(default_factory=SlurmTarget)
 
     @field_validator("target")
     @classmethod

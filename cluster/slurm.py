@@ -1,0 +1,152 @@
+"""``slurm``: an sbatch job that brings up Ray on its nodes and runs ftl's driver.
+
+The staged working directory (code, config, data) is copied into ``<run>/job/``, so the
+run folder must be on storage every node sees (``checkpoint.dir``). State comes from
+``squeue``, then ``scontrol show job``, then ``sacct`` (``sacct -c`` where only job
+completion logging is configured); logs are the job's ``slurm-<id>.out`` in the run folder.
+"""
+
+from __future__ import annotations
+
+import re
+import shutil
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+from cluster.base import Target
+from cluster.slurm_script import render_sbatch
+from cluster.staging import stage
+from launcher.errors import JobFailed, Problem, UserError
+from launcher.rundir import RunFolder
+
+TERMINAL = {"COMPLETED", "FAILED", "CANCELLED", "TIMEOUT", "NODE_FAIL", "PREEMPTED", "OUT_OF_MEMORY",
+            "BOOT_FAIL", "DEADLINE"}
+
+
+def _run(cmd: list[str]) -> subprocess.CompletedProcess:
+    try:
+        return subprocess.run(cmd, capture_output=True, text=True, timeout=60)
+    except FileNotFoundError:
+        raise UserError(Problem("cluster.target", f"{cmd[0]} not found: Slurm's client tools are not "
+                                "installed here", "run ftl on a Slurm login node")) from None
+
+
+class SlurmTarget(Target):
+    name = "slurm"
+
+    def preflight(self, cfg: Any) -> None:
+        if shutil.which("sbatch") is None:
+            raise UserError(Problem("cluster.target", "sbatch not found: this machine is not a Slurm "
+                                    "login node", "run ftl where sbatch works, or use --dry-run"))
+        nodes = cfg.cluster.slurm.nodes
+        if cfg.resources.num_workers % nodes:
+            raise UserError(Problem("resources.num_workers", f"{cfg.resources.num_workers} workers do "
+                                    f"not spread evenly over {nodes} nodes",
+                                    "use a multiple of cluster.slurm.nodes"))
+
+    def script(self, folder: RunFolder, cfg: Any) -> str:
+        run_dir = str(folder.path.resolve())
+        return render_sbatch(cfg, run_dir, f"{run_dir}/job")
+
+    def sbatch_command(self, folder: RunFolder) -> list[str]:
+        out = f"{folder.path.resolve()}/slurm-%j.out"
+        return ["sbatch", "--parsable", f"--output={out}", str(folder.path.resolve() / "job.sbatch")]
+
+    def render(self, folder: RunFolder, cfg: Any) -> str:
+        import shlex
+
+        return f"# {shlex.join(self.sbatch_command(folder))}\n{self.script(folder, cfg)}"
+
+    def submit(self, folder: RunFolder) -> str:
+        cfg = folder.load_config()
+        staged = stage(folder)
+        job_dir = folder.path / "job"
+        shutil.rmtree(job_dir, ignore_errors=True)
+        shutil.copytree(staged, job_dir)
+        shutil.rmtree(staged, ignore_errors=True)
+        script = folder.path / "job.sbatch"
+        script.write_text(self.script(folder, cfg))
+        proc = _run(self.sbatch_command(folder))
+        if proc.returncode != 0:
+            raise UserError(Problem("cluster.slurm", f"sbatch refused the job: {proc.stderr.strip()}",
+                                    f"the script is {script}"))
+        job_id = proc.stdout.strip().split(";")[0]
+        folder.write_json("submission.json", {"target": self.name, "job_id": job_id})
+        return job_id
+
+    def _job_id(self, folder: RunFolder) -> str:
+        sub = folder.read_json("submission.json")
+        if not sub:
+            raise UserError(Problem(str(folder.path), "this run was not submitted to Slurm"))
+        return sub["job_id"]
+
+    def status(self, folder: RunFolder) -> str:
+        job = self._job_id(folder)
+        out = _run(["squeue", "-h", "-j", job, "-o", "%T"]).stdout.strip()
+        if out:
+            return out.splitlines()[0]
+        out = _run(["scontrol", "show", "job", job]).stdout
+        m = re.search(r"JobState=(\w+)", out)
+        if m:
+            return m.group(1)
+        for cmd in (["sacct", "-n", "-X", "-j", job, "-o", "State"],
+                    ["sacct", "-c", "-n", "-j", job, "-o", "State"]):
+            out = _run(cmd).stdout.split()
+            if out:
+                return out[0].rstrip("+")
+        return "UNKNOWN"
+
+    def log_file(self, folder: RunFolder) -> Path:
+        return folder.path / f"slurm-{self._job_id(folder)}.out"
+
+    def logs(self, folder: RunFolder, *, follow: bool = False) -> Iterator[str]:
+        path = self.log_file(folder)
+        offset = 0
+        while True:
+            if path.exists():
+                with path.open() as fh:
+                    fh.seek(offset)
+                    chunk = fh.read()
+                offset += len(chunk.encode())
+                if chunk:
+                    yield chunk
+            if not follow:
+                return
+            if self.status(folder) in TERMINAL:
+                if path.exists() and path.stat().st_size > offset:
+                    continue
+                return
+            time.sleep(1)
+
+    def stop(self, folder: RunFolder) -> str:
+        _run(["scancel", self._job_id(folder)])
+        state = self.status(folder)
+        for _ in range(60):
+            if state in TERMINAL:
+                break
+            time.sleep(1)
+            state = self.status(folder)
+        return state
+
+    def run(self, folder: RunFolder, *, progress: bool = True) -> dict[str, Any]:
+        job = self.submit(folder)
+        print(f"submitted Slurm job {job}", file=sys.stderr)
+        try:
+            for chunk in self.logs(folder, follow=True):
+                sys.stderr.write(chunk)
+                sys.stderr.flush()
+        except KeyboardInterrupt:
+            self.stop(folder)
+            raise
+        state = self.status(folder)
+        if state != "COMPLETED":
+            from launcher.driver import job_failure
+
+            failure = job_failure(folder, None)
+            detail = failure.message if failure.failed_ranks else f"see {self.log_file(folder)}"
+            raise JobFailed(f"Slurm job {job} {state}: {detail}", failure.failed_ranks, failure.logs)
+        return folder.summary() or {}
