@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-import os
 import sys
 import time
 from pathlib import Path
@@ -11,7 +10,7 @@ from pathlib import Path
 import psutil
 import pytest
 
-from tests.conftest import ROOT, run_ftl, tiny_config, write_config
+from tests.conftest import run_ftl, tiny_config, write_config
 from tests.helpers.slurm_cluster import SlurmCluster, available
 
 pytestmark = pytest.mark.skipif(not available(), reason="Slurm packages not installed (scripts/test.sh installs them)")
