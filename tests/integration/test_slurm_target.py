@@ -13,7 +13,8 @@ import pytest
 from tests.conftest import run_ftl, tiny_config, write_config
 from tests.helpers.slurm_cluster import SlurmCluster, available
 
-pytestmark = pytest.mark.skipif(not available(), reason="Slurm packages not installed (scripts/test.sh installs them)")
+pytestmark = pytest.mark.skipif(not available(),
+                                reason="Slurm packages not installed (scripts/test.sh installs them)")
 HOSTILE = "runs dir/it's \"quoted\" $HOME `x`"
 
 
