@@ -13,6 +13,9 @@ class Target:
     def preflight(self, cfg: Any) -> None:
         """Raise UserError when the target cannot take this config (before anything starts)."""
 
+    def check_reachable(self, cfg: Any) -> None:
+        """Raise UserError when the cluster cannot be reached (skipped by --dry-run)."""
+
     def render(self, folder: RunFolder, cfg: Any) -> str:
         """What would be submitted (``--dry-run``); the folder need not exist yet."""
         raise NotImplementedError

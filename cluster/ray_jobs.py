@@ -55,6 +55,9 @@ class RayJobsTarget(Target):
                                 "is the cluster up, and is the dashboard port reachable from here?"))
 
     def preflight(self, cfg: Any) -> None:
+        _address(cfg)
+
+    def check_reachable(self, cfg: Any) -> None:
         self._client(_address(cfg))
 
     # -- what is submitted

@@ -22,6 +22,9 @@ TARGETS.register("local")(
 TARGETS.register("slurm")(
     TargetSpec("slurm", "cluster.slurm:SlurmTarget", "a Slurm allocation that brings up Ray (sbatch)")
 )
+TARGETS.register("kubernetes")(
+    TargetSpec("kubernetes", "cluster.kubernetes:KubernetesTarget", "a KubeRay RayJob")
+)
 TARGETS.register("ray")(
     TargetSpec("ray", "cluster.ray_jobs:RayJobsTarget", "an existing Ray cluster, through its Jobs API")
 )

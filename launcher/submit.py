@@ -51,8 +51,8 @@ def prepare_run(config: str | None, resume_dir: str | None, overrides: tuple[str
     preflight(cfg, target)
     plan = make_plan(cfg)
     if dry_run:
-        folder.pending_config = cfg  # type: ignore[attr-defined]
         return folder, _DryRun(target, folder, cfg)
+    target.check_reachable(cfg)
     if not resume_dir:
         folder = RunFolder.create(runs_dir or cfg.checkpoint.dir, cfg.name)
     folder.write_config(config_to_dict(cfg))

@@ -197,11 +197,43 @@ class SlurmTarget(Section):
     join_timeout_s: int = Field(300, gt=0, description="Wait for every node's Ray to join, then fail.")
 
 
+class SecretRef(Section):
+    name: str = Field(pattern=r"^[a-z0-9]([-a-z0-9.]*[a-z0-9])?$")
+    key: str
+
+
+class KubernetesTarget(Section):
+    namespace: str = Field("default", pattern=r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?$")
+    image: str = Field("rayproject/ray:2.60.0-py311-gpu", description="Image with ftl installed.")
+    ray_version: str = "2.60.0"
+    gpus_per_pod: int = Field(0, ge=0, description="GPUs per worker pod (0: one worker per pod, CPU).")
+    cpus_per_pod: str | None = Field(None, description="default: workers per pod x cpus_per_worker")
+    memory_per_pod: str = "64Gi"
+    head_cpus: str = "4"
+    head_memory: str = "16Gi"
+    shm_size: str = Field("32Gi", description="/dev/shm as a memory emptyDir (NCCL needs it)")
+    runs_pvc: str | None = Field(None, description="PVC holding checkpoint.dir, mounted on every pod.")
+    node_selector: dict[str, str] = Field(default_factory=dict)
+    tolerations: list[dict[str, Any]] = Field(default_factory=list)
+    service_account: str | None = None
+    wandb_secret: SecretRef | None = Field(None, description="Secret key holding the W&B API key.")
+    hf_secret: SecretRef | None = Field(None, description="Secret key holding the HF token.")
+    shutdown_after_job_finishes: bool = True
+    ttl_seconds_after_finished: int = Field(3600, ge=0)
+    backoff_limit: int = Field(0, ge=0)
+    active_deadline_seconds: int | None = Field(None, gt=0)
+    cluster_selector: dict[str, str] = Field(
+        default_factory=dict, description="Run on an existing RayCluster with these labels."
+    )
+    queue: str | None = Field(None, description="Kueue LocalQueue (label kueue.x-k8s.io/queue-name).")
+
+
 class ClusterSection(Section):
     target: str = "local"
     local: LocalTarget = Field(default_factory=LocalTarget)
     ray: RayTarget = Field(default_factory=RayTarget)
     slurm: SlurmTarget = Field(default_factory=SlurmTarget)
+    kubernetes: KubernetesTarget = Field(default_factory=KubernetesTarget)
 
     @field_validator("target")
     @classmethod
