@@ -1,9 +1,13 @@
-"""What every cluster target does: run (attached), and later submit/status/logs/stop."""
+"""What every cluster target does: render, run attached; cluster targets also submit,
+status, logs and stop."""
 
 from __future__ import annotations
 
+import sys
+from collections.abc import Iterator
 from typing import Any
 
+from launcher.errors import JobFailed
 from launcher.rundir import RunFolder
 
 
@@ -23,3 +27,45 @@ class Target:
     def run(self, folder: RunFolder, *, progress: bool = True) -> dict[str, Any]:
         """Run attached until the job ends; return the summary; raise JobFailed on failure."""
         raise NotImplementedError
+
+
+class SubmittingTarget(Target):
+    """A target with a job system: attached runs are submit + follow logs + final state."""
+
+    #: the state a successful job ends in, and how to name a job in messages
+    success_state = "SUCCEEDED"
+    job_label = "job"
+
+    def submit(self, folder: RunFolder) -> str:
+        raise NotImplementedError
+
+    def status(self, folder: RunFolder) -> str:
+        raise NotImplementedError
+
+    def logs(self, folder: RunFolder, *, follow: bool = False) -> Iterator[str]:
+        raise NotImplementedError
+
+    def stop(self, folder: RunFolder) -> str:
+        raise NotImplementedError
+
+    def failure_hint(self, folder: RunFolder) -> str:
+        return f"see `ftl logs {folder.path}`"
+
+    def run(self, folder: RunFolder, *, progress: bool = True) -> dict[str, Any]:
+        job = f"{self.job_label} {self.submit(folder)}"
+        print(f"submitted {job}", file=sys.stderr)
+        try:
+            for chunk in self.logs(folder, follow=True):
+                sys.stderr.write(chunk)
+                sys.stderr.flush()
+        except KeyboardInterrupt:
+            self.stop(folder)  # Ctrl-C stops what this command started
+            raise
+        state = self.status(folder)
+        if state != self.success_state:
+            from launcher.driver import job_failure
+
+            failure = job_failure(folder, None)
+            detail = failure.message if failure.failed_ranks else self.failure_hint(folder)
+            raise JobFailed(f"{job} {state}: {detail}", failure.failed_ranks, failure.logs)
+        return folder.summary() or {}

@@ -6,7 +6,6 @@ server named by the current kubeconfig (``KUBECONFIG`` or ``~/.kube/config``).
 
 from __future__ import annotations
 
-import sys
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -14,10 +13,10 @@ from typing import Any
 
 import yaml
 
-from cluster.base import Target
+from cluster.base import SubmittingTarget
 from cluster.k8s_manifest import GROUP, PLURAL, VERSION, render_manifests
 from cluster.staging import SEED_FILES
-from launcher.errors import JobFailed, Problem, UserError
+from launcher.errors import Problem, UserError
 from launcher.rundir import RunFolder
 
 TERMINAL = {"SUCCEEDED", "FAILED", "STOPPED"}
@@ -27,8 +26,9 @@ def _seed(folder: RunFolder) -> dict[str, str]:
     return {n: (folder.path / n).read_text() for n in SEED_FILES if (folder.path / n).exists()}
 
 
-class KubernetesTarget(Target):
+class KubernetesTarget(SubmittingTarget):
     name = "kubernetes"
+    job_label = "RayJob"
 
     def preflight(self, cfg: Any) -> None:
         for section in ("train", "eval"):
@@ -71,7 +71,7 @@ class KubernetesTarget(Target):
         custom.create_namespaced_custom_object(GROUP, VERSION, ns, PLURAL, rayjob)
         folder.write_json("submission.json", {"target": self.name, "namespace": ns,
                                               "name": rayjob["metadata"]["name"]})
-        return f"rayjob/{rayjob['metadata']['name']}"
+        return f"{ns}/{rayjob['metadata']['name']}"
 
     def _ref(self, folder: RunFolder) -> tuple[str, str]:
         sub = folder.read_json("submission.json")
@@ -107,17 +107,3 @@ class KubernetesTarget(Target):
         custom, _ = self._apis()
         custom.patch_namespaced_custom_object(GROUP, VERSION, ns, PLURAL, name, {"spec": {"suspend": True}})
         return self.status(folder)
-
-    def run(self, folder: RunFolder, *, progress: bool = True) -> dict[str, Any]:
-        job = self.submit(folder)
-        print(f"submitted {job}", file=sys.stderr)
-        try:
-            for chunk in self.logs(folder, follow=True):
-                sys.stderr.write(chunk)
-        except KeyboardInterrupt:
-            self.stop(folder)
-            raise
-        state = self.status(folder)
-        if state != "SUCCEEDED":
-            raise JobFailed(f"{job} {state}; see `ftl logs {folder.path}`")
-        return folder.summary() or {}

@@ -13,15 +13,14 @@ from __future__ import annotations
 import json
 import os
 import shutil
-import sys
 import time
 import uuid
 from collections.abc import Iterator
 from typing import Any
 
-from cluster.base import Target
+from cluster.base import SubmittingTarget
 from cluster.staging import SEED_DIR, stage
-from launcher.errors import JobFailed, Problem, UserError
+from launcher.errors import Problem, UserError
 from launcher.rundir import RunFolder
 
 SECRETS = ("WANDB_API_KEY", "HF_TOKEN")
@@ -37,8 +36,9 @@ def _address(cfg: Any) -> str:
     return address if "://" in address else f"http://{address}"
 
 
-class RayJobsTarget(Target):
+class RayJobsTarget(SubmittingTarget):
     name = "ray"
+    job_label = "Ray job"
 
     def _client(self, address: str) -> Any:
         from ray.job_submission import JobSubmissionClient
@@ -135,26 +135,6 @@ class RayJobsTarget(Target):
             time.sleep(1)
         return str(client.get_job_status(sid).value)
 
-    def run(self, folder: RunFolder, *, progress: bool = True) -> dict[str, Any]:
-        self.submit(folder)
-        client, sid = self._job(folder)
-        print(f"submitted Ray job {sid}", file=sys.stderr)
-        try:
-            for chunk in self.logs(folder, follow=True):
-                sys.stderr.write(chunk)
-                sys.stderr.flush()
-        except KeyboardInterrupt:
-            self.stop(folder)
-            raise
-        info = client.get_job_info(sid)
-        state = str(info.status.value)
-        if state != "SUCCEEDED":
-            from launcher.driver import job_failure
-
-            failure = job_failure(folder, None)
-            detail = failure.message if failure.failed_ranks else (info.message or state)
-            raise JobFailed(f"Ray job {sid} {state.lower()}: {detail}", failure.failed_ranks, failure.logs)
-        return folder.summary() or {}
 
 
 def _quote(text: str) -> str:

@@ -11,16 +11,15 @@ from __future__ import annotations
 import re
 import shutil
 import subprocess
-import sys
 import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
-from cluster.base import Target
+from cluster.base import SubmittingTarget
 from cluster.slurm_script import render_sbatch
 from cluster.staging import stage
-from launcher.errors import JobFailed, Problem, UserError
+from launcher.errors import Problem, UserError
 from launcher.rundir import RunFolder
 
 TERMINAL = {"COMPLETED", "FAILED", "CANCELLED", "TIMEOUT", "NODE_FAIL", "PREEMPTED", "OUT_OF_MEMORY",
@@ -35,8 +34,13 @@ def _run(cmd: list[str]) -> subprocess.CompletedProcess:
                                 "installed here", "run ftl on a Slurm login node")) from None
 
 
-class SlurmTarget(Target):
+class SlurmTarget(SubmittingTarget):
     name = "slurm"
+    success_state = "COMPLETED"
+    job_label = "Slurm job"
+
+    def failure_hint(self, folder: RunFolder) -> str:
+        return f"see {self.log_file(folder)}"
 
     def preflight(self, cfg: Any) -> None:
         if shutil.which("sbatch") is None:
@@ -131,22 +135,3 @@ class SlurmTarget(Target):
             time.sleep(1)
             state = self.status(folder)
         return state
-
-    def run(self, folder: RunFolder, *, progress: bool = True) -> dict[str, Any]:
-        job = self.submit(folder)
-        print(f"submitted Slurm job {job}", file=sys.stderr)
-        try:
-            for chunk in self.logs(folder, follow=True):
-                sys.stderr.write(chunk)
-                sys.stderr.flush()
-        except KeyboardInterrupt:
-            self.stop(folder)
-            raise
-        state = self.status(folder)
-        if state != "COMPLETED":
-            from launcher.driver import job_failure
-
-            failure = job_failure(folder, None)
-            detail = failure.message if failure.failed_ranks else f"see {self.log_file(folder)}"
-            raise JobFailed(f"Slurm job {job} {state}: {detail}", failure.failed_ranks, failure.logs)
-        return folder.summary() or {}

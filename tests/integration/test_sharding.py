@@ -24,7 +24,7 @@ from launcher.rundir import RunFolder
 from tests.conftest import FTL, ROOT, run_ftl, tiny_config, write_config
 from tests.integration.test_local_run import losses
 
-BACKENDS = ["ddp", "zero1", "zero2", "zero2_offload", "zero3", "zero3_offload", "fsdp2"]
+BACKENDS = ["ddp", "zero1", "zero2", "zero2_offload", "zero3", "zero3_offload", "fsdp2", "fsdp2_offload"]
 STEPS = 8
 LORA = {"r": 8, "alpha": 16, "target_modules": "all-linear"}
 
