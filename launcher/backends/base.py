@@ -70,6 +70,17 @@ class Backend:
         """Clip, step optimizer and scheduler, zero grads; return the pre-clip grad norm."""
         raise NotImplementedError
 
+    def _clip_and_step(self, model: nn.Module) -> float:
+        """The plain torch optimizer step (DDP, FSDP2): clip, step, schedule, zero grads."""
+        params = [p for p in model.parameters() if p.requires_grad]
+        max_norm = self.cfg.train.max_grad_norm
+        norm = torch.nn.utils.clip_grad_norm_(params, max_norm if max_norm else float("inf"))
+        norm = norm.full_tensor() if hasattr(norm, "full_tensor") else norm  # DTensor under FSDP2
+        self.optimizer.step()
+        self.scheduler.step()
+        self.optimizer.zero_grad(set_to_none=True)
+        return float(norm)
+
     def save(self, folder: Path) -> None:
         raise NotImplementedError
 

@@ -35,13 +35,7 @@ class DDPBackend(Backend):
         return self.model.no_sync()
 
     def step(self) -> float:
-        params = [p for p in self._module.parameters() if p.requires_grad]
-        max_norm = self.cfg.train.max_grad_norm
-        norm = torch.nn.utils.clip_grad_norm_(params, max_norm if max_norm else float("inf"))
-        self.optimizer.step()
-        self.scheduler.step()
-        self.optimizer.zero_grad(set_to_none=True)
-        return float(norm)
+        return self._clip_and_step(self._module)
 
     def save(self, folder: Path) -> None:
         if self.ctx.is_main:

@@ -115,14 +115,7 @@ class FSDP2Backend(Backend):
         return contextlib.nullcontext()
 
     def step(self) -> float:
-        params = [p for p in self._wrapper.parameters() if p.requires_grad]
-        max_norm = self.cfg.train.max_grad_norm
-        norm = torch.nn.utils.clip_grad_norm_(params, max_norm if max_norm else float("inf"))
-        norm = norm.full_tensor() if hasattr(norm, "full_tensor") else norm
-        self.optimizer.step()
-        self.scheduler.step()
-        self.optimizer.zero_grad(set_to_none=True)
-        return float(norm)
+        return self._clip_and_step(self._wrapper)
 
     # -- checkpoints
     def save(self, folder: Path) -> None:

@@ -1,7 +1,7 @@
 """A real Ray head on loopback for tests: free ports, private temp dir, own process group.
 
-Never ``ray stop`` (it kills every Ray on the host): the head runs ``ray start --block`` in a
-new session and is torn down with ``os.killpg``.
+The head runs ``ray start --block`` in a new session and is torn down with ``os.killpg``: only
+what the test started is stopped, never other Ray instances on the host.
 """
 
 from __future__ import annotations

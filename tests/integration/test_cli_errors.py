@@ -77,7 +77,8 @@ def test_too_many_local_workers_is_a_user_error(workdir):
 
 def test_help_shows_examples(workdir):
     for cmd in (["--help"], ["run", "--help"], ["validate", "--help"], ["plan", "--help"],
-                ["schema", "--help"], ["list", "--help"]):
+                ["schema", "--help"], ["list", "--help"], ["export", "--help"], ["status", "--help"],
+                ["logs", "--help"], ["stop", "--help"]):
         proc = run_ftl(cmd, workdir)
         assert proc.returncode == 0
         assert "Example" in proc.stdout, cmd

@@ -43,8 +43,12 @@ def test_slurm_70b_script():
                     partition="gpu", account="ml-team", qos="high", constraint="h100", exclusive=True,
                     container_image="nvcr.io/nvidia/pytorch:25.01-py3",
                     setup=["source /shared/venvs/ftl/bin/activate", "export NCCL_IB_HCA=mlx5"])
-    check_golden("slurm_70b.sbatch", render_sbatch(cfg, "/shared/runs/llama3-70b-sft-20260101-000000",
-                                                   "/shared/runs/llama3-70b-sft-20260101-000000/job"))
+    text = render_sbatch(cfg, "/shared/runs/llama3-70b-sft-20260101-000000",
+                         "/shared/runs/llama3-70b-sft-20260101-000000/job")
+    check_golden("slurm_70b.sbatch", text)
+    for line in ("#SBATCH --nodes=8", "#SBATCH --gres=gpu:8", "#SBATCH --exclusive",
+                 "srun --nodes=7 --ntasks=7", "NODES=8"):
+        assert line in text
 
 
 def test_slurm_script_with_hostile_path_quotes_everything():
