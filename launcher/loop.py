@@ -141,6 +141,7 @@ def _train(cfg: Any, ctx: RankContext, folder: RunFolder) -> dict[str, Any]:
 
     backend.model.train()
     logged_tokens, logged_time = 0.0, 0.0
+    last_logged_step = start_step
     for step in range(start_step, cfg.train.max_steps):
         t0 = time.perf_counter()
         micro_idx = sampler.micro_batches(step, ctx.rank, ctx.world_size, micro, accum)
@@ -178,10 +179,12 @@ def _train(cfg: Any, ctx: RankContext, folder: RunFolder) -> dict[str, Any]:
                 "train/lr": lr,
                 "train/grad_norm": grad_norm,
                 "train/tokens_per_s": logged_tokens / max(logged_time, 1e-9),
+                "train/step_s": logged_time / max(state["step"] - last_logged_step, 1),
                 "train/tokens": state["tokens"],
                 **{f"train/{k}": s / max(global_items, 1.0) for k, s in zip(names, sums[1:])},
             }
             logged_tokens, logged_time = 0.0, 0.0
+            last_logged_step = state["step"]
             _emit(sinks, state["step"], metrics)
         if cfg.eval.every_steps and state["step"] % cfg.eval.every_steps == 0 and not done:
             _emit(sinks, state["step"], evaluate(backend, strategy, data.eval_sets, cfg))

@@ -1,0 +1,110 @@
+#!/usr/bin/env python3
+"""ftl's ``sft`` against TRL's ``SFTTrainer``: same model, data, batch, steps, one process each.
+
+    python scripts/bench_trl.py [--repeats 3] [--steps 60]
+
+Both train the builtin tiny-llama-256 on the same chat rows (loss on assistant tokens, no
+packing, fp32, 2 torch threads); the figure is the median optimizer-step time after 5
+warm-up steps, turned into real (non-padding) tokens per second. Runs alternate per repeat.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+from bench_common import ROOT, append_section, prepare, steady_step_s
+
+BATCH, MAX_LEN = 16, 64
+
+
+def ftl_step_s(work: Path, steps: int) -> float:
+    cfg = {"name": "bench-ftl", "method": "sft", "model": {"path": "builtin:tiny-llama-256"},
+           "data": {"train": {"path": "builtin:reverse", "num_rows": 4000}, "max_length": MAX_LEN},
+           "train": {"max_steps": steps, "micro_batch_size": BATCH, "lr": 1e-3, "schedule": "constant",
+                     "max_grad_norm": 1.0},
+           "resources": {"num_workers": 1, "cpus_per_worker": 2},
+           "checkpoint": {"dir": "runs", "save_final": False},
+           "logging": {"every_steps": 1, "wandb": {"mode": "disabled"}}, "eval": {"at_start": False}}
+    run = prepare(work, "ftl", cfg)
+    subprocess.run([sys.executable, "-m", "launcher.loop", str(run)], check=True, cwd=ROOT,
+                   env={**os.environ, "OMP_NUM_THREADS": "2"}, capture_output=True)
+    return steady_step_s(run)
+
+
+def trl_step_s(work: Path, steps: int) -> tuple[float, float]:
+    """(median step seconds, mean real tokens per step) for TRL's SFTTrainer."""
+    import datasets
+    import torch
+    from transformers import AutoModelForCausalLM, AutoTokenizer, TrainerCallback
+    from trl import SFTConfig, SFTTrainer
+
+    from launcher.data.synthetic import generate
+    from launcher.models.tiny import resolve_model_path
+
+    torch.set_num_threads(2)
+    path = resolve_model_path("builtin:tiny-llama-256")
+    tok = AutoTokenizer.from_pretrained(path)
+    rows = generate("reverse", 4000)
+    marks: list[float] = []
+
+    class Timer(TrainerCallback):
+        def on_step_begin(self, args, state, control, **kw):
+            marks.append(time.perf_counter())
+
+        def on_step_end(self, args, state, control, **kw):
+            marks.append(time.perf_counter())
+
+    args = SFTConfig(output_dir=str(work / "trl"), max_steps=steps, per_device_train_batch_size=BATCH,
+                     learning_rate=1e-3, lr_scheduler_type="constant", max_grad_norm=1.0,
+                     logging_steps=10**6, save_strategy="no", report_to=[], use_cpu=True,
+                     max_length=MAX_LEN, assistant_only_loss=True, packing=False, seed=42,
+                     dataloader_num_workers=0)
+    trainer = SFTTrainer(model=AutoModelForCausalLM.from_pretrained(path), args=args,
+                         train_dataset=datasets.Dataset.from_list(rows), processing_class=tok,
+                         callbacks=[Timer()])
+    trainer.train()
+    step_times = [marks[i + 1] - marks[i] for i in range(0, len(marks) - 1, 2)][5:]
+    lengths = [len(tok.apply_chat_template(r["messages"], tokenize=True, return_dict=True)["input_ids"])
+               for r in rows[:500]]
+    return statistics.median(step_times), statistics.mean(lengths) * BATCH
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument("--steps", type=int, default=60)
+    args = parser.parse_args()
+    ftl_times, trl_times, tokens = [], [], 0.0
+    for rep in range(args.repeats):
+        work = Path(tempfile.mkdtemp(prefix="ftl-bench-trl-"))
+        for which in (("ftl", "trl") if rep % 2 == 0 else ("trl", "ftl")):
+            if which == "ftl":
+                ftl_times.append(ftl_step_s(work, args.steps))
+            else:
+                t, tokens = trl_step_s(work, args.steps)
+                trl_times.append(t)
+    f, t = statistics.median(ftl_times), statistics.median(trl_times)
+    rows = [["TRL SFTTrainer", f"{t * 1000:.1f}", f"{tokens / t:,.0f}", "1.00",
+             " ".join(f"{x * 1000:.1f}" for x in trl_times)],
+            ["ftl sft (launcher.loop, 1 process)", f"{f * 1000:.1f}", f"{tokens / f:,.0f}", f"{t / f:.2f}",
+             " ".join(f"{x * 1000:.1f}" for x in ftl_times)]]
+    print(append_section(
+        "ftl sft vs TRL SFTTrainer (CPU, one process, no packing)",
+        f"python scripts/bench_trl.py --repeats {args.repeats} --steps {args.steps}",
+        ["trainer", "median step (ms)", "real tokens/s", "speed vs TRL", "per-repeat medians (ms)"], rows,
+        f"Model: builtin tiny-llama-256; batch {BATCH} chats of the reverse task ({tokens / BATCH:.1f} "
+        f"tokens each on average), max_length {MAX_LEN}, fp32, constant LR, 2 torch threads. Packing on "
+        "variable-length data is not benchmarked yet."))
+    print(json.dumps({"ftl_ms": f * 1000, "trl_ms": t * 1000}))
+
+
+if __name__ == "__main__":
+    main()
