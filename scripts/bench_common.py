@@ -61,13 +61,8 @@ def prepare(work: Path, name: str, cfg: dict) -> Path:
 
     path = work / f"{name}.yaml"
     path.write_text(yaml.safe_dump(cfg, sort_keys=False))
-    cwd = os.getcwd()
-    os.chdir(work)
-    try:
-        folder, _ = prepare_run(str(path), None, ())
-    finally:
-        os.chdir(cwd)
-    return (work / folder.path).resolve()
+    folder, _ = prepare_run(str(path), None, (), runs_dir=str(work / "runs"))
+    return folder.path.resolve()
 
 
 def torchrun(run_dirs: list[Path], nproc: int = 2) -> None:

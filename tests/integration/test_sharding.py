@@ -41,14 +41,9 @@ def torchrun_many(run_dirs: list[Path], timeout: float = 900, env: dict | None =
 def prepare(work: Path, name: str, cfg: dict) -> Path:
     from launcher.submit import prepare_run
 
-    path = write_config(work, cfg, f"{name}.yaml")
-    cwd = os.getcwd()
-    os.chdir(work)
-    try:
-        folder, _ = prepare_run(str(path), None, ())
-    finally:
-        os.chdir(cwd)
-    return (work / folder.path).resolve()
+    folder, _ = prepare_run(str(write_config(work, cfg, f"{name}.yaml")), None, (),
+                            runs_dir=str(work / "runs"))
+    return folder.path.resolve()
 
 
 def matrix_config(name: str, backend: str, lora: bool, **train) -> dict:
