@@ -26,6 +26,18 @@ from launcher.dist import RankContext, barrier
 PREFIX = "step-"
 
 
+def checkpoint_step(path: Path) -> int:
+    return int(path.name[len(PREFIX):])
+
+
+def complete_checkpoints(root: Path) -> list[Path]:
+    """Finished ``step-*`` folders under ``root``, oldest first (temp folders never match)."""
+    if not root.exists():
+        return []
+    done = [p for p in root.glob(f"{PREFIX}*") if (p / "state.json").exists()]
+    return sorted(done, key=checkpoint_step)
+
+
 def _fsync_tree(folder: Path) -> None:
     for path in folder.rglob("*"):
         if path.is_file():
@@ -51,10 +63,7 @@ class CheckpointManager:
         barrier()
 
     def all(self) -> list[Path]:
-        if not self.root.exists():
-            return []
-        done = [p for p in self.root.glob(f"{PREFIX}*") if (p / "state.json").exists()]
-        return sorted(done, key=lambda p: int(p.name[len(PREFIX):]))
+        return complete_checkpoints(self.root)
 
     def latest(self) -> Path | None:
         found = self.all()

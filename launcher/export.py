@@ -14,17 +14,16 @@ from typing import Any
 
 import torch
 
-from launcher.checkpoint import PREFIX
+from launcher.checkpoint import checkpoint_step, complete_checkpoints
 from launcher.errors import Problem, UserError
 from launcher.rundir import RunFolder
 
 
 def pick_checkpoint(folder: RunFolder, step: int | None) -> Path:
     root = folder.path / "checkpoints"
-    found = sorted(root.glob(f"{PREFIX}*"), key=lambda p: int(p.name[len(PREFIX):])) if root.exists() else []
-    found = [p for p in found if (p / "state.json").exists()]
+    found = complete_checkpoints(root)
     if step is not None:
-        found = [p for p in found if int(p.name[len(PREFIX):]) == step]
+        found = [p for p in found if checkpoint_step(p) == step]
     if not found:
         raise UserError(Problem(str(root), "no complete checkpoint" + (f" at step {step}" if step else ""),
                                 "checkpoints are written every checkpoint.every_steps"))

@@ -27,15 +27,20 @@ class RunFolder:
         self.path = Path(path)
 
     @classmethod
-    def create(cls, parent: str | Path, name: str) -> RunFolder:
-        stamp = time.strftime("%Y%m%d-%H%M%S")
-        base = Path(parent) / f"{name}-{stamp}"
+    def planned(cls, parent: str | Path, name: str) -> RunFolder:
+        """The folder a run started now would get (not created: ``--dry-run`` shows it)."""
+        base = Path(parent) / f"{name}-{time.strftime('%Y%m%d-%H%M%S')}"
         path, n = base, 1
         while path.exists():
             n += 1
             path = Path(f"{base}-{n}")
-        path.mkdir(parents=True)
         return cls(path)
+
+    @classmethod
+    def create(cls, parent: str | Path, name: str) -> RunFolder:
+        folder = cls.planned(parent, name)
+        folder.path.mkdir(parents=True)
+        return folder
 
     # -- files
     @property

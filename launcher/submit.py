@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import time
 from pathlib import Path
 from typing import Any
 
@@ -44,9 +43,7 @@ def prepare_run(config: str | None, resume_dir: str | None, overrides: tuple[str
         cfg = validate_config(data, str(folder.config_file))
     else:
         cfg = load_config(config, overrides)
-        parent = runs_dir or cfg.checkpoint.dir
-        stamp = time.strftime("%Y%m%d-%H%M%S")
-        folder = RunFolder(Path(parent) / f"{cfg.name}-{stamp}")
+        folder = RunFolder.planned(runs_dir or cfg.checkpoint.dir, cfg.name)
     target = _target(cfg)
     preflight(cfg, target)
     plan = make_plan(cfg)
