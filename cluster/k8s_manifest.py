@@ -10,6 +10,7 @@ image (ftl installed); the run's config comes from a ConfigMap mounted at ``/ftl
 from __future__ import annotations
 
 import re
+import shlex
 from typing import Any
 
 from launcher.errors import Problem, UserError
@@ -70,7 +71,7 @@ def render_manifests(cfg: Any, run_dir: str, seed: dict[str, str]) -> list[dict[
                  "metadata": {"name": f"{name}-seed", "namespace": k.namespace, "labels": labels},
                  "data": dict(seed)}
     spec: dict[str, Any] = {
-        "entrypoint": f"python -m launcher.driver {_sh(run_dir)} --seed {SEED_MOUNT}",
+        "entrypoint": f"python -m launcher.driver {shlex.quote(run_dir)} --seed {SEED_MOUNT}",
         "shutdownAfterJobFinishes": k.shutdown_after_job_finishes,
         "ttlSecondsAfterFinished": k.ttl_seconds_after_finished,
         "backoffLimit": k.backoff_limit,
@@ -121,8 +122,3 @@ def _cluster_spec(cfg: Any, parent: str, seed_cm: str) -> dict[str, Any]:
         }],
     }
 
-
-def _sh(text: str) -> str:
-    import shlex
-
-    return shlex.quote(text)

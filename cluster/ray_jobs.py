@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import json
 import os
+import shlex
 import shutil
 import time
 import uuid
@@ -73,7 +74,7 @@ class RayJobsTarget(SubmittingTarget):
         return {
             "address": _address(cfg),
             "submission_id": f"ftl-{folder.path.name}-{uuid.uuid4().hex[:6]}",
-            "entrypoint": f"python -m launcher.driver {_quote(run_dir)} --seed {SEED_DIR}",
+            "entrypoint": f"python -m launcher.driver {shlex.quote(run_dir)} --seed {SEED_DIR}",
             "runtime_env": runtime_env,
         }
 
@@ -136,8 +137,3 @@ class RayJobsTarget(SubmittingTarget):
         return str(client.get_job_status(sid).value)
 
 
-
-def _quote(text: str) -> str:
-    import shlex
-
-    return shlex.quote(text)

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-import torch  # noqa: F401
+import torch
 from torch import nn
 
 from strategies.base import LossOutput, Strategy, causal_lm_loss

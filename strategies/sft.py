@@ -49,12 +49,7 @@ class SFTStrategy(Strategy):
                                              return_dict=True)["input_ids"]
             upto = tok.apply_chat_template(messages[: i + 1], tokenize=True,
                                            return_dict=True)["input_ids"]
-            start, end = len(before), min(len(upto), len(ids))
-            if list(ids[:start]) != list(before):
-                # The template renders history differently once more turns follow; fall
-                # back to the token span of this turn within the full rendering.
-                start = min(start, end)
-            for j in range(start, end):
+            for j in range(len(before), min(len(upto), len(ids))):
                 mask[j] = 1
         return mask
 

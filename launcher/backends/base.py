@@ -7,7 +7,7 @@ backward, step, and save/load them. The loop never branches on the backend's typ
 from __future__ import annotations
 
 import contextlib
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -89,6 +89,3 @@ class Backend:
 
     def close(self) -> None:
         """Release global state (DeepSpeed's HF hook) so another run can follow in-process."""
-
-    def trainable_parameters(self) -> Iterator[nn.Parameter]:
-        return (p for p in self.module.parameters() if p.requires_grad)

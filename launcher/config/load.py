@@ -15,7 +15,7 @@ from typing import Any, get_args, get_origin
 import yaml
 from pydantic import BaseModel, Field, ValidationError, create_model
 
-from launcher.config.schema import BASE_FIELDS, RunConfigBase
+from launcher.config.schema import RunConfigBase
 from launcher.errors import HintedValueError, Problem, UserError
 from launcher.registry import did_you_mean
 
@@ -267,6 +267,6 @@ def dump_config(cfg: BaseModel) -> str:
 
 
 __all__ = [
-    "BASE_FIELDS", "apply_overrides", "config_to_dict", "dump_config", "load_config",
+    "apply_overrides", "config_to_dict", "dump_config", "load_config",
     "run_config_model", "validate_config",
 ]

@@ -275,11 +275,6 @@ class EvalSection(Section):
     batch_size: int = Field(32, gt=0)
 
 
-# Top-level fields every config has; method sections are added from the strategy registry.
-BASE_FIELDS = (
-    "name", "method", "model", "peft", "data", "train", "sharding",
-    "resources", "cluster", "checkpoint", "logging", "eval",
-)
 
 
 class RunConfigBase(Section):

@@ -17,7 +17,6 @@ import tempfile
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
-from launcher.errors import UserError
 from launcher.paths import ftl_home
 from launcher.registry import Registry
 
@@ -157,13 +156,3 @@ def _materialize(name: str, folder: Path) -> None:
         if tmp.exists():
             shutil.rmtree(tmp, ignore_errors=True)
 
-
-def builtin_names() -> list[str]:
-    return TINY_MODELS.names()
-
-
-def check_builtin(path: str, where: str) -> None:
-    if is_builtin(path):
-        name = path[len(BUILTIN_PREFIX):]
-        if name not in TINY_MODELS:
-            raise UserError(TINY_MODELS.unknown(name, where))
