@@ -150,22 +150,22 @@ def _train(cfg: Any, ctx: RankContext, folder: RunFolder) -> dict[str, Any]:
         local_tokens = sum(_tokens(b) for b in batches)
         global_items, global_tokens = all_reduce_sum([local_items, local_tokens], ctx.device)
         scale = ctx.world_size / max(global_items, 1.0)
-        loss_total = 0.0
-        metric_totals: dict[str, float] = {}
+        # Kept as tensors: reading them (a device sync on GPU) and reducing them over ranks
+        # happens only on the steps that are logged.
+        loss_total = torch.zeros((), dtype=torch.float64, device=ctx.device)
+        metric_totals: dict[str, torch.Tensor] = {}
         for m, batch in enumerate(batches):
             batch = {k: v.to(ctx.device) for k, v in batch.items()}
             with backend.accumulate(sync=m == accum - 1):
                 with backend.autocast():
                     out = strategy.loss(backend.model, batch)
                 backend.backward(out.loss_sum * scale)
-            loss_total += float(out.loss_sum.detach())
+            loss_total += out.loss_sum.detach().double()
             for k, v in out.metric_sums.items():
-                metric_totals[k] = metric_totals.get(k, 0.0) + float(v)
+                metric_totals[k] = metric_totals.get(k, 0.0) + v.detach().double()
         lr = backend.current_lr()
         grad_norm = backend.step()
         failpoints.hit("train.after_step", step + 1, ctx.rank)
-        names = sorted(metric_totals)
-        sums = all_reduce_sum([loss_total] + [metric_totals[k] for k in names], ctx.device)
         dt = time.perf_counter() - t0
         state["step"] = step + 1
         state["tokens"] += int(global_tokens)
@@ -174,6 +174,9 @@ def _train(cfg: Any, ctx: RankContext, folder: RunFolder) -> dict[str, Any]:
         logged_time += dt
         done = state["step"] == cfg.train.max_steps
         if state["step"] % cfg.logging.every_steps == 0 or done or state["step"] == 1:
+            names = sorted(metric_totals)
+            local = [float(loss_total)] + [float(metric_totals[k]) for k in names]
+            sums = all_reduce_sum(local, ctx.device)
             metrics = {
                 "train/loss": sums[0] / max(global_items, 1.0),
                 "train/lr": lr,
