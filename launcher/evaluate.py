@@ -34,18 +34,25 @@ def _batches(items: list, size: int, ctx: RankContext, total: int) -> list[tuple
     return out
 
 
+def eval_batches(eval_set: EvalSet, cfg: Any, ctx: RankContext) -> tuple[list[dict], list]:
+    """(all features, this rank's padded batch list) for one held-out set."""
+    features = eval_set.features
+    if cfg.eval.max_batches:
+        features = features[: cfg.eval.max_batches * cfg.eval.batch_size * ctx.world_size]
+    return features, _batches(_shard(features, ctx), cfg.eval.batch_size, ctx, len(features))
+
+
 @torch.no_grad()
 def eval_loss(backend: Backend, strategy: Strategy, eval_set: EvalSet, cfg: Any) -> dict[str, float]:
+    """Held-out loss plus the strategy's own metrics (summed over ranks, then summarised)."""
     ctx = backend.ctx
     model = backend.model  # the wrapped model: sharded backends gather params in its forward
     was_training = model.training
     model.eval()
-    features = eval_set.features
-    if cfg.eval.max_batches:
-        features = features[: cfg.eval.max_batches * cfg.eval.batch_size * ctx.world_size]
-    mine = _shard(features, ctx)
+    features, batches = eval_batches(eval_set, cfg, ctx)
     loss_sum, count = 0.0, 0.0
-    for chunk, real in _batches(mine, cfg.eval.batch_size, ctx, len(features)):
+    sums: dict[str, float] = {}
+    for chunk, real in batches:
         batch = strategy.collate(chunk if real else features[:1])
         batch = {k: v.to(ctx.device) for k, v in batch.items()}
         with backend.autocast():
@@ -53,9 +60,24 @@ def eval_loss(backend: Backend, strategy: Strategy, eval_set: EvalSet, cfg: Any)
         if real:
             loss_sum += float(out.loss_sum)
             count += float(out.count)
-    loss_sum, count = all_reduce_sum([loss_sum, count], ctx.device)
+            for k, v in out.metric_sums.items():
+                sums[k] = sums.get(k, 0.0) + float(v)
+    names = sorted(sums)
+    if ctx.world_size > 1:  # a rank with no real batch has no keys yet: agree on names first
+        names = sorted({n for rank_names in _all_names(names) for n in rank_names})
+    totals = all_reduce_sum([loss_sum, count] + [sums.get(n, 0.0) for n in names], ctx.device)
     model.train(was_training)
-    return {"loss": loss_sum / max(count, 1.0), "_loss_sum": loss_sum, "_count": count}
+    loss_sum, count = totals[0], totals[1]
+    metrics = strategy.eval_summary(dict(zip(names, totals[2:])), count)
+    return {"loss": loss_sum / max(count, 1.0), **metrics, "_loss_sum": loss_sum, "_count": count}
+
+
+def _all_names(names: list[str]) -> list[list[str]]:
+    import torch.distributed as dist
+
+    gathered: list = [None] * dist.get_world_size()
+    dist.all_gather_object(gathered, names)
+    return gathered
 
 
 @torch.no_grad()
@@ -100,12 +122,19 @@ def exact_match(backend: Backend, strategy: Strategy, examples: list[GenerationE
 def evaluate(backend: Backend, strategy: Strategy, eval_sets: list[EvalSet], cfg: Any
              ) -> dict[str, float]:
     """``eval/<set>/<metric>`` for every set, plus ``eval/loss`` (token-weighted) and
-    ``eval/exact_match`` (example-weighted) over all sets."""
+    ``eval/exact_match`` (example-weighted) and every other metric (weighted by the set's
+    item count) over all sets: one name to select on (``ftl sweep --metric``) whatever the mix."""
     metrics: dict[str, float] = {}
     loss_sum = count = em_sum = em_total = 0.0
+    weighted: dict[str, float] = {}
     for es in eval_sets:
-        lm = eval_loss(backend, strategy, es, cfg)
-        metrics[f"eval/{es.name}/loss"] = lm["loss"]
+        lm = strategy.evaluate_set(backend, es, cfg) if hasattr(strategy, "evaluate_set") \
+            else eval_loss(backend, strategy, es, cfg)
+        for k, v in lm.items():
+            if not k.startswith("_"):
+                metrics[f"eval/{es.name}/{k}"] = v
+                if k != "loss":
+                    weighted[k] = weighted.get(k, 0.0) + v * lm["_count"]
         loss_sum += lm["_loss_sum"]
         count += lm["_count"]
         if es.generation:
@@ -115,6 +144,30 @@ def evaluate(backend: Backend, strategy: Strategy, eval_sets: list[EvalSet], cfg
             em_total += em["_em_total"]
     if eval_sets:
         metrics["eval/loss"] = loss_sum / max(count, 1.0)
+        metrics.update({f"eval/{k}": v / max(count, 1.0) for k, v in weighted.items()})
     if em_total:
         metrics["eval/exact_match"] = em_sum / em_total
     return metrics
+
+
+@torch.no_grad()
+def sharded_map(backend: Backend, features: list[dict], batch_size: int, fn: Any) -> list[Any]:
+    """``fn(batch_features) -> list of per-row results`` over ``features``, split across
+    ranks (every rank runs the same number of forwards) and gathered back, in order, on
+    every rank. Used for values computed once per example: DPO reference log-probs,
+    embeddings for retrieval metrics."""
+    import torch.distributed as dist
+
+    ctx = backend.ctx
+    mine = list(range(ctx.rank, len(features), ctx.world_size))
+    results: dict[int, Any] = {}
+    for chunk, real in _batches(mine, batch_size, ctx, len(features)):
+        rows = fn([features[i] for i in (chunk if real else [0])])
+        if real:
+            results.update(zip(chunk, rows))
+    if ctx.world_size > 1:
+        gathered: list = [None] * ctx.world_size
+        dist.all_gather_object(gathered, results)
+        for part in gathered:
+            results.update(part)
+    return [results[i] for i in range(len(features))]

@@ -114,6 +114,7 @@ def _train(cfg: Any, ctx: RankContext, folder: RunFolder) -> dict[str, Any]:
     total_params, trainable_params = count_parameters(model)
     backend.setup(model, lambda m: make_optimizer(m, cfg.train),
                   lambda o: make_scheduler(o, cfg.train))
+    strategy.on_setup(backend, data)
 
     ckpts = CheckpointManager(folder.path, cfg.checkpoint.keep, ctx)
     ckpts.clean_partial()
@@ -146,7 +147,7 @@ def _train(cfg: Any, ctx: RankContext, folder: RunFolder) -> dict[str, Any]:
         t0 = time.perf_counter()
         micro_idx = sampler.micro_batches(step, ctx.rank, ctx.world_size, micro, accum)
         batches = [strategy.collate([data.train[i] for i in idx]) for idx in micro_idx]
-        local_items = sum(_items(b) for b in batches)
+        local_items = sum(strategy.count_items(b) for b in batches)
         local_tokens = sum(_tokens(b) for b in batches)
         global_items, global_tokens = all_reduce_sum([local_items, local_tokens], ctx.device)
         scale = ctx.world_size / max(global_items, 1.0)
@@ -174,7 +175,7 @@ def _train(cfg: Any, ctx: RankContext, folder: RunFolder) -> dict[str, Any]:
         logged_time += dt
         done = state["step"] == cfg.train.max_steps
         if state["step"] % cfg.logging.every_steps == 0 or done or state["step"] == 1:
-            names = sorted(metric_totals)
+            names = sorted(k for k in metric_totals if not k.startswith("_"))
             local = [float(loss_total)] + [float(metric_totals[k]) for k in names]
             sums = all_reduce_sum(local, ctx.device)
             metrics = {
@@ -229,12 +230,6 @@ def _train(cfg: Any, ctx: RankContext, folder: RunFolder) -> dict[str, Any]:
     barrier()
     backend.close()
     return summary
-
-
-def _items(batch: dict[str, torch.Tensor]) -> float:
-    if "labels" in batch:
-        return float((batch["labels"][:, 1:] != -100).sum())
-    return float(len(batch["input_ids"]))
 
 
 def _tokens(batch: dict[str, torch.Tensor]) -> float:

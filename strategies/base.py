@@ -35,6 +35,8 @@ class GenerationExample:
 
 class Strategy:
     spec: StrategySpec
+    #: peft task type: decides which new head LoRA trains in full (SEQ_CLS: the score head).
+    peft_task_type = "CAUSAL_LM"
 
     def __init__(self, cfg: Any, tokenizer: Any):
         self.cfg = cfg
@@ -73,6 +75,23 @@ class Strategy:
 
     def generation_example(self, row: dict, fmt: str) -> GenerationExample | None:
         return None
+
+    def count_items(self, batch: dict[str, torch.Tensor]) -> float:
+        """What ``LossOutput.count`` counts for this batch, known before the forward pass so
+        the loop can normalise by the global batch: labelled tokens by default."""
+        if "labels" in batch and batch["labels"].dim() == 2:
+            return float((batch["labels"][:, 1:] != -100).sum())
+        return float(len(batch["input_ids"]))
+
+    # -- lifecycle
+    def on_setup(self, backend: Any, data: Any) -> None:
+        """Called once the model is built and wrapped, before any checkpoint is restored
+        (so the model still holds its starting weights: DPO computes reference log-probs here)."""
+
+    def eval_summary(self, sums: dict[str, float], count: float) -> dict[str, float]:
+        """Held-out metrics from summed ``metric_sums``; names starting with '_' are raw sums
+        (e.g. confusion counts) that only this hook reads."""
+        return {k: v / max(count, 1.0) for k, v in sums.items() if not k.startswith("_")}
 
     # -- loss
     def loss(self, model: nn.Module, batch: dict[str, torch.Tensor]) -> LossOutput:

@@ -32,3 +32,47 @@ class SFTOptions(Section):
     loss_on: Literal["assistant", "all"] = Field(
         "assistant", description="assistant: loss on assistant/completion tokens only."
     )
+
+
+@strategy("reward", impl="strategies.reward:RewardStrategy", formats=("preference",), generative=False)
+class RewardOptions(Section):
+    """Reward model: a scalar head on a causal LM trained with the Bradley-Terry loss."""
+
+    margin: float = Field(0.0, description="Subtracted from chosen - rejected (TRL's margin column "
+                          "overrides it per row).")
+    center_rewards_coefficient: float | None = Field(
+        None, ge=0, description="Adds coef * mean((r_chosen + r_rejected)^2) to keep rewards centred.")
+
+
+@strategy("dpo", impl="strategies.dpo:DPOStrategy", formats=("preference",), generative=False)
+class DPOOptions(Section):
+    """Direct preference optimisation and its variants, with TRL's loss definitions."""
+
+    loss_type: Literal["sigmoid", "ipo", "hinge", "robust"] = Field(
+        "sigmoid", description="sigmoid = DPO; ipo; hinge (SLiC); robust (label-noise robust DPO).")
+    beta: float = Field(0.1, gt=0)
+    label_smoothing: float = Field(0.0, ge=0, lt=0.5, description="robust: assumed label-flip rate.")
+    reference: Literal["auto", "adapters", "precomputed", "model"] = Field(
+        "auto", description="auto: adapters under LoRA (the base model with adapters disabled), else "
+        "precomputed (log-probs of the starting model, computed once before step 1). model: a frozen "
+        "copy of ref_model, replicated on every rank.")
+    ref_model: str | None = Field(None, description="reference: model — its path (default: model.path).")
+
+
+@strategy("classify", impl="strategies.classify:ClassifyStrategy", formats=("classification",),
+          generative=False)
+class ClassifyOptions(Section):
+    """Sequence classification with a task-specific head (num_labels outputs)."""
+
+    labels: list[str] = Field(min_length=2, description="Label names; data labels are names or indices.")
+
+
+@strategy("contrastive", impl="strategies.contrastive:ContrastiveStrategy", formats=("pairs",),
+          generative=False)
+class ContrastiveOptions(Section):
+    """Embedding training: InfoNCE over in-batch negatives gathered across ranks."""
+
+    temperature: float = Field(0.05, gt=0)
+    pooling: Literal["mean", "last"] = Field("mean", description="mean over tokens, or the last token "
+                                             "(decoder LMs).")
+    gather_across_ranks: bool = Field(True, description="Use every rank's batch as negatives.")

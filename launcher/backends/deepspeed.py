@@ -129,7 +129,8 @@ class DeepSpeedBackend(Backend):
         # picks bf16; without it the dtype follows the config's bf16/fp16 sections.
         with deepspeed.zero.Init(config_dict_or_path=self.ds_config):
             model = build_model_skeleton(self.cfg, self.strategy)
-        model = finish_model(model, self.cfg, init_adapters=False)
+        model = finish_model(model, self.cfg, init_adapters=False,
+                             task_type=self.strategy.peft_task_type)
         params = dict(model.named_parameters())
         folder = Path(resolve_model_path(self.cfg.model.path))
         loaded: set[str] = set()

@@ -51,7 +51,8 @@ class FSDP2Backend(Backend):
             model = build_model_skeleton(self.cfg, self.strategy)
         if hasattr(model, "tie_weights"):
             model.tie_weights()  # init_empty_weights leaves tied embeddings untied
-        model = finish_model(model, self.cfg, init_adapters=False)
+        model = finish_model(model, self.cfg, init_adapters=False,
+                             task_type=self.strategy.peft_task_type)
         buffers = {n: b.detach().clone() for n, b in model.named_buffers()}
         self._root = self._shard(model)
         model.to_empty(device=self.ctx.device)

@@ -25,8 +25,10 @@ def run_config_model() -> type[RunConfigBase]:
     """RunConfig = the base sections + one optional section per registered method."""
     from strategies import STRATEGIES
 
+    # Optional here; validate_config fills in the chosen method's section, so its required
+    # fields (e.g. classify.labels) are reported while other methods' sections stay absent.
     method_fields: dict[str, Any] = {
-        name: (spec.options, Field(default_factory=spec.options, description=spec.description))
+        name: (spec.options | None, Field(None, description=spec.description))
         for name, spec in STRATEGIES.items()
     }
 
@@ -208,6 +210,9 @@ def validate_config(data: dict, source: str = "<config>", lines: dict | None = N
     model = run_config_model()
     lines = lines or {}
     problems = _foreign_method_sections(data, source, lines)
+    method = data.get("method")
+    if isinstance(method, str) and method in model.model_fields and data.get(method) is None:
+        data = {**data, method: {}}
     try:
         cfg = model.model_validate(data)
     except ValidationError as exc:

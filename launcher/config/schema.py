@@ -53,7 +53,8 @@ class DataSource(Section):
     split: str = "train"
     name: str | None = Field(None, description="Task name for per-task metrics; default: file stem.")
     weight: float = Field(1.0, gt=0, description="Sampling weight in a mixture.")
-    format: Literal["auto", "messages", "prompt_completion", "text"] = "auto"
+    format: Literal["auto", "messages", "prompt_completion", "text", "preference", "classification",
+                    "pairs"] = "auto"
     num_rows: int | None = Field(
         None, gt=0, description="Builtin tasks: rows to generate. Files: use at most this many."
     )

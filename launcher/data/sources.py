@@ -24,6 +24,9 @@ FORMAT_COLUMNS: dict[str, tuple[str, ...]] = {
     "messages": ("messages",),
     "prompt_completion": ("prompt", "completion"),
     "text": ("text",),
+    "preference": ("chosen", "rejected"),          # + optional prompt (TRL's preference format)
+    "classification": ("text", "label"),
+    "pairs": ("anchor", "positive"),               # + optional negative
 }
 
 

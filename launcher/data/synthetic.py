@@ -1,8 +1,11 @@
-"""Builtin synthetic tasks whose held-out exact match shows whether training worked.
+"""Builtin synthetic tasks whose held-out scores show whether training worked.
 
-Rows are chat conversations (the ``messages`` format), generated from a seed. The split is
-decided by a hash of the question, so ``split: eval`` never contains a question seen in
-``split: train`` whatever the seeds and row counts: the eval score is truly held out.
+Each task makes rows in one of the formats a method reads: chats (``messages``) for SFT,
+preference pairs (``prompt``/``chosen``/``rejected``) for reward models and DPO, labelled
+text (``text``/``label``) for classification, and ``anchor``/``positive``/``negative`` for
+contrastive embeddings. The split is decided by a hash of each row's key text, so
+``split: eval`` never contains a question seen in ``split: train`` whatever the seeds and
+row counts: the eval score is truly held out.
 """
 
 from __future__ import annotations
@@ -13,31 +16,80 @@ from collections.abc import Callable
 
 from launcher.registry import Registry
 
-TaskFn = Callable[[random.Random], tuple[str, str]]
+# A task returns (key text that decides the split, the row).
+TaskFn = Callable[[random.Random], tuple[str, dict]]
 SYNTHETIC_TASKS: Registry[TaskFn] = Registry("builtin dataset")
 
 _LETTERS = "abcdefghij"
+TOPIC_GROUPS = {"low": "abc", "mid": "def", "high": "ghij"}
+
+
+def _chat(question: str, answer: str) -> tuple[str, dict]:
+    return question, {"messages": [{"role": "user", "content": question},
+                                   {"role": "assistant", "content": answer}]}
+
+
+def _letters(rng: random.Random, lo: int = 3, hi: int = 6) -> list[str]:
+    return [rng.choice(_LETTERS) for _ in range(rng.randint(lo, hi))]
 
 
 @SYNTHETIC_TASKS.register("reverse")
-def reverse_letters(rng: random.Random) -> tuple[str, str]:
+def reverse_letters(rng: random.Random) -> tuple[str, dict]:
     """Reverse 3-6 letters: 'reverse: a c b' -> 'b c a'."""
-    letters = [rng.choice(_LETTERS) for _ in range(rng.randint(3, 6))]
-    return "reverse: " + " ".join(letters), " ".join(reversed(letters))
+    letters = _letters(rng)
+    return _chat("reverse: " + " ".join(letters), " ".join(reversed(letters)))
 
 
 @SYNTHETIC_TASKS.register("add")
-def add_numbers(rng: random.Random) -> tuple[str, str]:
+def add_numbers(rng: random.Random) -> tuple[str, dict]:
     """Add two numbers below 100: 'add: 23 + 58' -> '81'."""
     a, b = rng.randint(0, 99), rng.randint(0, 99)
-    return f"add: {a} + {b}", str(a + b)
+    return _chat(f"add: {a} + {b}", str(a + b))
 
 
 @SYNTHETIC_TASKS.register("copy")
-def copy_letters(rng: random.Random) -> tuple[str, str]:
+def copy_letters(rng: random.Random) -> tuple[str, dict]:
     """Copy 3-6 letters: 'copy: a c b' -> 'a c b'. The easiest task; a smoke check."""
-    letters = [rng.choice(_LETTERS) for _ in range(rng.randint(3, 6))]
-    return "copy: " + " ".join(letters), " ".join(letters)
+    letters = _letters(rng)
+    return _chat("copy: " + " ".join(letters), " ".join(letters))
+
+
+@SYNTHETIC_TASKS.register("prefs-reverse")
+def reverse_preferences(rng: random.Random) -> tuple[str, dict]:
+    """Preference pairs (TRL's conversational prompt/chosen/rejected): the correct reversal
+    is chosen; the rejected answer has the same length but letters not taken from the prompt."""
+    letters = _letters(rng)
+    question = "reverse: " + " ".join(letters)
+    wrong = list(reversed(letters))
+    while wrong == list(reversed(letters)):
+        wrong = [rng.choice(_LETTERS) for _ in letters]
+    return question, {
+        "prompt": [{"role": "user", "content": question}],
+        "chosen": [{"role": "assistant", "content": " ".join(reversed(letters))}],
+        "rejected": [{"role": "assistant", "content": " ".join(wrong)}],
+    }
+
+
+@SYNTHETIC_TASKS.register("topics")
+def letter_topics(rng: random.Random) -> tuple[str, dict]:
+    """Three-way classification: 8 letters, 6 of them from the label's group (a-c, d-f, g-j)."""
+    label = rng.choice(sorted(TOPIC_GROUPS))
+    letters = [rng.choice(TOPIC_GROUPS[label]) for _ in range(6)] + [rng.choice(_LETTERS) for _ in range(2)]
+    rng.shuffle(letters)
+    text = " ".join(letters)
+    return text, {"text": text, "label": label}
+
+
+@SYNTHETIC_TASKS.register("pairs-reverse")
+def reverse_pairs(rng: random.Random) -> tuple[str, dict]:
+    """Contrastive triples: anchor 'reverse: a c b', positive its reversal 'b c a', hard
+    negative the letters unchanged 'a c b' (closer to the anchor for an untrained encoder)."""
+    letters = _letters(rng, 4, 7)
+    while letters == list(reversed(letters)):
+        letters = _letters(rng, 4, 7)
+    anchor = "reverse: " + " ".join(letters)
+    return anchor, {"anchor": anchor, "positive": " ".join(reversed(letters)),
+                    "negative": " ".join(letters)}
 
 
 EVAL_BUCKETS = 10  # one question in ten belongs to the eval split
@@ -49,7 +101,7 @@ def in_split(question: str, split: str) -> bool:
 
 
 def generate(task: str, num_rows: int, seed: int = 0, split: str = "train") -> list[dict]:
-    """``num_rows`` distinct-split rows of ``task`` as ``{"messages": [...]}`` dicts."""
+    """``num_rows`` rows of ``task`` from the given split (train or held-out eval)."""
     make = SYNTHETIC_TASKS.get(task, "data.path")
     rng = random.Random(f"{task}:{seed}:{split}")
     rows: list[dict] = []
@@ -58,15 +110,7 @@ def generate(task: str, num_rows: int, seed: int = 0, split: str = "train") -> l
         attempts += 1
         if attempts > num_rows * 200:
             raise ValueError(f"builtin task {task!r} cannot produce {num_rows} {split} rows")
-        question, answer = make(rng)
-        if not in_split(question, split):
-            continue
-        rows.append(
-            {
-                "messages": [
-                    {"role": "user", "content": question},
-                    {"role": "assistant", "content": answer},
-                ]
-            }
-        )
+        key, row = make(rng)
+        if in_split(key, split):
+            rows.append(row)
     return rows

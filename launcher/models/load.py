@@ -46,7 +46,7 @@ def load_model(cfg: Any, strategy: Any) -> nn.Module:
         kwargs["gguf_file"] = cfg.model.gguf_file
     if cfg.peft is not None and cfg.peft.type == "qlora":
         return _load_qlora(cfg, strategy, path, kwargs)
-    return finish_model(strategy.load_model(path, **kwargs), cfg)
+    return finish_model(strategy.load_model(path, **kwargs), cfg, task_type=strategy.peft_task_type)
 
 
 def _load_qlora(cfg: Any, strategy: Any, path: str, kwargs: dict[str, Any]) -> nn.Module:
@@ -62,7 +62,7 @@ def _load_qlora(cfg: Any, strategy: Any, path: str, kwargs: dict[str, Any]) -> n
     model = prepare_model_for_kbit_training(
         model, use_gradient_checkpointing=cfg.model.gradient_checkpointing)
     lora_cfg = cfg.peft.model_copy(update={"type": "lora"})
-    model = apply_lora(model, lora_cfg)
+    model = apply_lora(model, lora_cfg, strategy.peft_task_type)
     init_adapters_deterministic(model, cfg.train.seed)
     return model
 
@@ -76,19 +76,22 @@ def build_model_skeleton(cfg: Any, strategy: Any) -> nn.Module:
     return strategy.model_from_config(config, **_model_kwargs(cfg))
 
 
-def finish_model(model: nn.Module, cfg: Any, *, init_adapters: bool = True) -> nn.Module:
+def finish_model(model: nn.Module, cfg: Any, *, init_adapters: bool = True,
+                 task_type: str = "CAUSAL_LM") -> nn.Module:
     if cfg.model.gradient_checkpointing:
         model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
     if cfg.train.freeze is not None:
         freeze_parameters(model, cfg.train.freeze)
     if cfg.peft is not None:
-        model = apply_lora(model, cfg.peft)
+        model = apply_lora(model, cfg.peft, task_type)
         if init_adapters:
             init_adapters_deterministic(model, cfg.train.seed)
     return model
 
 
-def apply_lora(model: nn.Module, peft_cfg: Any) -> nn.Module:
+def apply_lora(model: nn.Module, peft_cfg: Any, task_type: str = "CAUSAL_LM") -> nn.Module:
+    """Wrap with LoRA adapters. ``task_type`` tells peft which head to train in full
+    (SEQ_CLS: the score/classifier head is new, so it is trained, not adapted)."""
     from peft import LoraConfig, get_peft_model
 
     if peft_cfg.type == "qlora":
@@ -98,7 +101,7 @@ def apply_lora(model: nn.Module, peft_cfg: Any) -> nn.Module:
         lora_alpha=peft_cfg.alpha,
         lora_dropout=peft_cfg.dropout,
         target_modules=peft_cfg.target_modules,
-        task_type="CAUSAL_LM",
+        task_type=task_type,
     )
     model = get_peft_model(model, lora)
     if getattr(model, "is_gradient_checkpointing", False):
@@ -106,32 +109,70 @@ def apply_lora(model: nn.Module, peft_cfg: Any) -> nn.Module:
     return model
 
 
+def canonical_name(name: str) -> str:
+    """A parameter's name with PEFT's wrapping removed, the same before and after LoRA."""
+    for part in ("base_model.model.", "modules_to_save.default.", "original_module.", "base_layer."):
+        name = name.replace(part, "")
+    return name
+
+
+def _seeded(seed: int, name: str) -> torch.Generator:
+    return torch.Generator().manual_seed(seed * 1_000_003 + zlib.crc32(canonical_name(name).encode()))
+
+
+@torch.no_grad()
+def _write_full(param: nn.Parameter, full: torch.Tensor) -> None:
+    """Copy a full tensor (identical on every rank) into a plain, DTensor or ZeRO-3 parameter."""
+    if hasattr(param, "placements"):
+        from torch.distributed.tensor import distribute_tensor
+
+        local = distribute_tensor(full, param.device_mesh, param.placements, src_data_rank=None)
+        param.to_local().copy_(local.to_local())
+    elif hasattr(param, "ds_shape"):
+        import deepspeed
+
+        with deepspeed.zero.GatheredParameters([param], modifier_rank=0):
+            param.data.copy_(full.to(param.dtype))
+    else:
+        param.copy_(full.to(param.device, param.dtype))
+    param._ftl_init = True  # type: ignore[attr-defined]
+
+
 @torch.no_grad()
 def init_adapters_deterministic(model: nn.Module, seed: int, skip: set[str] | None = None) -> None:
     """LoRA A ~ kaiming-uniform (as peft), B = 0, from a per-name seeded generator.
 
-    Works on plain and on DTensor (FSDP2) parameters: the full tensor is generated on every
-    rank and each keeps its own shard.
+    With ``skip`` (the names a sharded backend loaded from the checkpoint), every other
+    parameter is new too (a classification or reward head): it gets N(0, initializer_range)
+    weights and zero biases from the same per-name generator. Every backend, and every way
+    of building the model, then starts from identical weights.
     """
+    std = float(getattr(getattr(model, "config", None), "initializer_range", 0.02))
     for name, param in model.named_parameters():
-        if "lora_" not in name or (skip and name in skip):
+        if skip is not None and name in skip:
             continue
-        shape = tuple(param.shape)
+        is_lora = "lora_" in name
+        if not is_lora and skip is None:
+            continue
+        shape = tuple(getattr(param, "ds_shape", param.shape))
         full = torch.empty(shape, dtype=torch.float32)
         if "lora_A" in name or "lora_embedding_A" in name:
-            gen = torch.Generator().manual_seed(seed * 1_000_003 + zlib.crc32(name.encode()))
             bound = 1.0 / math.sqrt(shape[1]) if len(shape) > 1 else 0.0  # kaiming_uniform(a=sqrt(5))
-            full.uniform_(-bound, bound, generator=gen)
-        else:
+            full.uniform_(-bound, bound, generator=_seeded(seed, name))
+        elif is_lora or len(shape) < 2:
             full.zero_()
-        if hasattr(param, "placements"):
-            from torch.distributed.tensor import distribute_tensor
-
-            local = distribute_tensor(full, param.device_mesh, param.placements, src_data_rank=None)
-            param.to_local().copy_(local.to_local())
         else:
-            param.copy_(full.to(param.device, param.dtype))
-        param._ftl_init = True  # type: ignore[attr-defined]
+            full.normal_(0.0, std, generator=_seeded(seed, name))
+        _write_full(param, full)
+
+
+@torch.no_grad()
+def init_new_weights(model: nn.Module, seed: int, names: list[str]) -> None:
+    """Re-initialise weights ``from_pretrained`` reported missing (new heads) the way the
+    sharded backends do, so a replicated and a sharded run start identical."""
+    wanted = {canonical_name(n) for n in names}
+    loaded = {n for n, _ in model.named_parameters() if canonical_name(n) not in wanted}
+    init_adapters_deterministic(model, seed, loaded)
 
 
 def freeze_parameters(model: nn.Module, freeze: Any) -> list[str]:

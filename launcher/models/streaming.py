@@ -26,11 +26,18 @@ def checkpoint_files(folder: Path) -> list[Path]:
 
 
 def target_name(key: str, names: set[str]) -> str | None:
-    """Map a checkpoint key to the model's parameter name (PEFT adds prefixes/base_layer)."""
-    candidates = [key, f"base_model.model.{key}"]
-    if key.endswith((".weight", ".bias")):
-        stem, _, leaf = key.rpartition(".")
-        candidates += [f"{stem}.base_layer.{leaf}", f"base_model.model.{stem}.base_layer.{leaf}"]
+    """Map a checkpoint key to the model's parameter name (PEFT adds prefixes/base_layer; a
+    body-only model, e.g. ``AutoModel`` of a causal LM, drops the ``model.`` prefix)."""
+    keys = [key]
+    head, _, rest = key.partition(".")
+    if rest and head in ("model", "bert", "transformer", "roberta"):
+        keys.append(rest)
+    candidates = []
+    for k in keys:
+        candidates += [k, f"base_model.model.{k}"]
+        if k.endswith((".weight", ".bias")):
+            stem, _, leaf = k.rpartition(".")
+            candidates += [f"{stem}.base_layer.{leaf}", f"base_model.model.{stem}.base_layer.{leaf}"]
     return next((c for c in candidates if c in names), None)
 
 

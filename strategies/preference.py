@@ -1,0 +1,90 @@
+"""Preference pairs (TRL's format) as token ids, and their batches.
+
+A row has ``chosen`` and ``rejected`` and usually a ``prompt``: plain strings, or chat
+messages (conversational). Without a ``prompt`` column the prompt is the longest common
+prefix of the two conversations (TRL's implicit-prompt format). Each pair becomes
+``prompt_ids`` + ``chosen_ids`` / ``rejected_ids``; a batch stacks every chosen sequence,
+then every rejected one, so one forward pass scores both halves (as TRL does).
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+
+from launcher.data.batching import IGNORE_INDEX
+
+
+def _split_prompt(row: dict) -> tuple[Any, Any, Any]:
+    prompt, chosen, rejected = row.get("prompt"), row["chosen"], row["rejected"]
+    if prompt is None and isinstance(chosen, list):
+        n = 0
+        while n < min(len(chosen), len(rejected)) - 1 and chosen[n] == rejected[n]:
+            n += 1
+        prompt, chosen, rejected = chosen[:n], chosen[n:], rejected[n:]
+    return prompt or ([] if isinstance(chosen, list) else ""), chosen, rejected
+
+
+def _chat_ids(tok: Any, messages: list[dict], generation_prompt: bool) -> list[int]:
+    return list(tok.apply_chat_template(messages, tokenize=True, add_generation_prompt=generation_prompt,
+                                        return_dict=True)["input_ids"])
+
+
+def tokenize_pair(tok: Any, row: dict, max_length: int) -> dict:
+    """``prompt_ids``, ``chosen_ids``, ``rejected_ids`` (+ ``margin`` when the row has one).
+    Sequences longer than ``max_length`` keep their start, as TRL's default truncation."""
+    prompt, chosen, rejected = _split_prompt(row)
+    if isinstance(chosen, list):  # conversational
+        prompt_ids = _chat_ids(tok, prompt, generation_prompt=True) if prompt else []
+        completions = []
+        for answer in (chosen, rejected):
+            full = _chat_ids(tok, list(prompt) + list(answer), generation_prompt=False)
+            completions.append(full[len(prompt_ids):])
+    else:
+        prompt_ids = tok(prompt, add_special_tokens=True)["input_ids"] if prompt else []
+        eos = [tok.eos_token_id] if tok.eos_token_id is not None else []
+        completions = [tok(a, add_special_tokens=False)["input_ids"] + eos for a in (chosen, rejected)]
+    prompt_ids = prompt_ids[: max_length - 1]
+    room = max_length - len(prompt_ids)
+    out = {"prompt_ids": prompt_ids, "chosen_ids": completions[0][:room],
+           "rejected_ids": completions[1][:room]}
+    if row.get("margin") is not None:
+        out["margin"] = float(row["margin"])
+    return out
+
+
+def collate_pairs(features: list[dict], pad_id: int) -> dict[str, torch.Tensor]:
+    """[chosen rows; rejected rows], right-padded, with ``labels`` = completion tokens only."""
+    seqs = [f["prompt_ids"] + f["chosen_ids"] for f in features]
+    seqs += [f["prompt_ids"] + f["rejected_ids"] for f in features]
+    prompt_lens = [len(f["prompt_ids"]) for f in features] * 2
+    longest = max(len(s) for s in seqs)
+    ids = torch.full((len(seqs), longest), pad_id, dtype=torch.long)
+    labels = torch.full_like(ids, IGNORE_INDEX)
+    mask = torch.zeros_like(ids)
+    for i, (seq, p) in enumerate(zip(seqs, prompt_lens)):
+        ids[i, : len(seq)] = torch.tensor(seq)
+        labels[i, p : len(seq)] = ids[i, p : len(seq)]
+        mask[i, : len(seq)] = 1
+    batch = {"input_ids": ids, "attention_mask": mask, "labels": labels}
+    if "margin" in features[0]:
+        batch["margin"] = torch.tensor([f.get("margin", 0.0) for f in features])
+    for key in ("ref_chosen_logp", "ref_rejected_logp"):
+        if key in features[0]:
+            batch[key] = torch.tensor([f[key] for f in features], dtype=torch.float64)
+    return batch
+
+
+def sequence_logps(model: Any, batch: dict[str, torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
+    """Per row: summed log-probability of the labelled (completion) tokens, and their count."""
+    logits = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"],
+                   use_cache=False).logits[:, :-1, :].float()
+    labels = batch["labels"][:, 1:]
+    mask = labels != IGNORE_INDEX
+    token_logps = torch.gather(logits.log_softmax(-1), 2, labels.clamp(min=0).unsqueeze(-1)).squeeze(-1)
+    return (token_logps * mask).sum(-1), mask.sum(-1)
+
+
+def pair_count(batch: dict[str, torch.Tensor]) -> float:
+    return float(batch["input_ids"].shape[0] // 2)
