@@ -27,6 +27,7 @@ FORMAT_COLUMNS: dict[str, tuple[str, ...]] = {
     "preference": ("chosen", "rejected"),          # + optional prompt (TRL's preference format)
     "classification": ("text", "label"),
     "pairs": ("anchor", "positive"),               # + optional negative
+    "prompt": ("prompt",),                         # prompts only (online RL: PPO, GRPO)
 }
 
 
