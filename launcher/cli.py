@@ -116,17 +116,23 @@ def schema(method: str | None) -> None:
 @click.argument("config", type=click.Path(dir_okay=False))
 @set_option
 @click.option("--json", "as_json", is_flag=True, help="Print the plan as JSON.")
+@click.option("--gpu-memory", type=click.FloatRange(min=0, min_open=True), default=None, metavar="GB",
+              help="Memory of one GPU in GB (same as --set resources.gpu_memory_gb=GB).")
 @_handle
-def plan(config: str, overrides: tuple[str, ...], as_json: bool) -> None:
-    """Show workers, placement, batch arithmetic and exact parameter counts.
+def plan(config: str, overrides: tuple[str, ...], as_json: bool, gpu_memory: float | None) -> None:
+    """Show workers, placement, batch arithmetic, exact parameter counts and the predicted
+    memory of every rank (per role, per GPU, per node), with what would fit if it does not.
 
     \b
     Example:
       ftl plan configs/quickstart.yaml --json
+      ftl plan llama-70b.yaml --gpu-memory 141 --set resources.num_workers=16
     """
     from launcher.config.load import load_config
     from launcher.planner import make_plan
 
+    if gpu_memory is not None:
+        overrides = (*overrides, f"resources.gpu_memory_gb={gpu_memory!r}")
     cfg = load_config(config, overrides)
     result = make_plan(cfg)
     if as_json:

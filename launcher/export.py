@@ -59,7 +59,7 @@ def export_run(run_dir: str, to: str, *, merge_lora: bool = False, step: int | N
     if merge_lora and cfg.peft is None:
         raise UserError(Problem("--merge-lora", "this run has no LoRA adapters to merge"))
     ckpt = pick_checkpoint(folder, step)
-    kind = resolve_sharding(cfg.sharding).kind
+    kind = resolve_sharding(cfg.sharding, cfg).kind  # auto: what it chose
     state_dict = consolidated_state_dict(ckpt, kind)
     spec = STRATEGIES.get(cfg.method)
     tokenizer = load_tokenizer(cfg)

@@ -69,8 +69,10 @@ def check_data(cfg: Any, spec: Any) -> list[Problem]:
 
 
 def check_sharding(cfg: Any) -> list[Problem]:
+    from launcher.auto_sharding import concrete_config
     from launcher.backends.registry import resolve_sharding
 
+    cfg = concrete_config(cfg)
     sharding = resolve_sharding(cfg.sharding)
     problems: list[Problem] = []
     if sharding.kind == "deepspeed":

@@ -39,15 +39,19 @@ for spec in [
     BackendSpec("fsdp2", _FSDP, "torch FSDP2: fully_shard per decoder layer, then the root"),
     BackendSpec("fsdp2_offload", _FSDP, "FSDP2 with parameters offloaded to CPU",
                 {"offload_params": "cpu"}),
+    BackendSpec("auto", "launcher.auto_sharding:auto_backend",
+                "the first of ddp, zero1, zero2, zero3, zero3 + offload_optimizer, zero3_offload whose "
+                "predicted memory fits resources.gpu_memory_gb (see `ftl plan`)"),
 ]:
     BACKENDS.register(spec.name)(spec)
 
 DEFAULTS = {"zero_stage": 2, "offload_optimizer": "none", "offload_params": "none"}
+AUTO = "auto"
 
 
 @dataclass(frozen=True)
 class ResolvedSharding:
-    kind: str  # ddp | deepspeed | fsdp2
+    kind: str  # ddp | deepspeed | fsdp2 | auto (not chosen yet: no full config was given)
     impl: str
     zero_stage: int
     offload_optimizer: str
@@ -56,7 +60,12 @@ class ResolvedSharding:
     deepspeed_config: dict[str, Any] | None
 
 
-def resolve_sharding(section: Any) -> ResolvedSharding:
+def resolve_sharding(section: Any, cfg: Any = None) -> ResolvedSharding:
+    """The backend and settings a ``sharding:`` section means. ``backend: auto`` needs the whole
+    config (model, batch, resources) to choose: with ``cfg`` it resolves to the chosen preset;
+    without, it stays ``kind="auto"``, whose impl chooses when the backend is built."""
+    if section.backend == AUTO:
+        return _resolve_auto(section, cfg)
     spec = BACKENDS.get(section.backend, "sharding.backend")
     kind = {_DS: "deepspeed", _FSDP: "fsdp2"}.get(spec.impl, "ddp")
     values: dict[str, Any] = {}
@@ -85,3 +94,18 @@ def resolve_sharding(section: Any) -> ResolvedSharding:
     return ResolvedSharding(kind, spec.impl, values["zero_stage"], values["offload_optimizer"],
                             values["offload_params"], section.reshard_after_forward,
                             section.deepspeed_config)
+
+
+def _resolve_auto(section: Any, cfg: Any) -> ResolvedSharding:
+    problems = [Problem(f"sharding.{key}", "backend: auto chooses this itself",
+                        "remove it, or name a backend, e.g. backend: zero3")
+                for key in (*DEFAULTS, "deepspeed_config") if getattr(section, key) is not None]
+    if problems:
+        raise UserError(problems)
+    if cfg is None:
+        spec = BACKENDS.get(AUTO)
+        return ResolvedSharding(AUTO, spec.impl, DEFAULTS["zero_stage"], "none", "none",
+                                section.reshard_after_forward, None)
+    from launcher.auto_sharding import chosen_section
+
+    return resolve_sharding(chosen_section(cfg))

@@ -54,7 +54,7 @@ class DataSource(Section):
     name: str | None = Field(None, description="Task name for per-task metrics; default: file stem.")
     weight: float = Field(1.0, gt=0, description="Sampling weight in a mixture.")
     format: Literal["auto", "messages", "prompt_completion", "text", "preference", "classification",
-                    "pairs"] = "auto"
+                    "pairs", "prompt"] = "auto"
     num_rows: int | None = Field(
         None, gt=0, description="Builtin tasks: rows to generate. Files: use at most this many."
     )
@@ -134,8 +134,9 @@ def _registered(kind: str, name: str) -> str:
 
 class ShardingSection(Section):
     backend: str = Field(
-        "ddp", description="ddp | deepspeed | fsdp2, or a preset: zero1, zero2, zero3, "
-        "zero3_offload, fsdp2, fsdp2_offload (`ftl schema` lists them)."
+        "ddp", description="ddp | deepspeed | fsdp2, a preset: zero1, zero2, zero3, "
+        "zero3_offload, fsdp2, fsdp2_offload (`ftl schema` lists them), or auto: the least "
+        "communicating one whose predicted memory fits (see `ftl plan`)."
     )
     zero_stage: Literal[0, 1, 2, 3] | None = Field(None, description="deepspeed: ZeRO stage.")
     offload_optimizer: Literal["none", "cpu"] | None = Field(
@@ -161,6 +162,18 @@ class ResourcesSection(Section):
     cpus_per_worker: float = Field(1, gt=0)
     threads_per_worker: int | None = Field(
         None, gt=0, description="torch intra-op threads; default: cpus_per_worker."
+    )
+    gpu_memory_gb: float = Field(
+        80, gt=0, description="Memory of one GPU in GB (10^9 bytes): `ftl plan` and sharding.backend "
+        "auto check the predicted per-rank memory against it."
+    )
+    cpu_memory_gb: float = Field(
+        1000, gt=0, description="Host RAM per node in GB, for model loading and CPU offload "
+        "(on CPU-only runs, for everything)."
+    )
+    gpus_per_node: int | None = Field(
+        None, gt=0, description="GPUs per node, for per-node host RAM and node counts; default: "
+        "cluster.slurm.gpus_per_node when set, else 8."
     )
 
 
