@@ -13,6 +13,9 @@ from launcher.rundir import RunFolder
 
 class Target:
     name: str
+    #: Model and data paths are read on this machine. Cluster targets read them on the
+    #: cluster: a path missing here is then a note ("not checked here"), not an error.
+    paths_are_local = True
 
     def preflight(self, cfg: Any) -> None:
         """Raise UserError when the target cannot take this config (before anything starts)."""
@@ -31,6 +34,8 @@ class Target:
 
 class SubmittingTarget(Target):
     """A target with a job system: attached runs are submit + follow logs + final state."""
+
+    paths_are_local = False
 
     #: the state a successful job ends in, and how to name a job in messages
     success_state = "SUCCEEDED"

@@ -84,9 +84,12 @@ def validate(configs: tuple[str, ...], overrides: tuple[str, ...], schema_only: 
             if not schema_only:
                 from cluster import TARGETS
                 from launcher.lazy import load_object
-                from launcher.preflight import preflight
+                from launcher.preflight import Notes, preflight
 
-                preflight(cfg, load_object(TARGETS.get(cfg.cluster.target).impl)())
+                notes = Notes()
+                preflight(cfg, load_object(TARGETS.get(cfg.cluster.target).impl)(), notes)
+                for note in notes:
+                    _err(f"note: {path}: {note}")
             click.echo(f"ok: {path}")
         except UserError as exc:
             errors.append(exc)

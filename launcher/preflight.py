@@ -13,15 +13,34 @@ from typing import Any
 from launcher.errors import Problem, UserError
 
 
-def check_model(cfg: Any) -> list[Problem]:
+class Notes(list):
+    """What could not be checked from this machine (cluster paths, hub ids offline)."""
+
+
+def check_model(cfg: Any, notes: Notes, remote: bool = False) -> list[Problem]:
+    from launcher.models.packaged import PACKAGED
     from launcher.models.tiny import TINY_MODELS, is_builtin
 
     path = cfg.model.path
     if is_builtin(path):
         name = path.split(":", 1)[1]
-        return [] if name in TINY_MODELS else [TINY_MODELS.unknown(name, "model.path")]
+        if name in PACKAGED:
+            try:
+                PACKAGED.get(name).package_dir()  # installed? (converting waits for the run)
+            except UserError as exc:
+                return exc.problems
+            return []
+        if name in TINY_MODELS:
+            return []
+        problem = TINY_MODELS.unknown(name, "model.path")
+        return [Problem(problem.where, f"{problem.message}; packaged: {', '.join(PACKAGED.names())}",
+                        problem.hint)]
     local = Path(path).expanduser()
     if path.startswith((".", "/", "~")) and not local.exists():
+        if remote:
+            notes.append(f"model.path: {path} is not on this machine: not checked (it must exist on "
+                         "the cluster)")
+            return []
         return [Problem("model.path", f"folder not found: {path}",
                         "give a local HF folder, a hub id, or builtin:tiny-llama")]
     if local.is_dir() and not (local / "config.json").exists() and not cfg.model.gguf_file:
@@ -30,13 +49,17 @@ def check_model(cfg: Any) -> list[Problem]:
     return []
 
 
-def check_tokenizer(cfg: Any, spec: Any) -> tuple[Any, list[Problem]]:
+def check_tokenizer(cfg: Any, spec: Any, notes: Notes, remote: bool = False) -> tuple[Any, list[Problem]]:
     from launcher.models.load import load_tokenizer
 
     try:
         tok = load_tokenizer(cfg)
     except Exception as exc:  # transformers raises OSError/ValueError/... for missing files
         msg = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        if remote:
+            notes.append(f"model.path: the tokenizer cannot be loaded here ({msg[:120]}): chat template "
+                         "and rows not checked; the architecture is planned from its config")
+            return None, []
         return None, [Problem("model.path", f"cannot load the tokenizer: {msg}",
                               "offline? set HF_HUB_OFFLINE=1 and use a local folder")]
     if spec.needs_chat_template and not getattr(tok, "chat_template", None):
@@ -48,7 +71,10 @@ def check_tokenizer(cfg: Any, spec: Any) -> tuple[Any, list[Problem]]:
     return tok, []
 
 
-def check_data(cfg: Any, spec: Any) -> list[Problem]:
+def check_data(cfg: Any, spec: Any, notes: Notes, remote: bool = False, tokenizer: Any = None
+               ) -> list[Problem]:
+    """Columns of every source, then the first rows through the method's own tokenizer step
+    (catches e.g. a label that is not in classify.labels as file:row)."""
     from launcher.data.sources import eval_split, load_source, resolve_format
 
     problems: list[Problem] = []
@@ -56,13 +82,19 @@ def check_data(cfg: Any, spec: Any) -> list[Problem]:
     for prefix, sources in groups:
         for i, source in enumerate(sources):
             where = f"{prefix}.{i}"
+            path = source.path or ""
+            if remote and path.startswith(("/", "~")) and not Path(path).expanduser().exists():
+                notes.append(f"{where}.path: {path} is not on this machine: not checked")
+                continue
             try:
                 split = eval_split(source) if prefix == "data.eval" else None
                 ds = load_source(source, where, split=split)
                 if len(ds) == 0:
                     problems.append(Problem(f"{where}.path", "the dataset is empty"))
                     continue
-                resolve_format(ds, source, spec.formats, where, cfg.method)
+                fmt = resolve_format(ds, source, spec.formats, where, cfg.method)
+                if tokenizer is not None:
+                    problems += _check_rows(cfg, spec, tokenizer, ds, source, fmt)
             except UserError as exc:
                 problems.extend(exc.problems)
     return problems
@@ -96,17 +128,40 @@ def check_sharding(cfg: Any) -> list[Problem]:
     return problems
 
 
-def preflight(cfg: Any, target: Any | None = None) -> Any:
-    """Run every check; raise one UserError listing all problems. Returns the tokenizer."""
+ROWS_CHECKED = 64
+
+
+def _check_rows(cfg: Any, spec: Any, tokenizer: Any, ds: Any, source: Any, fmt: str) -> list[Problem]:
+    from launcher.data.sources import row_location
+    from launcher.errors import HintedValueError
+    from launcher.lazy import load_object
+
+    strategy = load_object(spec.impl)(cfg, tokenizer)
+    for i in range(min(len(ds), ROWS_CHECKED)):
+        try:
+            strategy.tokenize(ds[i], fmt)
+        except HintedValueError as exc:
+            return [Problem(row_location(source, i), str(exc), exc.hint)]
+        except (KeyError, TypeError, ValueError) as exc:
+            return [Problem(row_location(source, i), f"cannot read this row as {fmt!r} data: {exc}",
+                            "check the row against the method's data format (`ftl schema`)")]
+    return []
+
+
+def preflight(cfg: Any, target: Any | None = None, notes: Notes | None = None) -> Any:
+    """Run every check; raise one UserError listing all problems. Returns the tokenizer.
+    What cannot be checked from here (cluster paths, offline hub ids) goes to ``notes``."""
     from strategies import STRATEGIES
 
+    notes = Notes() if notes is None else notes
+    remote = target is not None and not target.paths_are_local
     spec = STRATEGIES.get(cfg.method, "method")
-    problems = check_model(cfg)
+    problems = check_model(cfg, notes, remote)
     tokenizer = None
     if not problems:
-        tokenizer, tok_problems = check_tokenizer(cfg, spec)
+        tokenizer, tok_problems = check_tokenizer(cfg, spec, notes, remote)
         problems += tok_problems
-    problems += check_data(cfg, spec)
+    problems += check_data(cfg, spec, notes, remote, tokenizer)
     problems += check_sharding(cfg)
     if target is not None:
         try:

