@@ -104,7 +104,9 @@ def apply_lora(model: nn.Module, peft_cfg: Any, task_type: str = "CAUSAL_LM") ->
         task_type=task_type,
     )
     model = get_peft_model(model, lora)
-    if getattr(model, "is_gradient_checkpointing", False):
+    flag = "is_activation_checkpointing" if hasattr(type(model), "is_activation_checkpointing") \
+        else "is_gradient_checkpointing"  # renamed in transformers 5 (the old name warns)
+    if getattr(model, flag, False):
         model.enable_input_require_grads()
     return model
 
