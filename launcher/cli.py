@@ -156,9 +156,11 @@ def plan(config: str, overrides: tuple[str, ...], as_json: bool, gpu_memory: flo
 @click.option("--runs-dir", default=None, help="Parent of run folders (default: checkpoint.dir).")
 @click.option("--target", default=None, help="Where to run (overrides cluster.target): local, ray, ...")
 @click.option("--detach", is_flag=True, help="Submit and return (cluster targets); see ftl status/logs/stop.")
+@click.option("--smoke", is_flag=True, help="Run this config here first: a tiny model of the same "
+              "architecture, a few steps, same method, data format, sharding, checkpoint and export.")
 @_handle
 def run(config: str | None, overrides: tuple[str, ...], resume_dir: str | None, dry_run: bool,
-        no_progress: bool, runs_dir: str | None, target: str | None, detach: bool) -> None:
+        no_progress: bool, runs_dir: str | None, target: str | None, detach: bool, smoke: bool) -> None:
     """Validate, plan and run a config; or resume a run folder.
 
     \b
@@ -166,14 +168,21 @@ def run(config: str | None, overrides: tuple[str, ...], resume_dir: str | None, 
       ftl run configs/quickstart.yaml
       ftl run configs/quickstart.yaml --set train.max_steps=50 --dry-run
       ftl run --resume runs/quickstart-20260101-120000 --set train.max_steps=600
+      ftl run configs/examples/llama-3.1-70b/full_sft_zero3_64gpu.yaml --smoke
     """
     from launcher.submit import prepare_run, start_run
 
     if bool(config) == bool(resume_dir):
         raise UserError("give a CONFIG file, or --resume RUN_DIR (not both)")
+    if smoke and (resume_dir or target or detach):
+        raise UserError("--smoke runs a fresh config here: no --resume, --target or --detach")
     if target:
         overrides = (*overrides, f"cluster.target={target}")
-    folder, chosen = prepare_run(config, resume_dir, overrides, runs_dir=runs_dir, dry_run=dry_run)
+    folder, chosen = prepare_run(config, resume_dir, overrides, runs_dir=runs_dir, dry_run=dry_run,
+                                 smoke=smoke)
+    if smoke and not dry_run:
+        for change in json.loads((folder.path / "smoke.json").read_text())["changes"]:
+            _err(f"smoke: {change}")
     if dry_run:
         click.echo(chosen.render(folder))
         return

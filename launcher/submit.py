@@ -29,8 +29,10 @@ def target_of(folder: RunFolder) -> Any:
 
 
 def prepare_run(config: str | None, resume_dir: str | None, overrides: tuple[str, ...], *,
-                runs_dir: str | None = None, dry_run: bool = False) -> tuple[RunFolder, Any]:
-    """Validate and preflight; create (or reopen) the run folder unless ``dry_run``."""
+                runs_dir: str | None = None, dry_run: bool = False, smoke: bool = False
+                ) -> tuple[RunFolder, Any]:
+    """Validate and preflight; create (or reopen) the run folder unless ``dry_run``.
+    ``smoke``: run the config shrunk to this machine (launcher/smoke.py)."""
     from launcher.planner import make_plan
     from launcher.preflight import preflight
 
@@ -43,6 +45,10 @@ def prepare_run(config: str | None, resume_dir: str | None, overrides: tuple[str
         cfg = validate_config(data, str(folder.config_file))
     else:
         cfg = load_config(config, overrides)
+        if smoke:
+            from launcher.smoke import smoke_config
+
+            cfg, smoke_changes = smoke_config(cfg)
         folder = RunFolder.planned(runs_dir or cfg.checkpoint.dir, cfg.name)
     target = _target(cfg)
     preflight(cfg, target)
@@ -54,6 +60,8 @@ def prepare_run(config: str | None, resume_dir: str | None, overrides: tuple[str
         folder = RunFolder.create(runs_dir or cfg.checkpoint.dir, cfg.name)
     folder.write_config(config_to_dict(cfg))
     folder.write_json("plan.json", plan)
+    if smoke and not resume_dir:
+        folder.write_json("smoke.json", {"source": str(config), "changes": smoke_changes})
     folder.new_launch()
     return folder, target
 

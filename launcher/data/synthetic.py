@@ -54,6 +54,14 @@ def copy_letters(rng: random.Random) -> tuple[str, dict]:
     return _chat("copy: " + " ".join(letters), " ".join(letters))
 
 
+@SYNTHETIC_TASKS.register("letters-text")
+def letters_text(rng: random.Random) -> tuple[str, dict]:
+    """Raw text for continued pretraining (method ``full``): reversal facts as sentences."""
+    letters = _letters(rng)
+    text = " ".join(letters)
+    return text, {"text": f"reversing {text} gives {' '.join(reversed(letters))}."}
+
+
 @SYNTHETIC_TASKS.register("prefs-reverse")
 def reverse_preferences(rng: random.Random) -> tuple[str, dict]:
     """Preference pairs (TRL's conversational prompt/chosen/rejected): the correct reversal
