@@ -74,6 +74,13 @@ def finished(tmp_path_factory) -> dict[str, Path]:
         name = f"{method}-{backend}{'-lora' if lora else ''}"
         runs[name] = prepare(work, name, method_config(
             name, method, steps=MATRIX_STEPS, lr=1e-3, backend=backend, lora=lora, eval_rows=32))
+    mixture = tiny_config(name="mixture", train={"max_steps": 4, "micro_batch_size": 8, "lr": 3e-3},
+                          checkpoint={"dir": "runs", "save_final": False})
+    mixture["data"] = {"train": [{"path": "builtin:reverse", "num_rows": 600, "weight": 3},
+                                 {"path": "builtin:add", "num_rows": 600, "weight": 1}],
+                       "eval": [{"path": "builtin:reverse", "num_rows": 24},
+                                {"path": "builtin:add", "num_rows": 40}], "max_length": 48}
+    runs["mixture"] = prepare(work, "mixture", mixture)
     torchrun_many(list(runs.values()), timeout=1200)
     return runs
 
@@ -114,6 +121,17 @@ def test_contrastive_beats_base_minilm(finished):
     before, after = s["initial"]["eval/recall@1"], s["final"]["eval/recall@1"]
     print("MiniLM recall@1", before, "->", after)
     assert after > before + 0.1
+
+
+def test_mixture_logs_each_task_separately(finished):
+    final = summary(finished["mixture"])["final"]
+    for task in ("reverse", "add"):
+        assert {f"eval/{task}/loss", f"eval/{task}/exact_match"} <= set(final)
+    assert final["eval/reverse/loss"] != final["eval/add/loss"]
+    low, high = sorted([final["eval/reverse/loss"], final["eval/add/loss"]])
+    assert low < final["eval/loss"] < high  # the aggregate is token-weighted over both sets
+    metrics = [json.loads(line) for line in (finished["mixture"] / "metrics.jsonl").read_text().splitlines()]
+    assert any("eval/add/exact_match" in m for m in metrics)
 
 
 @pytest.mark.parametrize("method", sorted(DATA))
