@@ -140,6 +140,10 @@ def _train(cfg: Any, ctx: RankContext, folder: RunFolder) -> dict[str, Any]:
         state["initial"] = evaluate(backend, strategy, data.eval_sets, cfg)
         _emit(sinks, 0, state["initial"])
 
+    from launcher.state_bytes import FirstStepProbe
+
+    # Model-state bytes this rank holds, read around the first optimizer step (hooks, then gone).
+    state_bytes = FirstStepProbe(backend)
     backend.model.train()
     logged_tokens, logged_time = 0.0, 0.0
     last_logged_step = start_step
@@ -214,6 +218,7 @@ def _train(cfg: Any, ctx: RankContext, folder: RunFolder) -> dict[str, Any]:
         "final": final,
         "peak_rss_mb_per_rank": rss,
         "model_load_mb_per_rank": load_mem_per_rank,
+        "model_state_bytes_per_rank": _gather(ctx, state_bytes.result),
         "hosts_per_rank": hosts,
         "parameters": {"total": total_params, "trainable": trainable_params},
         "world_size": ctx.world_size,

@@ -19,10 +19,23 @@ Model states
       (including its ``additional_buffer_factor`` = 1.5 on host RAM), so a plan agrees with what
       DeepSpeed users already know: ZeRO-2 = ``2P + 18P/N``, ZeRO-3 = ``4 * largest_layer +
       18P/N``, where DeepSpeed's "largest layer" is the biggest single module's own parameters.
+      Where DeepSpeed 0.19 (as ftl configures it) departs from the estimator, ftl follows what
+      it allocates, measured per rank on CPU by ``tests/integration/test_state_bytes.py``:
+      ZeRO-1 reduces gradients into the same partition as ZeRO-2 (``contiguous_gradients``: whole
+      gradients only pass through the reduce bucket), so both hold ``(b + 4) T/N`` of gradients
+      (the reduced partition and the fp32 copy the optimizer steps on); ZeRO-3 keeps parameters
+      of at most ``stage3_param_persistence_threshold`` elements (default 1e5: norms, and most
+      tensors of a small model) whole on every rank after the first step; and in fp32 (CPU runs,
+      outside the estimator's 16-bit assumption) ZeRO-3 holds the partition backward reduces into
+      (``b T/N``) besides the fp32 gradient copy, which the estimator leaves out. With gradient
+      accumulation, ZeRO-1/2 offload sums micro-batches in a host buffer (``b T/N`` more).
     * DDP and FSDP2 (ftl's torch paths): ftl keeps fp32 weights on the module (``model.dtype``
       bf16 means autocast, or FSDP2's mixed-precision all-gather), gradients in fp32 and torch
       AdamW's two fp32 moments: 4 + 4 + 8 bytes per parameter, replicated (DDP, plus the
       reducer's flat gradient buckets) or divided by ``N`` (FSDP2).
+    * ``RoleMemory.model_states`` lists the three model states per rank wherever they live
+      (offloaded ones without the host buffer factor), with ``cpu_offloaded`` the part kept in
+      host RAM by configuration: the figures ``launcher.state_bytes`` measures in a run.
 
 Working buffers of sharded parameters
     ZeRO-3 gathers one module at a time: ``2b * largest_module`` (16-bit weights + gradients,
@@ -95,6 +108,7 @@ class ModelShape:
     largest_block: int  # biggest decoder layer (FSDP2's unit)
     outside_blocks: int  # embeddings, final norm, LM head: FSDP2's root group
     tied_embeddings: bool = False
+    zero3_persistent: int = 0  # parameters ZeRO-3 keeps whole (stage3_param_persistence_threshold)
 
     @property
     def kv_width(self) -> int:
@@ -108,6 +122,7 @@ class Workload:
     dtype: str = "bf16"  # model.dtype: fp32 | bf16 | fp16
     gradient_checkpointing: bool = False
     attention: str = "sdpa"  # sdpa | flash_attention_2 | eager
+    grad_accum: int = 1  # micro-batches per optimizer step
 
     @property
     def tokens(self) -> int:
@@ -146,6 +161,8 @@ class RoleMemory:
     cpu_load: int = 0
     cpu_steady: dict[str, int] = field(default_factory=dict)
     notes: list[str] = field(default_factory=list)
+    #: per rank: parameters, gradients, optimizer_states wherever they live, and cpu_offloaded
+    model_states: dict[str, int] = field(default_factory=dict)
 
     @property
     def gpu_bytes(self) -> int:
@@ -156,57 +173,81 @@ class RoleMemory:
         return max(self.cpu_load, sum(self.cpu_steady.values()))
 
     def as_dict(self) -> dict:
-        return {"gpu": dict(self.gpu), "cpu": {"model_load_peak": self.cpu_load, **self.cpu_steady},
-                "total_gpu_bytes": self.gpu_bytes, "cpu_bytes": self.cpu_bytes, "notes": list(self.notes)}
+        out = {"gpu": dict(self.gpu), "cpu": {"model_load_peak": self.cpu_load, **self.cpu_steady},
+               "total_gpu_bytes": self.gpu_bytes, "cpu_bytes": self.cpu_bytes, "notes": list(self.notes)}
+        if self.model_states:
+            out["model_states_per_rank"] = dict(self.model_states)
+        return out
+
+
+def _states(parameters: int, gradients: int, optimizer_states: int, cpu_offloaded: int) -> dict[str, int]:
+    return {"parameters": parameters, "gradients": gradients, "optimizer_states": optimizer_states,
+            "cpu_offloaded": cpu_offloaded}
 
 
 # ---------------------------------------------------------------------------- model states
 
 
 def deepspeed_model_states(params: float, trainable: float, largest_module: float, layout: Layout,
-                           weight_bytes: int = 2,
-                           buffer_factor: float = CPU_BUFFER_FACTOR) -> RoleMemory:
+                           weight_bytes: int = 2, buffer_factor: float = CPU_BUFFER_FACTOR,
+                           persistent: float = 0, accumulates: bool = False) -> RoleMemory:
     """DeepSpeed's accounting of weights, gradients and optimizer states (see module docstring).
 
-    With ``trainable == params`` and ``weight_bytes == 2`` the GPU total and ``cpu_bytes`` equal
-    ``estimate_zero2_model_states_mem_needs`` / ``estimate_zero3_model_states_mem_needs`` to the
-    byte: sums are formed in the same order and truncated once, like DeepSpeed does.
+    With ``trainable == params``, ``weight_bytes == 2`` and neither of the two things the estimator
+    does not know (``persistent``: parameters ZeRO-3 keeps whole; ``accumulates``: gradient
+    accumulation, for which ZeRO-1/2 offload keeps a host buffer) the GPU total and ``cpu_bytes``
+    equal ``estimate_zero2_model_states_mem_needs`` / ``estimate_zero3_model_states_mem_needs`` to
+    the byte: sums are formed in the same order and truncated once, like DeepSpeed does.
     """
     P, T, b, f = params, trainable, weight_bytes, buffer_factor
     N, g, n = layout.world, layout.ranks_per_node, layout.nodes
     stage, off_opt, off_par = layout.zero_stage, layout.offload_optimizer, layout.offload_params
+    mixed = b < 4
     mem = RoleMemory()
     if stage == 3:
+        shard = int(b * P / N)
+        kept_whole = int(b * persistent)  # gathered on the device even with offload_params
+        # fp32: the partition backward reduces into is a second fp32 gradient buffer, besides the
+        # flattened copy the optimizer steps on (16-bit figures stay DeepSpeed's estimator's).
+        reduce_partition = 0 if mixed else int(b * T / N)
         mem.gpu["gathered_layers"] = int(2 * b * largest_module)
         if off_opt:
-            mem.gpu["parameters"] = 0 if off_par else int(b * P / N)
+            mem.gpu["parameters"] = (0 if off_par else shard) + kept_whole
+            grads, optim = int(4 * T / N) + reduce_partition, int(12 * T / N)
         else:
             sharded = int((b * P + DS_FP32_STATES * T) / N)
-            mem.gpu["parameters"] = int(b * P / N)
-            mem.gpu["gradients"] = int(4 * T / N)
-            mem.gpu["optimizer_states"] = sharded - mem.gpu["parameters"] - mem.gpu["gradients"]
+            mem.gpu["parameters"] = shard + kept_whole
+            mem.gpu["gradients"] = grads = int(4 * T / N) + reduce_partition
+            mem.gpu["optimizer_states"] = optim = sharded - shard - int(4 * T / N)
         mem.cpu_load = int((largest_module if layout.zero_init else P) * 4 * g * f)
         if off_opt:
-            steady = int((DS_FP32_STATES * T + (b * P if off_par else 0)) * (1 / n) * f)
+            steady = int((DS_FP32_STATES * T + (b * P if off_par else 0) + (0 if mixed else b * T))
+                         * (1 / n) * f)
             if off_par:
                 mem.cpu_steady["offloaded_parameters"] = int(b * P * (1 / n) * f)
             mem.cpu_steady["offloaded_optimizer"] = steady - mem.cpu_steady.get("offloaded_parameters", 0)
+        host = (shard if off_par else 0) + (grads + optim if off_opt else 0)
+        mem.model_states = _states(shard + kept_whole, grads, optim, host)
         return mem
     mem.gpu["parameters"] = int(b * P)
     if off_opt:  # stages 1-2: gradients are reduced straight into the CPU partition
         mem.cpu_load = int(P * 4 * N * f)  # DeepSpeed counts every GPU here, not only the node's
         mem.cpu_steady["offloaded_optimizer"] = int(T * DS_FP32_STATES * f)
+        grads, optim = int(4 * T / N), int(12 * T / N)
+        if accumulates:  # micro-batches are summed in a host buffer (accumulated_grads_in_cpu)
+            mem.cpu_steady["offloaded_grad_accumulation"] = int(b * T * f)
+            grads += int(b * T / N)
+        mem.model_states = _states(int(b * P), grads, optim, grads + optim)
         return mem
-    mixed = b < 4
     if stage == 0:
         mem.gpu["gradients"] = int(b * T + (4 * T if mixed else 0))
         mem.gpu["optimizer_states"] = int((12 if mixed else 8) * T)
-    else:
-        sharded = int(((b * T if stage == 2 else 0) + DS_FP32_STATES * T) / N)
+    else:  # ZeRO-1 and ZeRO-2 alike: the reduced partition + its fp32 copy, master + moments
+        sharded = int((b * T + DS_FP32_STATES * T) / N)
         mem.gpu["optimizer_states"] = int(12 * T / N)
-        full_grads = int(b * T) if stage == 1 else 0  # ZeRO-1 keeps whole 16-bit gradients
-        mem.gpu["gradients"] = full_grads + sharded - mem.gpu["optimizer_states"]
+        mem.gpu["gradients"] = sharded - mem.gpu["optimizer_states"]
     mem.cpu_load = int(P * 4 * g * f)
+    mem.model_states = _states(mem.gpu["parameters"], mem.gpu["gradients"], mem.gpu["optimizer_states"], 0)
     return mem
 
 
@@ -223,12 +264,14 @@ def torch_model_states(shape: ModelShape, workload: Workload, layout: Layout,
         if N > 1:  # DistributedDataParallel's flat buckets (gradient_as_bucket_view=False)
             mem.gpu["comm_buffers"] = 4 * T
         mem.cpu_load = int(4 * P * g * f)  # every rank builds the fp32 model on CPU first
+        mem.model_states = _states(4 * P, 4 * T, 8 * T, 0)
         return mem
     states = {"parameters": 4 * P // N, "gradients": 4 * T // N, "optimizer_states": 8 * T // N}
     if layout.offload_params:  # CPUOffloadPolicy: sharded weights, gradients and Adam on host
         mem.cpu_steady = {f"offloaded_{k}": int(v * g * f) for k, v in states.items()}
     else:
         mem.gpu.update(states)
+    mem.model_states = _states(**states, cpu_offloaded=sum(states.values()) if layout.offload_params else 0)
     block = shape.largest_block
     if layout.reshard_after_forward:
         gathered = c * shape.outside_blocks + 2 * c * block + 4 * block
@@ -293,7 +336,8 @@ def policy_memory(shape: ModelShape, workload: Workload, layout: Layout,
     """The trained model: model states + working buffers + activations."""
     if layout.kind == "deepspeed":
         mem = deepspeed_model_states(shape.params, shape.trainable, shape.largest_module, layout,
-                                     DTYPE_BYTES[workload.dtype], buffer_factor)
+                                     DTYPE_BYTES[workload.dtype], buffer_factor, shape.zero3_persistent,
+                                     workload.grad_accum > 1)
     elif layout.kind in ("ddp", "fsdp2"):
         mem = torch_model_states(shape, workload, layout, buffer_factor)
     else:

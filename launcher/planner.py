@@ -77,6 +77,7 @@ def count_on_meta(cfg: Any) -> dict[str, Any]:
         total = sum(p.numel() for p in model.parameters())
     module_name, module_params = _largest_module(model)
     blocks = [sum(p.numel() for p in b.parameters()) for b in decoder_layers(model)]
+    param_threshold, model_threshold = _persistence_thresholds(cfg)
     return {
         "architecture": type(model).__name__,
         "config_source": source,
@@ -87,8 +88,40 @@ def count_on_meta(cfg: Any) -> dict[str, Any]:
         "decoder_layers": {"count": len(blocks), "largest": max(blocks, default=0),
                            "outside": total - sum(blocks)},
         "num_layers": getattr(config, "num_hidden_layers", None),
+        "zero3_persistent": {"threshold": param_threshold,
+                             "parameters": _persistent(model, param_threshold, model_threshold)},
         "shape": _dims(config),
     }
+
+
+def _persistence_thresholds(cfg: Any) -> tuple[int, int]:
+    """ZeRO-3's ``stage3_param_persistence_threshold`` / ``stage3_model_persistence_threshold``
+    (DeepSpeed's defaults: 1e5 elements, unlimited), as an expert ``deepspeed_config`` may set them."""
+    import sys
+
+    zero = ((cfg.sharding.deepspeed_config or {}).get("zero_optimization") or {})
+
+    def pick(*names: str, default: int) -> int:
+        for name in names:
+            if isinstance(zero.get(name), (int, float)):
+                return int(zero[name])
+        return default
+
+    return (pick("stage3_param_persistence_threshold", "param_persistence_threshold", default=100_000),
+            pick("stage3_model_persistence_threshold", "model_persistence_threshold", default=sys.maxsize))
+
+
+def _persistent(model: Any, param_threshold: int, model_threshold: int) -> int:
+    """Parameters ZeRO-3 keeps whole on every rank once trained (DeepSpeed 0.19's
+    ``mark_persistent_parameters``, same order and caps): for a 70B Llama its norms, a few MB;
+    for a tiny test model most of its tensors."""
+    total = 0
+    for _, p in model.named_parameters():
+        if p.numel() + total > model_threshold:
+            continue
+        if p.numel() <= param_threshold:
+            total += p.numel()
+    return total
 
 
 def _largest_unit(model: Any) -> tuple[str, int]:
@@ -165,13 +198,14 @@ def model_shape(counts: dict[str, Any]) -> mm.ModelShape:
         kv_heads=d["num_key_value_heads"], head_dim=d["head_dim"], vocab=d["vocab_size"],
         largest_module=counts["largest_module"]["parameters"], largest_block=layers["largest"],
         outside_blocks=layers["outside"], tied_embeddings=d["tie_word_embeddings"],
+        zero3_persistent=counts.get("zero3_persistent", {}).get("parameters", 0),
     )
 
 
 def workload(cfg: Any) -> mm.Workload:
     return mm.Workload(micro_batch=cfg.train.micro_batch_size, seq_len=cfg.data.max_length,
                        dtype=cfg.model.dtype, gradient_checkpointing=cfg.model.gradient_checkpointing,
-                       attention=cfg.model.attn_implementation)
+                       attention=cfg.model.attn_implementation, grad_accum=cfg.grad_accum)
 
 
 def uses_gpus(cfg: Any) -> bool:
