@@ -302,6 +302,73 @@ def list_runs_cmd(runs_dir: str, as_json: bool) -> None:
         render_runs(rows)
 
 
+@cli.command(name="eval")
+@click.argument("models", nargs=-1, required=True, metavar="MODEL_OR_RUN...")
+@click.option("--data", required=True,
+              help="jsonl/json/parquet/csv (messages or prompt/completion), or builtin:<task>.")
+@click.option("--shots", default="0", show_default=True, help="Support examples per prompt; 0,1,4 sweeps.")
+@click.option("--support", default=None,
+              help="Where shots come from (default: the task's train split, or the other rows).")
+@click.option("--num", type=click.IntRange(min=1), default=100, show_default=True, help="Questions scored.")
+@click.option("--max-new-tokens", type=click.IntRange(min=1), default=32, show_default=True)
+@click.option("--seed", type=int, default=0, show_default=True, help="Seed of the support draw.")
+@click.option("--batch-size", type=click.IntRange(min=1), default=16, show_default=True)
+@click.option("--json", "as_json", is_flag=True, help="Print one JSON row per (model, K).")
+@_handle
+def eval_cmd(models: tuple[str, ...], data: str, shots: str, support: str | None, num: int,
+             max_new_tokens: int, seed: int, batch_size: int, as_json: bool) -> None:
+    """Few-shot exact match of models or runs, side by side (greedy, exact after strip).
+
+    MODEL_OR_RUN is an HF folder, builtin:<name>, or a run folder (its final/, LoRA or not).
+
+    \b
+    Examples:
+      ftl eval builtin:tiny-llama --data builtin:reverse --shots 0,1,4
+      ftl eval builtin:tiny-llama runs/quickstart-20260101-120000 --data builtin:reverse --json
+    """
+    from launcher.fewshot import evaluate_fewshot, parse_shots, render_table
+
+    rows = evaluate_fewshot(list(models), data, parse_shots(shots), num=num, support=support,
+                            max_new_tokens=max_new_tokens, seed=seed, batch_size=batch_size)
+    if as_json:
+        click.echo(json.dumps(rows, indent=2))
+    else:
+        render_table(rows)
+
+
+@cli.command()
+@click.argument("config", type=click.Path(dir_okay=False))
+@click.option("--param", "params", multiple=True, required=True, metavar="PATH=DIST:ARGS",
+              help="A swept value: loguniform:LO:HI, uniform:LO:HI, randint:LO:HI or choice:A,B,... "
+                   "(repeatable).")
+@click.option("--samples", type=click.IntRange(min=1), default=4, show_default=True, help="Trials to run.")
+@click.option("--scheduler", type=click.Choice(["asha", "fifo"]), default="asha", show_default=True,
+              help="asha stops the worse half of the trials at each eval step; fifo runs all to the end.")
+@click.option("--metric", default="eval/loss", show_default=True, help="A key of the runs' metrics.jsonl.")
+@click.option("--mode", type=click.Choice(["min", "max"]), default="min", show_default=True)
+@click.option("--max-concurrent", type=click.IntRange(min=1), default=None,
+              help="Trials at once (default: the CPUs the local Ray has / CPUs per trial).")
+@click.option("--runs-dir", default=None, help="Parent of the sweep folder (default: checkpoint.dir).")
+@set_option
+@_handle
+def sweep(config: str, params: tuple[str, ...], samples: int, scheduler: str, metric: str, mode: str,
+          max_concurrent: int | None, runs_dir: str | None, overrides: tuple[str, ...]) -> None:
+    """Search hyperparameters with Ray Tune on a local Ray; every trial is a full ftl run.
+
+    Writes results.json and the best trial's config (best.yaml) to <runs>/sweep-<name>-<time>/.
+
+    \b
+    Example:
+      ftl sweep configs/quickstart.yaml --param train.lr=loguniform:1e-4:1e-2 \\
+          --param train.warmup_steps=choice:0,30 --samples 8 --set eval.every_steps=50
+    """
+    from launcher.sweep import render_results, run_sweep
+
+    results = run_sweep(config, list(params), overrides, samples=samples, metric=metric, mode=mode,
+                        scheduler=scheduler, max_concurrent=max_concurrent, runs_dir=runs_dir, say=_err)
+    render_results(results)
+
+
 def main() -> None:
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
     if not os.path.exists("/dev/nvidia0") and not os.path.exists("/dev/nvidiactl"):
