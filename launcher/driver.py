@@ -46,6 +46,10 @@ def run_trainer(folder: RunFolder) -> None:
     from ray.train.torch import TorchConfig, TorchTrainer
 
     cfg = folder.load_config()
+    controller = _controller(cfg.method)
+    if controller is not None:  # online RL: a controller drives its own Ray actor groups
+        controller(folder)
+        return
     use_gpu = cfg.resources.gpus_per_worker > 0
     resources = {"CPU": cfg.resources.cpus_per_worker}
     if use_gpu:
@@ -70,6 +74,15 @@ def run_trainer(folder: RunFolder) -> None:
         trainer.fit()
     except TrainingFailedError as exc:
         raise job_failure(folder, exc) from None
+
+
+def _controller(method: str) -> Any:
+    """The method's own controller (``StrategySpec.controller``), or None for a TorchTrainer."""
+    from launcher.lazy import load_object
+    from strategies import STRATEGIES
+
+    spec = STRATEGIES.get(method, "method")
+    return load_object(spec.controller) if spec.controller else None
 
 
 def job_failure(folder: RunFolder, exc: BaseException | None) -> JobFailed:

@@ -76,3 +76,37 @@ class ContrastiveOptions(Section):
     pooling: Literal["mean", "last"] = Field("mean", description="mean over tokens, or the last token "
                                              "(decoder LMs).")
     gather_across_ranks: bool = Field(True, description="Use every rank's batch as negatives.")
+
+
+# -- online RL: a controller drives Ray actor groups instead of a TorchTrainer (strategies/ppo)
+from strategies.ppo.options import CriticRole, OnlineRLOptions  # noqa: E402  (light: pydantic only)
+
+_RL_CONTROLLER = "strategies.ppo.controller:run_controller"
+
+
+@strategy("ppo", impl="strategies.ppo.models:PolicyModel", formats=("prompt",),
+          controller=_RL_CONTROLLER)
+class PPOOptions(OnlineRLOptions):
+    """PPO actor-critic with separate rollout workers: KL-shaped rewards, GAE, clipped losses."""
+
+    critic: CriticRole = Field(default_factory=CriticRole, description="Value model (trained).")
+    kl_coef: float = Field(0.05, ge=0, description="Per-token KL penalty vs the reference, in the reward.")
+    kl_estimator: Literal["k1", "k2", "k3"] = Field("k1", description="KL estimator of the penalty.")
+    gamma: float = Field(1.0, gt=0, le=1, description="Discount over response tokens.")
+    lam: float = Field(0.95, ge=0, le=1, description="GAE lambda.")
+    value_clip: float = Field(0.2, gt=0, description="Clip range of the value update.")
+    whiten_advantages: bool = Field(True, description="Normalise advantages over the batch's tokens.")
+
+
+@strategy("grpo", impl="strategies.ppo.models:PolicyModel", formats=("prompt",),
+          controller=_RL_CONTROLLER)
+class GRPOOptions(OnlineRLOptions):
+    """GRPO: several responses per prompt, advantages relative to their group, no critic."""
+
+    num_generations: int = Field(4, ge=2, description="Responses sampled per prompt (the group).")
+    beta: float = Field(0.04, ge=0, description="Weight of the k3 KL term vs the reference in the loss "
+                        "(0: no reference actor is started).")
+    scale_rewards: bool = Field(True, description="Divide advantages by the group's std (false: Dr. GRPO).")
+
+    def samples_per_prompt(self) -> int:
+        return self.num_generations

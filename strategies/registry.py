@@ -21,6 +21,8 @@ class StrategySpec:
     needs_chat_template: bool = False
     generative: bool = True
     description: str = ""
+    #: "module:function" run by the driver instead of a TorchTrainer (online RL: actor groups)
+    controller: str | None = None
 
 
 STRATEGIES: Registry[StrategySpec] = Registry("method")
@@ -33,8 +35,12 @@ def strategy(
     formats: tuple[str, ...],
     needs_chat_template: bool = False,
     generative: bool = True,
+    controller: str | None = None,
 ) -> Callable[[type], type]:
-    """Register the decorated options model as method ``name`` implemented by ``impl``."""
+    """Register the decorated options model as method ``name`` implemented by ``impl``.
+
+    ``controller`` ("module:function" taking the run folder) replaces the TorchTrainer for
+    methods whose roles are not one SPMD worker group (PPO/GRPO drive several actor groups)."""
 
     def decorate(options: type) -> type:
         doc = (options.__doc__ or "").strip().splitlines()
@@ -47,6 +53,7 @@ def strategy(
                 needs_chat_template=needs_chat_template,
                 generative=generative,
                 description=doc[0] if doc else "",
+                controller=controller,
             )
         )
         return options

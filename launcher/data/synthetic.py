@@ -122,3 +122,22 @@ def generate(task: str, num_rows: int, seed: int = 0, split: str = "train") -> l
         if in_split(key, split):
             rows.append(row)
     return rows
+
+
+# -- prompt-only tasks (format ``prompt``) for online RL: the reward comes from a rule or a model
+
+
+@SYNTHETIC_TASKS.register("prompts-letters")
+def letter_prompts(rng: random.Random) -> tuple[str, dict]:
+    """Chat prompts 'say letters: c a f' with no answer; a rule such as
+    strategies.ppo.rewards:letter_a_fraction scores what the policy writes."""
+    question = "say letters: " + " ".join(_letters(rng, 2, 4))
+    return question, {"prompt": [{"role": "user", "content": question}]}
+
+
+@SYNTHETIC_TASKS.register("prompts-reverse")
+def reverse_prompts(rng: random.Random) -> tuple[str, dict]:
+    """The questions of ``reverse`` (same train/eval split) as chat prompts, for PPO against a
+    reward model trained on ``prefs-reverse``."""
+    question = "reverse: " + " ".join(_letters(rng))
+    return question, {"prompt": [{"role": "user", "content": question}]}

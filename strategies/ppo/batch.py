@@ -1,0 +1,129 @@
+"""Token layout of a rollout batch and the forward passes every role runs on it.
+
+Layout: ``input_ids = [prompt | response]`` with prompts LEFT-padded to one width ``P`` and
+responses RIGHT-padded to ``R``, so every row's response occupies columns ``P .. P+R-1`` and the
+per-token tensors of ``strategies.rl.math`` are plain ``[:, P-1 : P+R-1]`` slices of the logits.
+Position ids are counted over real tokens only (``cumsum(attention_mask) - 1``), as HF ``generate``
+does for left padding: the trainer, reference and critic then see the exact positions the rollout
+worker saw. ``response_mask`` is 1 up to and including the first EOS and 0 after it, whatever
+the sampler wrote there (HF pads finished rows, a row may also run on past an EOS when another
+EOS id was configured).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass, fields
+
+import torch
+from torch import Tensor, nn
+
+from strategies.rl.math import entropy_from_logits, logprobs_from_logits
+
+
+def truncate_at_eos(ids: Sequence[int], eos_ids: Iterable[int]) -> tuple[list[int], bool]:
+    """The response up to and including its first EOS, and whether it had one (finished)."""
+    stops = set(eos_ids)
+    for i, tok in enumerate(ids):
+        if tok in stops:
+            return list(ids[: i + 1]), True
+    return list(ids), False
+
+
+def response_mask(response_ids: Tensor, eos_ids: Iterable[int], lengths: Tensor | None = None) -> Tensor:
+    """``[B, R]`` mask: 1 through the first EOS of each row (or through ``lengths`` when given and
+    no EOS comes first), 0 after it."""
+    stops = torch.tensor(sorted(set(eos_ids)), dtype=response_ids.dtype)
+    is_eos = torch.isin(response_ids, stops)
+    # number of EOS tokens strictly before each position: > 0 means "after the first EOS"
+    before = torch.cumsum(is_eos.long(), dim=-1) - is_eos.long()
+    mask = before == 0
+    if lengths is not None:
+        cols = torch.arange(response_ids.shape[1]).expand_as(response_ids)
+        mask &= cols < lengths.unsqueeze(-1)
+    return mask.long()
+
+
+@dataclass
+class RolloutBatch:
+    """A batch of sampled sequences in the layout above (all tensors on CPU, ``long``)."""
+
+    prompt_ids: Tensor      # [B, P] left-padded
+    prompt_mask: Tensor     # [B, P]
+    response_ids: Tensor    # [B, R] right-padded
+    response_mask: Tensor   # [B, R] 1 through the first EOS
+
+    @property
+    def input_ids(self) -> Tensor:
+        return torch.cat([self.prompt_ids, self.response_ids], dim=1)
+
+    @property
+    def attention_mask(self) -> Tensor:
+        return torch.cat([self.prompt_mask, self.response_mask], dim=1)
+
+    @property
+    def position_ids(self) -> Tensor:
+        return (self.attention_mask.cumsum(-1) - 1).clamp(min=0)
+
+    @property
+    def prompt_width(self) -> int:
+        return self.prompt_ids.shape[1]
+
+    def __len__(self) -> int:
+        return self.prompt_ids.shape[0]
+
+    def rows(self, index: Tensor | Sequence[int]) -> RolloutBatch:
+        idx = torch.as_tensor(index, dtype=torch.long)
+        return RolloutBatch(*(getattr(self, f.name)[idx] for f in fields(self)))
+
+    def tokens(self) -> int:
+        return int(self.response_mask.sum())
+
+
+def collate_rollouts(prompts: Sequence[Sequence[int]], responses: Sequence[Sequence[int]],
+                     pad_id: int, eos_ids: Iterable[int]) -> RolloutBatch:
+    """Pad variable-length prompts (left) and responses (right) into one ``RolloutBatch``."""
+    if len(prompts) != len(responses) or not prompts:
+        raise ValueError(f"need as many prompts as responses (got {len(prompts)} and {len(responses)})")
+    B = len(prompts)
+    P = max(len(p) for p in prompts)
+    R = max(1, max(len(r) for r in responses))
+    prompt_ids = torch.full((B, P), pad_id, dtype=torch.long)
+    prompt_mask = torch.zeros((B, P), dtype=torch.long)
+    response_ids = torch.full((B, R), pad_id, dtype=torch.long)
+    lengths = torch.zeros(B, dtype=torch.long)
+    for i, (p, r) in enumerate(zip(prompts, responses)):
+        if not p:
+            raise ValueError(f"prompt {i} has no tokens: the first response token needs a context")
+        prompt_ids[i, P - len(p):] = torch.tensor(list(p))
+        prompt_mask[i, P - len(p):] = 1
+        if r:
+            response_ids[i, : len(r)] = torch.tensor(list(r))
+        lengths[i] = len(r)
+    return RolloutBatch(prompt_ids, prompt_mask, response_ids, response_mask(response_ids, eos_ids, lengths))
+
+
+def _response_logits(model: nn.Module, batch: RolloutBatch) -> Tensor:
+    """Logits that predict each response token: positions ``P-1 .. P+R-2``."""
+    out = model(input_ids=batch.input_ids, attention_mask=batch.attention_mask,
+                position_ids=batch.position_ids, use_cache=False)
+    P, R = batch.prompt_width, batch.response_ids.shape[1]
+    return out.logits[:, P - 1 : P + R - 1, :]
+
+
+def policy_forward(model: nn.Module, batch: RolloutBatch, temperature: float,
+                   with_entropy: bool = False) -> tuple[Tensor, Tensor | None]:
+    """Log-probs ``[B, R]`` of the sampled response tokens under ``softmax(logits / temperature)``
+    (the distribution they were sampled from), and optionally its per-token entropy."""
+    logits = _response_logits(model, batch)
+    if temperature != 1.0:
+        logits = logits / temperature
+    logprobs = logprobs_from_logits(logits, batch.response_ids)
+    entropy = entropy_from_logits(logits) if with_entropy else None
+    return logprobs, entropy
+
+
+def value_forward(critic: nn.Module, batch: RolloutBatch) -> Tensor:
+    """Per-token values ``[B, R]``: V of the state before each response token (the critic's output
+    at the position that predicts it), matching the log-prob positions."""
+    return _response_logits(critic, batch).squeeze(-1).float()

@@ -1,0 +1,85 @@
+"""What a rollout worker does: sample responses with HF ``generate`` and take new weights.
+
+The engine holds its own copy of the policy, built exactly as the trainer builds its starting
+model (``launcher.models.load``; LoRA adapters from the same seeded init), so version 0 needs no
+transfer. Sampling is fully specified here (a fresh ``GenerationConfig``: the checkpoint's own
+defaults such as top_k=50 or a repetition penalty would make the sampling distribution differ
+from the one whose log-probs the trainer computes). Each call is seeded by the controller, so a
+chunk gives the same responses whichever worker (or replacement) samples it.
+vLLM is not used: it is absent on CPU machines, and HF ``generate`` is the engine that runs everywhere.
+"""
+
+from __future__ import annotations
+
+import time
+from typing import Any
+
+import torch
+
+from strategies.ppo.batch import truncate_at_eos
+from strategies.ppo.models import PolicyModel, load_synced, unpack
+
+
+def eos_token_ids(model: Any, tokenizer: Any) -> list[int]:
+    ids = model.generation_config.eos_token_id
+    ids = list(ids) if isinstance(ids, (list, tuple)) else ([ids] if ids is not None else [])
+    if tokenizer.eos_token_id is not None and tokenizer.eos_token_id not in ids:
+        ids.append(tokenizer.eos_token_id)
+    return ids
+
+
+class RolloutEngine:
+    def __init__(self, cfg: Any):
+        from transformers import GenerationConfig
+
+        from launcher.models.load import load_model, load_tokenizer
+
+        self.cfg = cfg
+        opts = cfg.method_options().rollout
+        self.tokenizer = load_tokenizer(cfg)
+        self.device = torch.device("cuda") if opts.gpus_per_worker > 0 and torch.cuda.is_available() \
+            else torch.device("cpu")
+        self.model = load_model(cfg, PolicyModel(cfg, self.tokenizer)).to(self.device).eval()
+        self.model.requires_grad_(False)
+        self.eos_ids = eos_token_ids(self.model, self.tokenizer)
+        self.pad_id = self.tokenizer.pad_token_id
+        self.chunk = opts.generation_batch_size
+        self.generation_config = GenerationConfig(
+            do_sample=True, temperature=opts.temperature, top_p=opts.top_p, top_k=0,
+            max_new_tokens=opts.max_new_tokens, eos_token_id=self.eos_ids, pad_token_id=self.pad_id)
+        # generate() fills settings a passed config leaves at their defaults from the model's own
+        # generation config (a repetition penalty, say): make ours the model's, so nothing is filled.
+        base = self.model.get_base_model() if hasattr(self.model, "get_base_model") else self.model
+        base.generation_config = self.generation_config
+        self.version = 0
+
+    def load_weights(self, packed: dict, version: int) -> int:
+        load_synced(self.model, unpack(packed))
+        self.version = version
+        return version
+
+    @torch.no_grad()
+    def generate(self, prompts: list[list[int]], seed: int) -> dict[str, Any]:
+        """Responses (token ids through the first EOS), their text, and what it cost."""
+        t0 = time.perf_counter()
+        torch.manual_seed(seed)
+        responses: list[list[int]] = []
+        finished: list[bool] = []
+        size = self.chunk or len(prompts)
+        for start in range(0, len(prompts), size):
+            part = prompts[start:start + size]
+            width = max(len(p) for p in part)
+            ids = torch.full((len(part), width), self.pad_id, dtype=torch.long)
+            mask = torch.zeros_like(ids)
+            for i, p in enumerate(part):
+                ids[i, width - len(p):] = torch.tensor(p)
+                mask[i, width - len(p):] = 1
+            out = self.model.generate(input_ids=ids.to(self.device), attention_mask=mask.to(self.device),
+                                      generation_config=self.generation_config)
+            for row in out[:, width:].tolist():
+                resp, done = truncate_at_eos(row, self.eos_ids)
+                responses.append(resp)
+                finished.append(done)
+        texts = [self.tokenizer.decode(r, skip_special_tokens=True) for r in responses]
+        return {"responses": responses, "texts": texts, "finished": finished, "version": self.version,
+                "seconds": time.perf_counter() - t0, "tokens": sum(len(r) for r in responses)}
