@@ -47,7 +47,16 @@ class SlurmTarget(SubmittingTarget):
             raise UserError(Problem("cluster.target", "sbatch not found: this machine is not a Slurm "
                                     "login node", "run ftl where sbatch works, or use --dry-run"))
         nodes = cfg.cluster.slurm.nodes
-        if cfg.resources.num_workers % nodes:
+        if cfg.method in ("ppo", "grpo"):  # roles are placed by Ray placement groups, not per node
+            from launcher.plan_roles import rl_gpus
+
+            have = nodes * cfg.cluster.slurm.gpus_per_node
+            need = rl_gpus(cfg)
+            if need > have:
+                raise UserError(Problem("cluster.slurm.nodes", f"the roles need {need:g} GPUs; {nodes} "
+                                        f"nodes x {cfg.cluster.slurm.gpus_per_node} GPUs have {have}",
+                                        "add nodes, or fewer/smaller roles (ftl plan shows them)"))
+        elif cfg.resources.num_workers % nodes:
             raise UserError(Problem("resources.num_workers", f"{cfg.resources.num_workers} workers do "
                                     f"not spread evenly over {nodes} nodes",
                                     "use a multiple of cluster.slurm.nodes"))

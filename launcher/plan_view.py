@@ -70,6 +70,9 @@ def render_memory(memory: dict[str, Any], console: Console) -> None:
     per = "terms per GPU" if on_gpu else "terms per rank (held in host RAM on CPU runs)"
     console.print(f"memory: {lay['world_size']} ranks, {lay['ranks_per_node']} per node, {lay['nodes']} "
                   f"node(s); {per}, host terms per node")
+    if "gpus_per_role" in memory:
+        split = ", ".join(f"{k} {v:g}" for k, v in memory["gpus_per_role"].items())
+        console.print(f"roles ({memory['placement']}): {memory['gpus_total']:g} GPUs: {split}")
     table = Table()
     table.add_column("term", style="bold")
     for name in roles:

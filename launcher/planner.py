@@ -240,10 +240,26 @@ def memory_section(cfg: Any, counts: dict[str, Any], resolved: Any,
                    world: int | None = None) -> dict[str, Any]:
     """Per-role terms, per-GPU and per-node totals and whether they fit (no warnings)."""
     lay = layout(cfg, resolved, world)
-    roles = {"policy": mm.policy_memory(model_shape(counts), workload(cfg), lay)}
+    shape, work = model_shape(counts), workload(cfg)
+    roles = {"policy": mm.policy_memory(shape, work, lay)}
     gpw = cfg.resources.gpus_per_worker
     ranks_per_gpu = max(1, int(1 / gpw)) if 0 < gpw < 1 else 1  # fractional GPUs: ranks share one
     rank_bytes = sum(r.gpu_bytes for r in roles.values())
+    extra: dict[str, Any] = {}
+    if cfg.method in ("ppo", "grpo"):
+        from launcher.plan_roles import rl_gpus, rl_roles
+
+        others = rl_roles(cfg, shape, work, lay)
+        roles.update({name: mem for name, (mem, _) in others.items()})
+        colocate = cfg.method_options().placement == "colocate"
+        # separate: each role on its own GPUs, so the fullest one decides; colocate: one GPU
+        # holds an actor of every role.
+        rank_bytes = sum(r.gpu_bytes for r in roles.values()) if colocate \
+            else max(r.gpu_bytes for r in roles.values())
+        extra = {"placement": "colocate" if colocate else "separate",
+                 "gpus_total": rl_gpus(cfg),
+                 "gpus_per_role": {"policy": cfg.resources.num_workers * gpw,
+                                   **{name: g for name, (_, g) in others.items()}}}
     cpu_bytes = sum(r.cpu_bytes for r in roles.values())
     out: dict[str, Any] = {
         "units": "bytes; gpu terms per rank, cpu terms per node (GB = 10^9 bytes)",
@@ -251,6 +267,7 @@ def memory_section(cfg: Any, counts: dict[str, Any], resolved: Any,
                    "offload_params": lay.offload_params, "world_size": lay.world,
                    "ranks_per_node": lay.ranks_per_node, "nodes": lay.nodes},
         "roles": {name: role.as_dict() for name, role in roles.items()},
+        **extra,
     }
     cpu_limit = int(cfg.resources.cpu_memory_gb * mm.GB)
     if uses_gpus(cfg):

@@ -49,6 +49,37 @@ def check_model(cfg: Any, notes: Notes, remote: bool = False) -> list[Problem]:
     return []
 
 
+def _method_model_paths(cfg: Any) -> list[tuple[str, str]]:
+    """Other models a method reads: (field, path), e.g. PPO's reward model, DPO's reference."""
+    opts = cfg.method_options()
+    found = []
+    reward = getattr(opts, "reward", None)
+    if getattr(reward, "model", None):
+        found.append((f"{cfg.method}.reward.model", reward.model))
+    if getattr(opts, "ref_model", None):
+        found.append((f"{cfg.method}.ref_model", opts.ref_model))
+    return found
+
+
+def check_method_models(cfg: Any, notes: Notes, remote: bool = False) -> list[Problem]:
+    """A local model folder a method names must exist and hold a model or an adapter."""
+    problems = []
+    for where, path in _method_model_paths(cfg):
+        local = Path(path).expanduser()
+        if not (path.startswith((".", "/", "~")) or local.exists()):
+            continue  # a hub id
+        if not local.is_dir():
+            if remote:
+                notes.append(f"{where}: {path} is not on this machine: not checked")
+                continue
+            problems.append(Problem(where, f"folder not found: {path}",
+                                    "point at a run's final/ folder (a `method: reward` run for rewards)"))
+        elif not (local / "config.json").exists() and not (local / "adapter_config.json").exists():
+            problems.append(Problem(where, f"{path} holds neither config.json nor adapter_config.json",
+                                    "point at a folder written by save_pretrained, e.g. <run>/final"))
+    return problems
+
+
 def check_tokenizer(cfg: Any, spec: Any, notes: Notes, remote: bool = False) -> tuple[Any, list[Problem]]:
     from launcher.models.load import load_tokenizer
 
@@ -156,7 +187,7 @@ def preflight(cfg: Any, target: Any | None = None, notes: Notes | None = None) -
     notes = Notes() if notes is None else notes
     remote = target is not None and not target.paths_are_local
     spec = STRATEGIES.get(cfg.method, "method")
-    problems = check_model(cfg, notes, remote)
+    problems = check_model(cfg, notes, remote) + check_method_models(cfg, notes, remote)
     tokenizer = None
     if not problems:
         tokenizer, tok_problems = check_tokenizer(cfg, spec, notes, remote)

@@ -167,7 +167,7 @@ def smoke_config(cfg: Any, steps: int = 3) -> tuple[Any, list[str]]:
 
 
 #: method -> "module:function(data, changes)" for method-specific substitutions (e.g. PPO roles)
-SMOKE_ADJUST: dict[str, str] = {}
+SMOKE_ADJUST: dict[str, str] = {"ppo": "strategies.ppo.smoke:adjust", "grpo": "strategies.ppo.smoke:adjust"}
 
 
 def describe(changes: list[str]) -> str:

@@ -96,11 +96,16 @@ def apply_lora(model: nn.Module, peft_cfg: Any, task_type: str = "CAUSAL_LM") ->
 
     if peft_cfg.type == "qlora":
         raise RuntimeError("qlora must be loaded 4-bit; see launcher.preflight")
+    # peft leaves a sequence classifier's head out of 'all-linear' but not a token classifier's
+    # (PPO's value head): a head both adapted and trained in full is an error, so leave it out.
+    exclude = ["score", "classifier"] if task_type == "TOKEN_CLS" and peft_cfg.target_modules == \
+        "all-linear" else None
     lora = LoraConfig(
         r=peft_cfg.r,
         lora_alpha=peft_cfg.alpha,
         lora_dropout=peft_cfg.dropout,
         target_modules=peft_cfg.target_modules,
+        exclude_modules=exclude,
         task_type=task_type,
     )
     model = get_peft_model(model, lora)

@@ -10,7 +10,6 @@ forward), ``sharding`` (any backend) and ``resources`` (the policy trainer group
 from __future__ import annotations
 
 import importlib
-from pathlib import Path
 from typing import Literal
 
 from pydantic import ConfigDict, Field, field_validator, model_validator
@@ -63,19 +62,6 @@ def _check_import(spec: str) -> str:
     return spec
 
 
-def _check_model_folder(path: str) -> str:
-    """A local folder must exist and hold a model or an adapter (hub ids pass through)."""
-    local = Path(path).expanduser()
-    if path.startswith((".", "/", "~")) or local.exists():
-        if not local.is_dir():
-            raise HintedValueError(f"folder not found: {path}",
-                                   "point at a run's final/ folder (a `method: reward` run for rewards)")
-        if not (local / "config.json").exists() and not (local / "adapter_config.json").exists():
-            raise HintedValueError(f"{path} holds neither config.json nor adapter_config.json",
-                                   "point at a folder written by save_pretrained, e.g. <run>/final")
-    return path
-
-
 class RewardRole(RoleResources):
     """Scores each (prompt, response): a trained reward model, or a Python rule."""
 
@@ -91,11 +77,6 @@ class RewardRole(RoleResources):
     @classmethod
     def _importable(cls, v: str | None) -> str | None:
         return None if v is None else _check_import(v)
-
-    @field_validator("model")
-    @classmethod
-    def _folder(cls, v: str | None) -> str | None:
-        return None if v is None else _check_model_folder(v)
 
     @model_validator(mode="after")
     def _exactly_one(self) -> RewardRole:

@@ -104,8 +104,13 @@ def test_bad_rl_config_names_the_field():
     missing = {**cfg, "ppo": {**cfg["ppo"], "reward": {"function": "no_such_module:score"}}}
     text = _problems(missing)
     assert "ppo.reward.function" in text and "cannot import 'no_such_module:score'" in text
-    folder = {**cfg, "ppo": {**cfg["ppo"], "reward": {"model": "./no/such/run/final"}}}
-    assert "folder not found: ./no/such/run/final" in _problems(folder)
+    folder = validate_config({**cfg, "ppo": {**cfg["ppo"], "reward": {"model": "./no/such/run/final"}}})
+    from launcher.preflight import Notes, check_method_models
+
+    (problem,) = check_method_models(folder, Notes())  # preflight: a cluster path is only a note
+    assert problem.where == "ppo.reward.model" and "folder not found: ./no/such/run/final" in problem.message
+    notes = Notes()
+    assert check_method_models(folder, notes, remote=True) == [] and "not checked" in notes[0]
     uneven = {**cfg, "ppo": {**cfg["ppo"], "minibatches": 5}}
     assert "minibatches (5) must divide the 32 sequences" in _problems(uneven)
     typo = {**cfg, "ppo": {**cfg["ppo"], "rollout": {"num_worker": 2}}}
