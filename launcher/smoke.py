@@ -20,9 +20,6 @@ from __future__ import annotations
 
 import hashlib
 import json
-import os
-import shutil
-import tempfile
 from pathlib import Path
 from typing import Any
 
@@ -59,10 +56,9 @@ def shrunk_config(config: Any) -> Any:
 
 def smoke_model(arch_path: str) -> str:
     """A saved random model of ``arch_path``'s family at toy size (made once, deterministic)."""
-    import torch
-    from transformers import AutoConfig, AutoModelForCausalLM
+    from transformers import AutoConfig
 
-    from launcher.models.tiny import build_tokenizer
+    from launcher.models.tiny import build_tokenizer, save_random_model
     from launcher.planner import planning_model_path
 
     config = shrunk_config(AutoConfig.from_pretrained(planning_model_path(arch_path)))
@@ -72,25 +68,8 @@ def smoke_model(arch_path: str) -> str:
         tokenizer.pad_token_id, tokenizer.eos_token_id, None)
     digest = hashlib.sha256(config.to_json_string(use_diff=False).encode()).hexdigest()[:10]
     folder = ftl_home() / "models" / f"smoke-{config.model_type}-{digest}"
-    if (folder / "config.json").exists():
-        return str(folder)
-    folder.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{folder.name}.", dir=folder.parent))
-    try:
-        with torch.random.fork_rng(devices=[]):
-            torch.manual_seed(0)
-            model = AutoModelForCausalLM.from_config(config)
-        model.generation_config.pad_token_id = tokenizer.pad_token_id
-        model.generation_config.eos_token_id = tokenizer.eos_token_id
-        model.save_pretrained(tmp)
-        tokenizer.save_pretrained(tmp)
-        try:
-            os.rename(tmp, folder)
-        except OSError:  # made concurrently: identical (deterministic)
-            if not (folder / "config.json").exists():
-                raise
-    finally:
-        shutil.rmtree(tmp, ignore_errors=True)
+    if not (folder / "config.json").exists():
+        save_random_model(config, tokenizer, folder)
     return str(folder)
 
 

@@ -25,7 +25,7 @@ import torch.nn.functional as F  # noqa: N812
 from torch import nn
 
 from strategies.base import LossOutput, Strategy
-from strategies.preference import collate_pairs, pair_count, sequence_logps, tokenize_pair
+from strategies.preference import PreferenceDataMixin, sequence_logps
 
 
 def dpo_losses(loss_type: str, beta: float, label_smoothing: float, chosen_logratios: torch.Tensor,
@@ -46,7 +46,7 @@ def dpo_losses(loss_type: str, beta: float, label_smoothing: float, chosen_logra
     raise ValueError(f"unknown DPO loss type {loss_type!r}")
 
 
-class DPOStrategy(Strategy):
+class DPOStrategy(PreferenceDataMixin, Strategy):
     def __init__(self, cfg: Any, tokenizer: Any):
         super().__init__(cfg, tokenizer)
         self.reference = self._reference_mode()
@@ -58,16 +58,6 @@ class DPOStrategy(Strategy):
         if mode == "auto":
             return "adapters" if self.cfg.peft is not None else "precomputed"
         return mode
-
-    # -- data
-    def tokenize(self, row: dict, fmt: str) -> dict:
-        return tokenize_pair(self.tokenizer, row, self.cfg.data.max_length)
-
-    def collate(self, features: list[dict]) -> dict[str, torch.Tensor]:
-        return collate_pairs(features, self.tokenizer.pad_token_id)
-
-    def count_items(self, batch: dict[str, torch.Tensor]) -> float:
-        return pair_count(batch)
 
     # -- reference
     def on_setup(self, backend: Any, data: Any) -> None:

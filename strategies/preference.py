@@ -88,3 +88,19 @@ def sequence_logps(model: Any, batch: dict[str, torch.Tensor]) -> tuple[torch.Te
 
 def pair_count(batch: dict[str, torch.Tensor]) -> float:
     return float(batch["input_ids"].shape[0] // 2)
+
+
+class PreferenceDataMixin:
+    """Data side of methods trained on preference pairs (reward, dpo): items are pairs."""
+
+    tokenizer: Any
+    cfg: Any
+
+    def tokenize(self, row: dict, fmt: str) -> dict:
+        return tokenize_pair(self.tokenizer, row, self.cfg.data.max_length)
+
+    def collate(self, features: list[dict]) -> dict[str, torch.Tensor]:
+        return collate_pairs(features, self.tokenizer.pad_token_id)
+
+    def count_items(self, batch: dict[str, torch.Tensor]) -> float:
+        return pair_count(batch)

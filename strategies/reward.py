@@ -12,21 +12,12 @@ from torch import nn
 
 from strategies.base import LossOutput, Strategy
 from strategies.heads import SequenceHeadMixin
-from strategies.preference import collate_pairs, pair_count, tokenize_pair
+from strategies.preference import PreferenceDataMixin
 
 
-class RewardStrategy(SequenceHeadMixin, Strategy):
+class RewardStrategy(PreferenceDataMixin, SequenceHeadMixin, Strategy):
     def num_labels(self) -> int:
         return 1
-
-    def tokenize(self, row: dict, fmt: str) -> dict:
-        return tokenize_pair(self.tokenizer, row, self.cfg.data.max_length)
-
-    def collate(self, features: list[dict]) -> dict[str, torch.Tensor]:
-        return collate_pairs(features, self.tokenizer.pad_token_id)
-
-    def count_items(self, batch: dict[str, torch.Tensor]) -> float:
-        return pair_count(batch)
 
     def rewards(self, model: nn.Module, batch: dict[str, torch.Tensor]) -> torch.Tensor:
         """One scalar per row ([chosen; rejected])."""

@@ -16,6 +16,7 @@ import shutil
 import tempfile
 from dataclasses import asdict, dataclass
 from pathlib import Path
+from typing import Any
 
 from launcher.paths import ftl_home
 from launcher.registry import Registry
@@ -121,31 +122,19 @@ def build_tokenizer(vocab_size: int):
     return fast
 
 
-def _materialize(name: str, folder: Path) -> None:
+def save_random_model(config: Any, tokenizer: Any, folder: Path, seed: int = 0) -> None:
+    """Initialise ``config``'s causal LM from ``seed`` and save it with ``tokenizer`` into
+    ``folder`` atomically (temp folder + rename). Deterministic, so when ranks or nodes race,
+    the loser's identical folder is simply dropped."""
     import torch
-    from transformers import LlamaConfig, LlamaForCausalLM
+    from transformers import AutoModelForCausalLM
 
-    spec = TINY_MODELS.get(name, "model.path")
     folder.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{folder.name}.", dir=folder.parent))
     try:
-        tokenizer = build_tokenizer(spec.vocab_size)
-        config = LlamaConfig(
-            vocab_size=len(tokenizer),
-            hidden_size=spec.hidden_size,
-            intermediate_size=spec.intermediate_size,
-            num_hidden_layers=spec.num_hidden_layers,
-            num_attention_heads=spec.num_attention_heads,
-            num_key_value_heads=spec.num_key_value_heads,
-            max_position_embeddings=spec.max_position_embeddings,
-            tie_word_embeddings=True,
-            eos_token_id=tokenizer.eos_token_id,
-            pad_token_id=tokenizer.pad_token_id,
-            bos_token_id=None,
-        )
         with torch.random.fork_rng(devices=[]):
-            torch.manual_seed(spec.seed)
-            model = LlamaForCausalLM(config)
+            torch.manual_seed(seed)
+            model = AutoModelForCausalLM.from_config(config)
         model.generation_config.pad_token_id = tokenizer.pad_token_id
         model.generation_config.eos_token_id = tokenizer.eos_token_id
         model.save_pretrained(tmp)
@@ -153,10 +142,28 @@ def _materialize(name: str, folder: Path) -> None:
         try:
             os.rename(tmp, folder)
         except OSError:
-            # Another rank won the race: its folder is identical (deterministic build).
             if not (folder / "config.json").exists():
                 raise
     finally:
-        if tmp.exists():
-            shutil.rmtree(tmp, ignore_errors=True)
+        shutil.rmtree(tmp, ignore_errors=True)
 
+
+def _materialize(name: str, folder: Path) -> None:
+    from transformers import LlamaConfig
+
+    spec = TINY_MODELS.get(name, "model.path")
+    tokenizer = build_tokenizer(spec.vocab_size)
+    config = LlamaConfig(
+        vocab_size=len(tokenizer),
+        hidden_size=spec.hidden_size,
+        intermediate_size=spec.intermediate_size,
+        num_hidden_layers=spec.num_hidden_layers,
+        num_attention_heads=spec.num_attention_heads,
+        num_key_value_heads=spec.num_key_value_heads,
+        max_position_embeddings=spec.max_position_embeddings,
+        tie_word_embeddings=True,
+        eos_token_id=tokenizer.eos_token_id,
+        pad_token_id=tokenizer.pad_token_id,
+        bos_token_id=None,
+    )
+    save_random_model(config, tokenizer, folder, spec.seed)
