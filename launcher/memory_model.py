@@ -253,18 +253,19 @@ def deepspeed_model_states(params: float, trainable: float, largest_module: floa
 
 def torch_model_states(shape: ModelShape, workload: Workload, layout: Layout,
                        buffer_factor: float = CPU_BUFFER_FACTOR) -> RoleMemory:
-    """DDP and FSDP2 as ftl runs them: fp32 weights, fp32 gradients, torch AdamW (fp32 moments)."""
+    """DDP and FSDP2 as ftl runs them: fp32 weights, fp32 gradients, torch AdamW (fp32 moments).
+    DDP holds frozen weights (LoRA base, freezing) in the compute dtype."""
     P, T, N, g, f = shape.params, shape.trainable, layout.world, layout.ranks_per_node, buffer_factor
     mem = RoleMemory()
     c = DTYPE_BYTES[workload.dtype]
     if layout.kind == "ddp":
-        mem.gpu["parameters"] = 4 * P
+        mem.gpu["parameters"] = 4 * T + c * (P - T)
         mem.gpu["gradients"] = 4 * T
         mem.gpu["optimizer_states"] = 8 * T
         if N > 1:  # DistributedDataParallel's flat buckets (gradient_as_bucket_view=False)
             mem.gpu["comm_buffers"] = 4 * T
         mem.cpu_load = int(4 * P * g * f)  # every rank builds the fp32 model on CPU first
-        mem.model_states = _states(4 * P, 4 * T, 8 * T, 0)
+        mem.model_states = _states(4 * T + c * (P - T), 4 * T, 8 * T, 0)
         return mem
     states = {"parameters": 4 * P // N, "gradients": 4 * T // N, "optimizer_states": 8 * T // N}
     if layout.offload_params:  # CPUOffloadPolicy: sharded weights, gradients and Adam on host
@@ -324,6 +325,8 @@ def activation_memory(shape: ModelShape, workload: Workload, layout: Layout) -> 
         matmul_params = shape.params - (0 if shape.tied_embeddings else shape.vocab * shape.hidden)
         if workload.gradient_checkpointing:
             matmul_params = shape.largest_block + shape.vocab * shape.hidden
+        if layout.kind == "ddp":  # frozen weights are already 16-bit: only trained ones are copied
+            matmul_params = min(matmul_params, shape.trainable)
         terms["autocast_weight_copies"] = DTYPE_BYTES[workload.dtype] * matmul_params
     return terms
 

@@ -16,6 +16,7 @@ class DDPBackend(Backend):
     def setup(self, model: nn.Module, make_optimizer: OptimizerFactory,
               make_scheduler: SchedulerFactory) -> None:
         model.to(self.ctx.device)
+        self._frozen_to_compute_dtype(model)
         self._module = model
         if self.ctx.world_size > 1:
             ids = [self.ctx.device.index] if self.ctx.device.type == "cuda" else None
@@ -24,6 +25,18 @@ class DDPBackend(Backend):
             self.model = model
         self.optimizer = make_optimizer(model)
         self.scheduler = make_scheduler(self.optimizer)
+
+    def _frozen_to_compute_dtype(self, model: nn.Module) -> None:
+        """With ``model.dtype`` bf16/fp16, frozen weights (a LoRA base, ``train.freeze``) are held
+        in that dtype: autocast computes in it anyway, and no optimizer needs their fp32 copy,
+        so an 8B LoRA base takes 16 GB instead of 32. Trained weights stay fp32 masters."""
+        dtype = {"bf16": torch.bfloat16, "fp16": torch.float16}.get(self.cfg.model.dtype)
+        if dtype is None:
+            return
+        with torch.no_grad():
+            for param in model.parameters():
+                if not param.requires_grad and param.is_floating_point():
+                    param.data = param.data.to(dtype)
 
     @property
     def module(self) -> nn.Module:
