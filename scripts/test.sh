@@ -16,4 +16,4 @@ export FTL_HOME="${FTL_HOME:-$PWD/.cache/ftl}"          # builtin models, compil
 export TORCH_EXTENSIONS_DIR="${TORCH_EXTENSIONS_DIR:-$FTL_HOME/torch_extensions}"
 export HF_HUB_OFFLINE=1 HF_DATASETS_OFFLINE=1 RAY_AUTH_MODE=disabled
 .venv/bin/ruff check launcher strategies cluster tests scripts
-exec .venv/bin/python -m pytest -q -p no:cacheprovider "$@"
+exec .venv/bin/python -m pytest -q -p no:cacheprovider --durations=30 "$@"

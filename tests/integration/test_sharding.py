@@ -173,7 +173,10 @@ def test_sharded_loading_never_holds_the_whole_model(tmp_path):
     stats = {b: json.loads((r / "summary.json").read_text()) for b, r in runs.items()}
     total_mb = stats["ddp"]["parameters"]["total"] * 4 / 2**20
     largest_mb = 11_700_000 * 4 / 2**20  # one decoder layer (see `ftl plan`)
-    margin_mb = 48
+    # Allocator slack plus modules imported lazily inside the window (installing the gguf and
+    # sentence-model packages alone added ~20 MB, with the loading code unchanged): still far
+    # below a whole model (shard + layer + margin = 306 MB < 362 MB).
+    margin_mb = 80
     print(f"\nmodel {total_mb:.0f} MB; shard {total_mb / 2:.0f} MB; largest layer {largest_mb:.0f} MB")
     for backend, s in stats.items():
         for rank, m in enumerate(s["model_load_mb_per_rank"]):
