@@ -83,10 +83,14 @@ class Batch:
         return torch.tensor(self.mask > 0)
 
 
-def check(actual: torch.Tensor, expected, tol: float) -> None:
-    np.testing.assert_allclose(
-        actual.detach().double().numpy(), np.asarray(expected, dtype=np.float64), rtol=tol, atol=tol
-    )
+def close(actual: torch.Tensor, expected, tol: float) -> bool:
+    """Element-wise within ``tol`` (relative and absolute); prints the worst miss when not."""
+    got = actual.detach().double().numpy()
+    want = np.asarray(expected, dtype=np.float64)
+    ok = got.shape == np.broadcast(got, want).shape and np.allclose(got, want, rtol=tol, atol=tol)
+    if not ok:
+        print("mismatch:\n got", got, "\n want", want)
+    return bool(ok)
 
 
 # ----------------------------------------------------------------------------- NumPy reference
@@ -244,18 +248,19 @@ def test_masked_mean_matches_reference(shape, dtype, tol):
     batch = Batch(shape, dtype)
     x = batch.t(batch.values)
     for dim in (None, -1, 0):
-        check(masked_mean(x, batch.mask_t, dim=dim), ref_masked_mean(batch.values, batch.lengths, dim), tol)
+        want = ref_masked_mean(batch.values, batch.lengths, dim)
+        assert close(masked_mean(x, batch.mask_t, dim=dim), want, tol)
     # an int 0/1 mask means the same as a bool one
     int_mask = torch.tensor(batch.mask, dtype=torch.long)
-    check(masked_mean(x, int_mask), ref_masked_mean(batch.values, batch.lengths, None), tol)
+    assert close(masked_mean(x, int_mask), ref_masked_mean(batch.values, batch.lengths, None), tol)
 
 
 def test_masked_mean_of_empty_row_is_zero_not_nan():
     x = torch.tensor([[1.0, 2.0, 3.0], [float("nan"), 5.0, 6.0]])
     mask = torch.tensor([[1, 1, 0], [0, 0, 0]])
-    check(masked_mean(x, mask, dim=-1), [1.5, 0.0], 1e-7)
-    check(masked_mean(x, mask), 1.5, 1e-7)
-    check(masked_mean(x, torch.zeros_like(mask)), 0.0, 1e-7)
+    assert close(masked_mean(x, mask, dim=-1), [1.5, 0.0], 1e-7)
+    assert close(masked_mean(x, mask), 1.5, 1e-7)
+    assert close(masked_mean(x, torch.zeros_like(mask)), 0.0, 1e-7)
 
 
 WHITEN_CASES = [(c, i) for c, i in zip(CASES, CASE_IDS) if c[0] != (1, 1)]  # needs >= 2 real tokens
@@ -266,12 +271,12 @@ WHITEN_CASES = [(c, i) for c, i in zip(CASES, CASE_IDS) if c[0] != (1, 1)]  # ne
 def test_masked_whiten_matches_reference(shape, dtype, tol, shift_mean):
     batch = Batch(shape, dtype)
     out = masked_whiten(batch.t(batch.advantages), batch.mask_t, shift_mean=shift_mean)
-    check(out, ref_whiten(batch.advantages, batch.lengths, shift_mean, 1e-8), tol)
+    assert close(out, ref_whiten(batch.advantages, batch.lengths, shift_mean, 1e-8), tol)
     assert (out[~batch.mask_t] == 0).all()
     if shift_mean:
         real = out[batch.mask_t].double()
-        check(real.mean(), 0.0, tol)
-        check(real.var(unbiased=True), 1.0, tol * 10)
+        assert close(real.mean(), 0.0, tol)
+        assert close(real.var(unbiased=True), 1.0, tol * 10)
 
 
 def test_masked_whiten_needs_two_tokens():
@@ -293,7 +298,7 @@ def test_kl_per_token_matches_reference(shape, dtype, tol, kind):
             for b in range(batch.B)
         ]
     )
-    check(out, expected, tol)
+    assert close(out, expected, tol)
     if kind != "k1":
         assert (out >= 0).all()
 
@@ -316,8 +321,8 @@ def test_shaped_rewards_match_reference(shape, dtype, tol, kind):
         kind=kind,
     )
     exp_rewards, exp_kl = ref_shaped_rewards(batch, 0.05, kind)
-    check(rewards, exp_rewards, tol)
-    check(kl, exp_kl, tol)
+    assert close(rewards, exp_rewards, tol)
+    assert close(kl, exp_kl, tol)
     assert not rewards.requires_grad
 
 
@@ -325,7 +330,7 @@ def test_shaped_rewards_skip_score_for_empty_row():
     zeros = torch.zeros(2, 3)
     mask = torch.tensor([[1, 1, 0], [0, 0, 0]])
     rewards, _ = shaped_rewards(torch.tensor([2.0, 7.0]), zeros, zeros, mask, kl_coef=0.1)
-    check(rewards, [[0.0, 2.0, 0.0], [0.0, 0.0, 0.0]], 1e-7)
+    assert close(rewards, [[0.0, 2.0, 0.0], [0.0, 0.0, 0.0]], 1e-7)
 
 
 # ----------------------------------------------------------------------------- GAE
@@ -337,8 +342,8 @@ def test_gae_matches_reference(shape, dtype, tol, gamma, lam):
     batch = Batch(shape, dtype)
     adv, ret = gae(batch.t(batch.rewards), batch.t(batch.values), batch.mask_t, gamma, lam)
     exp_adv, exp_ret = ref_gae(batch.rewards, batch.values, batch.lengths, gamma, lam)
-    check(adv, exp_adv, tol)
-    check(ret, exp_ret, tol)
+    assert close(adv, exp_adv, tol)
+    assert close(ret, exp_ret, tol)
 
 
 @pytest.mark.parametrize("shape", SHAPES)
@@ -350,8 +355,8 @@ def test_gae_with_unit_discount_and_zero_values_is_reward_to_go(shape):
     for b in range(batch.B):
         real = batch.rewards[b, : batch.lengths[b]]
         expected[b, : batch.lengths[b]] = np.cumsum(real[::-1])[::-1]  # sum of rewards from t to the end
-    check(adv, expected, 1e-6)
-    check(ret, expected, 1e-6)
+    assert close(adv, expected, 1e-6)
+    assert close(ret, expected, 1e-6)
 
 
 # ----------------------------------------------------------------------------- PPO losses
@@ -366,7 +371,7 @@ def test_policy_loss_matches_reference(shape, dtype, tol, clip_eps):
     )
     expected = ref_policy_loss(batch, clip_eps)
     for key in ("loss", "clip_fraction", "approx_kl"):
-        check(out[key], expected[key], tol)
+        assert close(out[key], expected[key], tol)
 
 
 def test_policy_loss_gradient_vanishes_only_where_clipped():
@@ -386,8 +391,8 @@ def test_policy_loss_gradient_vanishes_only_where_clipped():
             else:
                 expected[b, t] = -a * ratio / n  # d/dlogp of -A * exp(logp - old), token mean
     assert 0 < n_clipped < n
-    check(logp.grad, expected, 1e-9)
-    check(out["clip_fraction"], n_clipped / n, 1e-9)
+    assert close(logp.grad, expected, 1e-9)
+    assert close(out["clip_fraction"], n_clipped / n, 1e-9)
     assert not out["clip_fraction"].requires_grad and not out["approx_kl"].requires_grad
 
 
@@ -399,8 +404,8 @@ def test_value_loss_matches_reference(shape, dtype, tol, clip_value):
         batch.t(batch.values), batch.t(batch.old_values), batch.t(batch.returns), batch.mask_t, clip_value
     )
     expected = ref_value_loss(batch, clip_value)
-    check(out["loss"], expected["loss"], tol)
-    check(out["clip_fraction"], expected["clip_fraction"], tol)
+    assert close(out["loss"], expected["loss"], tol)
+    assert close(out["clip_fraction"], expected["clip_fraction"], tol)
 
 
 # ----------------------------------------------------------------------------- logits
@@ -428,8 +433,8 @@ def test_entropy_and_logprobs_match_reference(dtype, tol):
             log_p = ref_log_softmax_row(z[b, t])
             exp_ent[b, t] = -sum(math.exp(lp) * lp for lp in log_p)
             exp_logp[b, t] = log_p[int(labels[b, t])]
-    check(ent, exp_ent, tol)
-    check(logp, exp_logp, tol)
+    assert close(ent, exp_ent, tol)
+    assert close(logp, exp_logp, tol)
     assert (ent >= 0).all() and (ent <= math.log(V) + tol).all()
 
 
@@ -441,7 +446,7 @@ def test_logprobs_read_ignore_index_at_id_zero():
         ref_log_softmax_row(z[0, 1])[0],
         ref_log_softmax_row(z[0, 2])[0],
     ]
-    check(out, [expected], 1e-9)
+    assert close(out, [expected], 1e-9)
 
 
 # ----------------------------------------------------------------------------- GRPO
@@ -457,7 +462,7 @@ def test_group_advantages_match_reference(group_size, scale, dtype, tol):
         .numpy()
     )
     out = group_advantages(torch.tensor(scores_np, dtype=dtype), group_size, scale=scale)
-    check(out, ref_group_advantages(scores_np, group_size, scale, 1e-4), tol)
+    assert close(out, ref_group_advantages(scores_np, group_size, scale, 1e-4), tol)
     if group_size == 1:
         assert (out == 0).all()
 
@@ -465,8 +470,8 @@ def test_group_advantages_match_reference(group_size, scale, dtype, tol):
 def test_group_advantages_edge_cases():
     # a group whose completions all scored the same teaches nothing, scaled or not
     out = group_advantages(torch.tensor([1.0, 1.0, 1.0, 0.0, 1.0, 2.0]), 3)
-    check(out, [0.0, 0.0, 0.0, -1 / (1 + 1e-4), 0.0, 1 / (1 + 1e-4)], 1e-6)
-    check(group_advantages(torch.tensor([0, 1, 1, 1]), 2, scale=False), [-0.5, 0.5, 0.0, 0.0], 1e-7)
+    assert close(out, [0.0, 0.0, 0.0, -1 / (1 + 1e-4), 0.0, 1 / (1 + 1e-4)], 1e-6)
+    assert close(group_advantages(torch.tensor([0, 1, 1, 1]), 2, scale=False), [-0.5, 0.5, 0.0, 0.0], 1e-7)
     with pytest.raises(ValueError, match="divisible"):
         group_advantages(torch.zeros(5), 2)
 
@@ -486,7 +491,7 @@ def test_grpo_loss_matches_reference(shape, dtype, tol, beta):
     )
     expected = ref_grpo_loss(batch, 0.2, beta)
     for key in ("loss", "kl", "clip_fraction"):
-        check(out[key], expected[key], tol)
+        assert close(out[key], expected[key], tol)
 
 
 def test_grpo_loss_normalises_per_sequence_not_per_token():
@@ -495,8 +500,8 @@ def test_grpo_loss_normalises_per_sequence_not_per_token():
     zeros = torch.zeros(2, 3)
     mask = torch.tensor([[1, 0, 0], [1, 1, 1]])
     out = grpo_loss(zeros, zeros, None, torch.tensor([1.0, -1.0]), mask, clip_eps=0.2, beta=0.0)
-    check(out["loss"], 0.0, 1e-7)
-    check(out["kl"], 0.0, 1e-7)
+    assert close(out["loss"], 0.0, 1e-7)
+    assert close(out["kl"], 0.0, 1e-7)
     with pytest.raises(ValueError, match="ref_logprobs"):
         grpo_loss(zeros, zeros, None, torch.tensor([1.0, -1.0]), mask, clip_eps=0.2, beta=0.1)
 
@@ -529,11 +534,11 @@ def test_grpo_loss_without_kl_follows_trl_conventions():
     trl_clip = (region.double() * mask).sum() / mask.sum()
 
     adv = group_advantages(rewards, G)
-    check(adv, trl_adv.numpy(), 1e-9)
+    assert close(adv, trl_adv.numpy(), 1e-9)
     logp = batch.t(batch.logp).requires_grad_(True)
     out = grpo_loss(logp, old, None, adv, batch.mask_t, clip_eps=0.2, beta=0.0)
     out["loss"].backward()
-    check(out["loss"], trl_loss.item(), 1e-9)
-    check(logp.grad, trl_logp.grad.numpy(), 1e-9)
-    check(out["clip_fraction"], trl_clip.item(), 1e-9)
+    assert close(out["loss"], trl_loss.item(), 1e-9)
+    assert close(logp.grad, trl_logp.grad.numpy(), 1e-9)
+    assert close(out["clip_fraction"], trl_clip.item(), 1e-9)
     assert 0 < out["clip_fraction"].item() < 1
