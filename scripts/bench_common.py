@@ -81,3 +81,87 @@ def steady_step_s(run: Path, skip: int = 5) -> float:
     rows = [json.loads(x) for x in (run / "metrics.jsonl").read_text().splitlines() if x.strip()]
     steps = [r["train/step_s"] for r in rows if "train/step_s" in r and r["step"] > skip]
     return statistics.median(steps)
+
+
+def runnable_tasks() -> int:
+    """Tasks running or ready to run now (``/proc/loadavg`` field 4), less the reader itself.
+
+    The 1-minute load average lags a minute behind and still counts a run that just ended;
+    this is what competes for the cores right now.
+    """
+    return int(Path("/proc/loadavg").read_text().split()[3].split("/")[0]) - 1
+
+
+def wait_quiet(max_runnable: float = 0.5, window_s: float = 5.0, max_wait_s: float = 600.0) -> float:
+    """Wait until other work on the machine stays low for ``window_s`` (mean runnable tasks at
+    most ``max_runnable``), at most ``max_wait_s``. Returns the seconds waited. On a shared
+    machine this keeps a timed run from starting in the middle of somebody's test suite."""
+    start = time.monotonic()
+    samples: list[int] = []
+    per_window = max(1, int(window_s / 0.25))
+    while time.monotonic() - start < max_wait_s:
+        samples = (samples + [runnable_tasks()])[-per_window:]
+        if len(samples) == per_window and statistics.mean(samples) <= max_runnable:
+            break
+        time.sleep(0.25)
+    return time.monotonic() - start
+
+
+class LoadSampler:
+    """Mean runnable tasks while a block runs (sampled every 0.5 s in a thread); the timed
+    run's own threads are included, so a quiet machine reads about the run's thread count."""
+
+    def __init__(self) -> None:
+        import threading
+
+        self.samples: list[int] = []
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._loop, daemon=True)
+
+    def _loop(self) -> None:
+        while not self._stop.wait(0.5):
+            self.samples.append(runnable_tasks())
+
+    def __enter__(self) -> LoadSampler:
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._stop.set()
+        self._thread.join()
+
+    @property
+    def mean(self) -> float:
+        return statistics.mean(self.samples) if self.samples else float("nan")
+
+
+def _busy_cpu_s() -> float:
+    """CPU seconds all cores have spent busy since boot (``/proc/stat``: all but idle/iowait)."""
+    fields = [int(x) for x in Path("/proc/stat").read_text().split("\n", 1)[0].split()[1:]]
+    return (sum(fields[:8]) - fields[3] - fields[4]) / os.sysconf("SC_CLK_TCK")
+
+
+def _own_cpu_s() -> float:
+    import resource
+
+    return sum(getattr(resource.getrusage(who), f) for who in (resource.RUSAGE_SELF, resource.RUSAGE_CHILDREN)
+               for f in ("ru_utime", "ru_stime"))
+
+
+class Contention:
+    """How much of the machine other processes took while a block ran: (all cores' busy CPU
+    time - this process's and its waited-for children's) / (wall time x cores).
+
+    The load average and the runnable-task count miss what matters for a 2-thread torch run on
+    2 cores: one competitor is enough to make every OpenMP region wait for a descheduled thread.
+    Measuring the CPU that went elsewhere tells a clean run (~0) from a contended one.
+    """
+
+    def __enter__(self) -> Contention:
+        self._t, self._busy, self._own = time.monotonic(), _busy_cpu_s(), _own_cpu_s()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        wall = time.monotonic() - self._t
+        other = (_busy_cpu_s() - self._busy) - (_own_cpu_s() - self._own)
+        self.other_share = max(0.0, other) / (wall * (os.cpu_count() or 1))

@@ -6,6 +6,12 @@
 Both train the builtin tiny-llama-256 on the same chat rows (loss on assistant tokens, no
 packing, fp32, 2 torch threads); the figure is the median optimizer-step time after 5
 warm-up steps, turned into real (non-padding) tokens per second. Runs alternate per repeat.
+
+TRL 1.x's ``SFTConfig`` defaults to bf16 autocast and gradient checkpointing, even on CPU; ftl
+defaults to fp32 without checkpointing. TRL is therefore set to ``bf16=False,
+gradient_checkpointing=False`` (same arithmetic, same work); ``--trl-defaults`` adds a row
+with TRL's own defaults, what a user who changes nothing gets. Sections appended before this
+was fixed compared against TRL's defaults.
 """
 
 from __future__ import annotations
@@ -39,8 +45,9 @@ def ftl_step_s(work: Path, steps: int) -> float:
     return steady_step_s(run)
 
 
-def trl_step_s(work: Path, steps: int) -> tuple[float, float]:
-    """(median step seconds, mean real tokens per step) for TRL's SFTTrainer."""
+def trl_step_s(work: Path, steps: int, defaults: bool = False) -> tuple[float, float]:
+    """(median step seconds, mean real tokens per step) for TRL's SFTTrainer; ``defaults`` keeps
+    TRL's bf16 autocast and gradient checkpointing instead of matching ftl's fp32 run."""
     import datasets
     import torch
     from transformers import AutoModelForCausalLM, AutoTokenizer, TrainerCallback
@@ -66,7 +73,8 @@ def trl_step_s(work: Path, steps: int) -> tuple[float, float]:
                      learning_rate=1e-3, lr_scheduler_type="constant", max_grad_norm=1.0,
                      logging_steps=10**6, save_strategy="no", report_to=[], use_cpu=True,
                      max_length=MAX_LEN, assistant_only_loss=True, packing=False, seed=42,
-                     dataloader_num_workers=0)
+                     dataloader_num_workers=0,
+                     **({} if defaults else {"bf16": False, "gradient_checkpointing": False}))
     trainer = SFTTrainer(model=AutoModelForCausalLM.from_pretrained(path), args=args,
                          train_dataset=datasets.Dataset.from_list(rows), processing_class=tok,
                          callbacks=[Timer()])
@@ -81,29 +89,42 @@ def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--steps", type=int, default=60)
+    parser.add_argument("--trl-defaults", action="store_true",
+                        help="also time TRL with its own defaults (bf16 autocast, gradient checkpointing)")
+    parser.add_argument("--no-append", action="store_true", help="print the section, leave BENCHMARKS.md")
     args = parser.parse_args()
-    ftl_times, trl_times, tokens = [], [], 0.0
+    which_runs = ["ftl", "trl"] + (["trl-defaults"] if args.trl_defaults else [])
+    times: dict[str, list[float]] = {k: [] for k in which_runs}
+    tokens = 0.0
     for rep in range(args.repeats):
         work = Path(tempfile.mkdtemp(prefix="ftl-bench-trl-"))
-        for which in (("ftl", "trl") if rep % 2 == 0 else ("trl", "ftl")):
+        for which in (which_runs if rep % 2 == 0 else which_runs[::-1]):
             if which == "ftl":
-                ftl_times.append(ftl_step_s(work, args.steps))
+                times["ftl"].append(ftl_step_s(work, args.steps))
             else:
-                t, tokens = trl_step_s(work, args.steps)
-                trl_times.append(t)
-    f, t = statistics.median(ftl_times), statistics.median(trl_times)
-    rows = [["TRL SFTTrainer", f"{t * 1000:.1f}", f"{tokens / t:,.0f}", "1.00",
-             " ".join(f"{x * 1000:.1f}" for x in trl_times)],
-            ["ftl sft (launcher.loop, 1 process)", f"{f * 1000:.1f}", f"{tokens / f:,.0f}", f"{t / f:.2f}",
-             " ".join(f"{x * 1000:.1f}" for x in ftl_times)]]
-    print(append_section(
-        "ftl sft vs TRL SFTTrainer (CPU, one process, no packing)",
-        f"python scripts/bench_trl.py --repeats {args.repeats} --steps {args.steps}",
-        ["trainer", "median step (ms)", "real tokens/s", "speed vs TRL", "per-repeat medians (ms)"], rows,
-        f"Model: builtin tiny-llama-256; batch {BATCH} chats of the reverse task ({tokens / BATCH:.1f} "
-        f"tokens each on average), max_length {MAX_LEN}, fp32, constant LR, 2 torch threads. Packing on "
-        "variable-length data is not benchmarked yet."))
-    print(json.dumps({"ftl_ms": f * 1000, "trl_ms": t * 1000}))
+                t, tokens = trl_step_s(work / which, args.steps, defaults=which == "trl-defaults")
+                times[which].append(t)
+    med = {k: statistics.median(v) for k, v in times.items()}
+    t = med["trl"]
+    names = {"trl": "TRL SFTTrainer (fp32, no checkpointing)",
+             "trl-defaults": "TRL SFTTrainer, TRL defaults (bf16 autocast, gradient checkpointing)",
+             "ftl": "ftl sft (launcher.loop, 1 process)"}
+    rows = [[names[k], f"{med[k] * 1000:.1f}", f"{tokens / med[k]:,.0f}", f"{t / med[k]:.2f}",
+             " ".join(f"{x * 1000:.1f}" for x in times[k])]
+            for k in ("trl", "trl-defaults", "ftl") if k in med]
+    title = "ftl sft vs TRL SFTTrainer (CPU, one process, no packing)"
+    command = f"python scripts/bench_trl.py --repeats {args.repeats} --steps {args.steps}" + (
+        " --trl-defaults" if args.trl_defaults else "")
+    header = ["trainer", "median step (ms)", "real tokens/s", "speed vs TRL", "per-repeat medians (ms)"]
+    notes = (f"Model: builtin tiny-llama-256; batch {BATCH} chats of the reverse task ({tokens / BATCH:.1f} "
+             f"tokens each on average), max_length {MAX_LEN}, fp32 on both sides (TRL set to bf16=False, "
+             "gradient_checkpointing=False), constant LR, 2 torch threads. Packing on variable-length data: "
+             "scripts/bench_packing.py.")
+    if args.no_append:
+        print(json.dumps({"table": [header, *rows], "notes": notes}))
+    else:
+        print(append_section(title, command, header, rows, notes))
+    print(json.dumps({f"{k}_ms": v * 1000 for k, v in med.items()}))
 
 
 if __name__ == "__main__":
