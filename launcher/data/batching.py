@@ -40,7 +40,8 @@ def pack_examples(features: Sequence[dict], max_length: int) -> list[dict]:
     """Concatenate consecutive examples into rows of at most ``max_length`` tokens.
 
     Next-fit in dataset order: linear time on any dataset size, and the sampler's shuffle
-    still decides which rows a step sees. Position ids restart at every example.
+    still decides which rows a step sees. Position ids restart at every example, and no token
+    is trained to predict across an example boundary.
     """
     rows: list[dict] = []
     current: dict = {"input_ids": [], "labels": [], "position_ids": []}
@@ -50,7 +51,9 @@ def pack_examples(features: Sequence[dict], max_length: int) -> list[dict]:
             rows.append(current)
             current = {"input_ids": [], "labels": [], "position_ids": []}
         current["input_ids"] += list(f["input_ids"][:n])
-        current["labels"] += list(f["labels"][:n])
+        # The token before an example belongs to the previous one: it must not be trained to
+        # predict this example's first token (that label is never used inside one example).
+        current["labels"] += [IGNORE_INDEX] + list(f["labels"][1:n])
         current["position_ids"] += list(range(n))
     if current["input_ids"]:
         rows.append(current)

@@ -80,6 +80,22 @@ def test_packed_rows_do_not_attend_across_examples(tiny):
             start += len(ids)
 
 
+def test_packed_loss_equals_the_examples_losses_summed(tiny):
+    """Every token labelled: packing trains no prediction across a boundary, so the packed
+    row's summed loss and item count are those of the examples run one by one."""
+    from strategies.base import causal_lm_loss
+
+    tok, model = tiny
+    examples = [tok(t)["input_ids"] for t in ["reverse: a b c", "copy: d e", "add: 1 + 2 = 3 and more"]]
+    features = [{"input_ids": ids, "labels": ids} for ids in examples]
+    packed = collate(pack_examples(features, max_length=64), pad_id=tok.pad_token_id)
+    alone = [causal_lm_loss(model, collate([f], pad_id=tok.pad_token_id)) for f in features]
+    with torch.no_grad():
+        out = causal_lm_loss(model, packed)
+    assert int(out.count) == sum(int(a.count) for a in alone) == sum(len(e) - 1 for e in examples)
+    assert float(out.loss_sum) == pytest.approx(sum(float(a.loss_sum) for a in alone), rel=1e-5)
+
+
 def test_sft_masks_assistant_tokens_with_and_without_generation_markers(tiny):
     from launcher.config.load import validate_config
     from strategies.sft import SFTStrategy
