@@ -11,7 +11,7 @@ from typing import TYPE_CHECKING, Any
 
 import torch
 
-from launcher.dist import RankContext, all_reduce_sum
+from launcher.dist import RankContext, all_gather_objects, all_reduce_sum
 
 if TYPE_CHECKING:
     from launcher.backends.base import Backend
@@ -62,22 +62,13 @@ def eval_loss(backend: Backend, strategy: Strategy, eval_set: EvalSet, cfg: Any)
             count += float(out.count)
             for k, v in out.metric_sums.items():
                 sums[k] = sums.get(k, 0.0) + float(v)
-    names = sorted(sums)
-    if ctx.world_size > 1:  # a rank with no real batch has no keys yet: agree on names first
-        names = sorted({n for rank_names in _all_names(names) for n in rank_names})
+    # A rank with no real batch has no keys yet: agree on the names first.
+    names = sorted({n for rank_names in all_gather_objects(sorted(sums)) for n in rank_names})
     totals = all_reduce_sum([loss_sum, count] + [sums.get(n, 0.0) for n in names], ctx.device)
     model.train(was_training)
     loss_sum, count = totals[0], totals[1]
     metrics = strategy.eval_summary(dict(zip(names, totals[2:])), count)
     return {"loss": loss_sum / max(count, 1.0), **metrics, "_loss_sum": loss_sum, "_count": count}
-
-
-def _all_names(names: list[str]) -> list[list[str]]:
-    import torch.distributed as dist
-
-    gathered: list = [None] * dist.get_world_size()
-    dist.all_gather_object(gathered, names)
-    return gathered
 
 
 @torch.no_grad()
@@ -156,8 +147,6 @@ def sharded_map(backend: Backend, features: list[dict], batch_size: int, fn: Any
     ranks (every rank runs the same number of forwards) and gathered back, in order, on
     every rank. Used for values computed once per example: DPO reference log-probs,
     embeddings for retrieval metrics."""
-    import torch.distributed as dist
-
     ctx = backend.ctx
     mine = list(range(ctx.rank, len(features), ctx.world_size))
     results: dict[int, Any] = {}
@@ -165,9 +154,6 @@ def sharded_map(backend: Backend, features: list[dict], batch_size: int, fn: Any
         rows = fn([features[i] for i in (chunk if real else [0])])
         if real:
             results.update(zip(chunk, rows))
-    if ctx.world_size > 1:
-        gathered: list = [None] * ctx.world_size
-        dist.all_gather_object(gathered, results)
-        for part in gathered:
-            results.update(part)
+    for part in all_gather_objects(results):
+        results.update(part)
     return [results[i] for i in range(len(features))]

@@ -29,10 +29,10 @@ import torch.distributed as dist
 
 from launcher import failpoints
 from launcher.checkpoint import CheckpointManager
-from launcher.config.load import config_to_dict
-from launcher.dist import RankContext, all_reduce_sum, barrier, init_distributed
+from launcher.dist import RankContext, all_gather_objects, all_reduce_sum, barrier, init_distributed
 from launcher.lazy import load_object
 from launcher.memwatch import PeakAnon
+from launcher.metrics.sinks import MetricSinks
 from launcher.paths import ftl_home
 from launcher.rundir import RunFolder
 
@@ -131,14 +131,14 @@ def _train(cfg: Any, ctx: RankContext, folder: RunFolder) -> dict[str, Any]:
         log.info("resumed from %s at step %d", latest, state["step"])
     start_step = state["step"]
 
-    sinks = _open_sinks(cfg, ctx, folder, start_step)
+    sinks = MetricSinks(cfg, folder, start_step, log, writes=ctx.is_main)
     sampler = StepSampler(data.source_sizes, data.weights, cfg.train.seed)
     accum = cfg.grad_accum
     micro = cfg.train.micro_batch_size
 
     if start_step == 0 and data.eval_sets and cfg.eval.at_start:
         state["initial"] = evaluate(backend, strategy, data.eval_sets, cfg)
-        _emit(sinks, 0, state["initial"])
+        sinks.emit(0, state["initial"])
 
     from launcher.state_bytes import FirstStepProbe
 
@@ -193,20 +193,20 @@ def _train(cfg: Any, ctx: RankContext, folder: RunFolder) -> dict[str, Any]:
             }
             logged_tokens, logged_time = 0.0, 0.0
             last_logged_step = state["step"]
-            _emit(sinks, state["step"], metrics)
+            sinks.emit(state["step"], metrics)
         if cfg.eval.every_steps and state["step"] % cfg.eval.every_steps == 0 and not done:
-            _emit(sinks, state["step"], evaluate(backend, strategy, data.eval_sets, cfg))
+            sinks.emit(state["step"], evaluate(backend, strategy, data.eval_sets, cfg))
         if cfg.checkpoint.every_steps and state["step"] % cfg.checkpoint.every_steps == 0:
             ckpts.save(state["step"], backend.save, _state_for_save(state))
 
     final = evaluate(backend, strategy, data.eval_sets, cfg) if data.eval_sets else {}
     if final:
-        _emit(sinks, state["step"], final)
+        sinks.emit(state["step"], final)
     if cfg.checkpoint.save_final:
         _export_final(backend, tokenizer, folder, ctx)
-    rss = _gather_peak_rss(ctx)
-    load_mem_per_rank = _gather(ctx, {k: round(v, 2) for k, v in load_stats.items()})
-    hosts = _gather(ctx, _where_am_i())
+    rss = all_gather_objects(round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0, 1))
+    load_mem_per_rank = all_gather_objects({k: round(v, 2) for k, v in load_stats.items()})
+    hosts = all_gather_objects(_where_am_i())
     wall = time.time() - wall_start
     summary = {
         "steps": state["step"],
@@ -218,7 +218,7 @@ def _train(cfg: Any, ctx: RankContext, folder: RunFolder) -> dict[str, Any]:
         "final": final,
         "peak_rss_mb_per_rank": rss,
         "model_load_mb_per_rank": load_mem_per_rank,
-        "model_state_bytes_per_rank": _gather(ctx, state_bytes.result),
+        "model_state_bytes_per_rank": all_gather_objects(state_bytes.result),
         "hosts_per_rank": hosts,
         "parameters": {"total": total_params, "trainable": trainable_params},
         "world_size": ctx.world_size,
@@ -228,10 +228,7 @@ def _train(cfg: Any, ctx: RankContext, folder: RunFolder) -> dict[str, Any]:
     }
     if ctx.is_main:
         folder.write_summary(summary)
-        for sink in sinks:
-            if hasattr(sink, "summary"):
-                sink.summary({k: v for k, v in final.items()})
-            sink.close()
+        sinks.close(final)
     barrier()
     backend.close()
     return summary
@@ -248,27 +245,6 @@ def _state_for_save(state: dict[str, Any]) -> dict[str, Any]:
     return {k: state[k] for k in keys}
 
 
-def _open_sinks(cfg: Any, ctx: RankContext, folder: RunFolder, start_step: int) -> list[Any]:
-    if not ctx.is_main:
-        return []
-    from launcher.metrics.jsonl import JsonlSink
-
-    sinks: list[Any] = [JsonlSink(folder.metrics, resume_step=start_step)]
-    if cfg.logging.wandb.mode != "disabled":
-        from launcher.metrics.wandb_sink import WandbSink
-
-        sinks.append(WandbSink(folder.path, folder.path.name, cfg.logging.wandb, config_to_dict(cfg)))
-    return sinks
-
-
-def _emit(sinks: list[Any], step: int, metrics: dict[str, float]) -> None:
-    clean = {k: (float(v) if isinstance(v, (int, float)) else v) for k, v in metrics.items()
-             if not k.startswith("_")}
-    log.info("step %d %s", step, clean)
-    for sink in sinks:
-        sink.log(step, clean)
-
-
 def _export_final(backend: Any, tokenizer: Any, folder: RunFolder, ctx: RankContext) -> None:
     """``final/``: an HF folder (``from_pretrained``-ready; adapter only under LoRA)."""
     state_dict = backend.full_state_dict()  # collective: every rank takes part
@@ -277,14 +253,6 @@ def _export_final(backend: Any, tokenizer: Any, folder: RunFolder, ctx: RankCont
         backend.module.save_pretrained(out, state_dict=state_dict, safe_serialization=True)
         tokenizer.save_pretrained(out)
     barrier()
-
-
-def _gather(ctx: RankContext, value: Any) -> list[Any]:
-    if ctx.world_size == 1:
-        return [value]
-    gathered: list[Any] = [None] * ctx.world_size
-    dist.all_gather_object(gathered, value)
-    return gathered
 
 
 def _where_am_i() -> dict[str, Any]:
@@ -300,10 +268,6 @@ def _where_am_i() -> dict[str, Any]:
     except Exception:  # not under Ray
         pass
     return where
-
-
-def _gather_peak_rss(ctx: RankContext) -> list[float]:
-    return _gather(ctx, round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0, 1))
 
 
 def backend_param_bytes(model: Any) -> int:
