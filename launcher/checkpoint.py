@@ -50,6 +50,32 @@ def _fsync_tree(folder: Path) -> None:
         os.close(fd)
 
 
+def temp_dir(root: Path, step: int) -> Path:
+    """Where step ``step`` is written before it is published (never matched as complete)."""
+    return root / f".tmp-{PREFIX}{step:08d}"
+
+
+def remove_partial(root: Path) -> None:
+    """Temp folders of saves a kill interrupted."""
+    for tmp in root.glob(".tmp-*") if root.exists() else []:
+        shutil.rmtree(tmp, ignore_errors=True)
+
+
+def publish(root: Path, step: int, state: dict[str, Any], keep: int) -> Path:
+    """Write ``state.json`` into the filled temp folder, fsync it, rename it to ``step-*``
+    (atomic) and drop all but the newest ``keep``. One process calls this."""
+    tmp, final = temp_dir(root, step), root / f"{PREFIX}{step:08d}"
+    (tmp / "state.json").write_text(json.dumps(state, indent=1, default=str))
+    _fsync_tree(tmp)
+    failpoints.hit("checkpoint.before_rename", step)
+    if final.exists():
+        shutil.rmtree(final)
+    os.rename(tmp, final)
+    for old in complete_checkpoints(root)[:-keep]:
+        shutil.rmtree(old, ignore_errors=True)
+    return final
+
+
 class CheckpointManager:
     def __init__(self, run_dir: Path, keep: int, ctx: RankContext):
         self.root = Path(run_dir) / "checkpoints"
@@ -57,9 +83,8 @@ class CheckpointManager:
         self.ctx = ctx
 
     def clean_partial(self) -> None:
-        if self.ctx.is_main and self.root.exists():
-            for tmp in self.root.glob(".tmp-*"):
-                shutil.rmtree(tmp, ignore_errors=True)
+        if self.ctx.is_main:
+            remove_partial(self.root)
         barrier()
 
     def all(self) -> list[Path]:
@@ -71,7 +96,7 @@ class CheckpointManager:
 
     def save(self, step: int, write: Callable[[Path], None], state: dict[str, Any]) -> Path:
         final = self.root / f"{PREFIX}{step:08d}"
-        tmp = self.root / f".tmp-{PREFIX}{step:08d}"
+        tmp = temp_dir(self.root, step)
         if self.ctx.is_main:
             shutil.rmtree(tmp, ignore_errors=True)
             tmp.mkdir(parents=True)
@@ -80,19 +105,9 @@ class CheckpointManager:
         torch.save(rng_state(), tmp / f"rng-rank{self.ctx.rank}.pt")
         barrier()
         if self.ctx.is_main:
-            (tmp / "state.json").write_text(json.dumps(state, indent=1))
-            _fsync_tree(tmp)
-            failpoints.hit("checkpoint.before_rename", step)
-            if final.exists():
-                shutil.rmtree(final)
-            os.rename(tmp, final)
-            self._prune()
+            publish(self.root, step, state, self.keep)
         barrier()
         return final
-
-    def _prune(self) -> None:
-        for old in self.all()[: -self.keep]:
-            shutil.rmtree(old, ignore_errors=True)
 
     def load_state(self, folder: Path) -> dict[str, Any]:
         rng_file = folder / f"rng-rank{self.ctx.rank}.pt"

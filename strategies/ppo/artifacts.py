@@ -12,41 +12,14 @@ from __future__ import annotations
 
 import json
 import logging
-import os
 import shutil
 from pathlib import Path
 from typing import Any
 
-from launcher.checkpoint import PREFIX, complete_checkpoints
-from launcher.config.load import config_to_dict
+from launcher.checkpoint import complete_checkpoints, publish, remove_partial, temp_dir
 from launcher.rundir import RunFolder
 
 log = logging.getLogger("ftl.ppo.controller")
-
-
-class MetricSinks:
-    def __init__(self, cfg: Any, folder: RunFolder, resume_step: int):
-        from launcher.metrics.jsonl import JsonlSink
-
-        self.sinks: list[Any] = [JsonlSink(folder.metrics, resume_step=resume_step)]
-        if cfg.logging.wandb.mode != "disabled":
-            from launcher.metrics.wandb_sink import WandbSink
-
-            self.sinks.append(WandbSink(folder.path, folder.path.name, cfg.logging.wandb,
-                                        config_to_dict(cfg)))
-
-    def emit(self, step: int, metrics: dict[str, Any]) -> None:
-        clean = {k: float(v) if isinstance(v, (int, float)) else v for k, v in metrics.items()}
-        log.info("step %d %s", step, {k: round(v, 5) if isinstance(v, float) else v
-                                      for k, v in clean.items()})
-        for sink in self.sinks:
-            sink.log(step, clean)
-
-    def close(self, final: dict[str, Any]) -> None:
-        for sink in self.sinks:
-            if hasattr(sink, "summary"):
-                sink.summary(final)
-            sink.close()
 
 
 def controller_log(folder: RunFolder) -> logging.Handler:
@@ -66,36 +39,28 @@ def close_log(handler: logging.Handler) -> None:
 
 
 class Checkpoints:
+    """The controller's checkpoints: the same layout and atomic publish as the per-rank loop's
+    (launcher.checkpoint), written by this one process."""
+
     def __init__(self, folder: RunFolder, keep: int):
         self.root = folder.path / "checkpoints"
         self.keep = keep
 
     def clean_partial(self) -> None:
-        for tmp in self.root.glob(".tmp-*") if self.root.exists() else []:
-            shutil.rmtree(tmp, ignore_errors=True)
+        remove_partial(self.root)
 
     def latest(self) -> Path | None:
         found = complete_checkpoints(self.root)
         return found[-1] if found else None
 
     def begin(self, step: int) -> Path:
-        tmp = self.root / f".tmp-{PREFIX}{step:08d}"
+        tmp = temp_dir(self.root, step)
         shutil.rmtree(tmp, ignore_errors=True)
         tmp.mkdir(parents=True)
         return tmp
 
-    def commit(self, tmp: Path, step: int, state: dict[str, Any]) -> Path:
-        (tmp / "state.json").write_text(json.dumps(state, indent=1, default=str))
-        for path in tmp.rglob("*"):
-            if path.is_file():
-                with path.open("rb") as fh:
-                    os.fsync(fh.fileno())
-        final = self.root / f"{PREFIX}{step:08d}"
-        if final.exists():
-            shutil.rmtree(final)
-        os.rename(tmp, final)
-        for old in complete_checkpoints(self.root)[: -self.keep]:
-            shutil.rmtree(old, ignore_errors=True)
+    def commit(self, step: int, state: dict[str, Any]) -> Path:
+        final = publish(self.root, step, state, self.keep)
         log.info("checkpoint %s", final)
         return final
 

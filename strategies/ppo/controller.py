@@ -36,9 +36,10 @@ from typing import Any
 import torch
 
 from launcher.errors import JobFailed, Problem, UserError
+from launcher.metrics.sinks import MetricSinks
 from launcher.rundir import RunFolder
 from strategies.ppo.advantages import batch_stats, grpo_targets, ppo_targets
-from strategies.ppo.artifacts import Checkpoints, MetricSinks, close_log, controller_log
+from strategies.ppo.artifacts import Checkpoints, close_log, controller_log
 from strategies.ppo.batch import collate_rollouts
 from strategies.ppo.objectives import Experience
 from strategies.ppo.placement import Placement, role_demands
@@ -192,7 +193,7 @@ class OnlineRL:
             self._start_roles()
             startup = time.perf_counter() - t0
             start_step = self._resume()
-            self.sinks = MetricSinks(self.cfg, self.folder, start_step)
+            self.sinks = MetricSinks(self.cfg, self.folder, start_step, log)
             at_start = self.eval_prompts and self.cfg.eval.at_start and not start_step
             initial = self._evaluate() if at_start else {}
             if initial:
@@ -372,7 +373,7 @@ class OnlineRL:
         if "critic" in self.groups:
             refs += self.groups["critic"].async_call("save", str(tmp / "critic"))
         self._get(refs, "policy/critic")
-        ckpts.commit(tmp, step, {"step": step, "first": self.first, "method": self.cfg.method})
+        ckpts.commit(step, {"step": step, "first": self.first, "method": self.cfg.method})
 
     def _write_summary(self, wall0: float, startup: float, loop_s: float, start_step: int,
                        initial: dict[str, float], final: dict[str, float]) -> None:
