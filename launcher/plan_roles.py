@@ -16,22 +16,19 @@ in RLHF; a different reward architecture is noted, not sized).
 from __future__ import annotations
 
 import math
+from dataclasses import replace
 from typing import Any
 
 from launcher import memory_model as mm
 
 
 def _world_layout(base: mm.Layout, world: int) -> mm.Layout:
-    from dataclasses import replace
-
     return replace(base, world=world, ranks_per_node=min(world, base.ranks_per_node))
 
 
 def rl_roles(cfg: Any, shape: mm.ModelShape, work: mm.Workload, lay: mm.Layout
              ) -> dict[str, tuple[mm.RoleMemory, float]]:
     """role -> (its memory per actor, GPUs it uses in total)."""
-    from dataclasses import replace
-
     opts = cfg.method_options()
     dtype_bytes = mm.DTYPE_BYTES[work.dtype]
     roles: dict[str, tuple[mm.RoleMemory, float]] = {}

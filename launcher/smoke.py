@@ -19,7 +19,6 @@ Every substitution is listed in the run's ``smoke.json`` so nothing is silently 
 from __future__ import annotations
 
 import hashlib
-import json
 from pathlib import Path
 from typing import Any
 
@@ -147,7 +146,3 @@ def smoke_config(cfg: Any, steps: int = 3) -> tuple[Any, list[str]]:
 
 #: method -> "module:function(data, changes)" for method-specific substitutions (e.g. PPO roles)
 SMOKE_ADJUST: dict[str, str] = {"ppo": "strategies.ppo.smoke:adjust", "grpo": "strategies.ppo.smoke:adjust"}
-
-
-def describe(changes: list[str]) -> str:
-    return json.dumps({"smoke": True, "changes": changes}, indent=2)

@@ -86,10 +86,6 @@ def sequence_logps(model: Any, batch: dict[str, torch.Tensor]) -> tuple[torch.Te
     return (token_logps * mask).sum(-1), mask.sum(-1)
 
 
-def pair_count(batch: dict[str, torch.Tensor]) -> float:
-    return float(batch["input_ids"].shape[0] // 2)
-
-
 class PreferenceDataMixin:
     """Data side of methods trained on preference pairs (reward, dpo): items are pairs."""
 
@@ -103,4 +99,4 @@ class PreferenceDataMixin:
         return collate_pairs(features, self.tokenizer.pad_token_id)
 
     def count_items(self, batch: dict[str, torch.Tensor]) -> float:
-        return pair_count(batch)
+        return float(batch["input_ids"].shape[0] // 2)  # rows are [chosen; rejected]
