@@ -46,10 +46,10 @@ class SlurmTarget(SubmittingTarget):
         if shutil.which("sbatch") is None:
             raise UserError(Problem("cluster.target", "sbatch not found: this machine is not a Slurm "
                                     "login node", "run ftl where sbatch works, or use --dry-run"))
-        nodes = cfg.cluster.slurm.nodes
-        if cfg.method in ("ppo", "grpo"):  # roles are placed by Ray placement groups, not per node
-            from launcher.plan_roles import rl_gpus
+        from launcher.plan_roles import has_roles, rl_gpus
 
+        nodes = cfg.cluster.slurm.nodes
+        if has_roles(cfg):  # roles are placed by Ray placement groups, not per node
             have = nodes * cfg.cluster.slurm.gpus_per_node
             need = rl_gpus(cfg)
             if need > have:

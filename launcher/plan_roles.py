@@ -22,6 +22,13 @@ from typing import Any
 from launcher import memory_model as mm
 
 
+def has_roles(cfg: Any) -> bool:
+    """A method run by a controller over several actor groups (online RL), not one SPMD group."""
+    from strategies import STRATEGIES
+
+    return STRATEGIES.get(cfg.method).controller is not None
+
+
 def _world_layout(base: mm.Layout, world: int) -> mm.Layout:
     return replace(base, world=world, ranks_per_node=min(world, base.ranks_per_node))
 

@@ -246,7 +246,9 @@ def memory_section(cfg: Any, counts: dict[str, Any], resolved: Any,
     ranks_per_gpu = max(1, int(1 / gpw)) if 0 < gpw < 1 else 1  # fractional GPUs: ranks share one
     rank_bytes = sum(r.gpu_bytes for r in roles.values())
     extra: dict[str, Any] = {}
-    if cfg.method in ("ppo", "grpo"):
+    from launcher.plan_roles import has_roles
+
+    if has_roles(cfg):
         from launcher.plan_roles import rl_gpus, rl_roles
 
         others = rl_roles(cfg, shape, work, lay)
