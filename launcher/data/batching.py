@@ -37,26 +37,34 @@ def collate(features: Sequence[dict], pad_id: int) -> dict[str, torch.Tensor]:
 
 
 def pack_examples(features: Sequence[dict], max_length: int) -> list[dict]:
-    """Concatenate consecutive examples into rows of at most ``max_length`` tokens.
+    """Pack examples into rows of at most ``max_length`` tokens, best fit decreasing.
 
-    Next-fit in dataset order: linear time on any dataset size, and the sampler's shuffle
-    still decides which rows a step sees. Position ids restart at every example, and no token
-    is trained to predict across an example boundary.
+    The bin packing is TRL's ``pack_dataset(strategy="bfd")`` (a segment tree over free space,
+    O(n log L)): rows come out ~99% full where next-fit in dataset order left them ~79% full
+    (measured in BENCHMARKS.md), i.e. about a quarter more real tokens per step. Examples longer
+    than ``max_length`` are truncated, as without packing. The sampler's shuffle still decides
+    which rows a step sees. Position ids restart at every example, and no token is trained to
+    predict across an example boundary.
     """
+    import datasets
+    from trl.data_utils import pack_dataset
+
+    kept = [f for f in features if len(f["input_ids"])]
+    if not kept:
+        return []
+    table = datasets.Dataset.from_dict({"input_ids": [list(f["input_ids"]) for f in kept],
+                                        "labels": [list(f["labels"]) for f in kept]})
+    packed = pack_dataset(table, max_length, strategy="bfd")
     rows: list[dict] = []
-    current: dict = {"input_ids": [], "labels": [], "position_ids": []}
-    for f in features:
-        n = min(len(f["input_ids"]), max_length)
-        if current["input_ids"] and len(current["input_ids"]) + n > max_length:
-            rows.append(current)
-            current = {"input_ids": [], "labels": [], "position_ids": []}
-        current["input_ids"] += list(f["input_ids"][:n])
-        # The token before an example belongs to the previous one: it must not be trained to
-        # predict this example's first token (that label is never used inside one example).
-        current["labels"] += [IGNORE_INDEX] + list(f["labels"][1:n])
-        current["position_ids"] += list(range(n))
-    if current["input_ids"]:
-        rows.append(current)
+    for ids, labels, lengths in zip(packed["input_ids"], packed["labels"], packed["seq_lengths"]):
+        positions: list[int] = []
+        labels = list(labels)
+        for n in lengths:
+            # The token before an example belongs to the previous one: it must not be trained to
+            # predict this example's first token (that label is never used inside one example).
+            labels[len(positions)] = IGNORE_INDEX
+            positions += range(n)
+        rows.append({"input_ids": list(ids), "labels": labels, "position_ids": positions})
     return rows
 
 

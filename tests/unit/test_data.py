@@ -62,22 +62,44 @@ def tiny():
     return AutoTokenizer.from_pretrained(path), AutoModelForCausalLM.from_pretrained(path).eval()
 
 
+def _segments(row: dict) -> list[tuple[int, int]]:
+    """(start, length) of each example in a packed row, read from its restarting position ids."""
+    starts = [i for i, p in enumerate(row["position_ids"]) if p == 0] + [len(row["position_ids"])]
+    return [(a, b - a) for a, b in zip(starts, starts[1:])]
+
+
 def test_packed_rows_do_not_attend_across_examples(tiny):
     tok, model = tiny
     examples = [tok(t)["input_ids"] for t in ["reverse: a b c", "copy: d e", "add: 1 + 2 = 3 and more"]]
     features = [{"input_ids": ids, "labels": ids} for ids in examples]
     rows = pack_examples(features, max_length=64)
-    assert len(rows) == 1 and rows[0]["position_ids"][len(examples[0])] == 0
+    assert len(rows) == 1 and len(_segments(rows[0])) == 3
     packed = collate(rows, pad_id=tok.pad_token_id)
     assert "attention_mask" not in packed
     with torch.no_grad():
         packed_logits = model(input_ids=packed["input_ids"], position_ids=packed["position_ids"],
                               use_cache=False).logits[0]
-        start = 0
-        for ids in examples:
+        for start, n in _segments(rows[0]):
+            ids = rows[0]["input_ids"][start:start + n]
+            assert ids in examples
             alone = model(input_ids=torch.tensor([ids]), use_cache=False).logits[0]
-            torch.testing.assert_close(packed_logits[start:start + len(ids)], alone, atol=1e-5, rtol=1e-5)
-            start += len(ids)
+            torch.testing.assert_close(packed_logits[start:start + n], alone, atol=1e-5, rtol=1e-5)
+
+
+def test_packing_is_best_fit_and_keeps_every_example_once():
+    """Lengths 3,6,2,5,4,11 into rows of 8: best fit decreasing fills 8, 6+2, 5+3, 4 (4 rows);
+    next-fit in this order needs 5 (3 | 6,2 | 5 | 4 | 8). Too-long examples are truncated, none is lost."""
+    lengths = [3, 6, 2, 5, 4, 11]
+    features = [{"input_ids": [100 * k + i for i in range(n)], "labels": [100 * k + i for i in range(n)]}
+                for k, n in enumerate(lengths)]
+    rows = pack_examples(features, max_length=8)
+    assert sorted(len(r["input_ids"]) for r in rows) == [4, 8, 8, 8]  # 11 truncated to a full row
+    pieces = sorted(r["input_ids"][a:a + n] for r in rows for a, n in _segments(r))
+    assert pieces == sorted(f["input_ids"][:8] for f in features)
+    for r in rows:
+        for a, _ in _segments(r):
+            assert r["labels"][a] == -100  # no prediction across a boundary
+        assert len(r["labels"]) == len(r["position_ids"]) == len(r["input_ids"]) <= 8
 
 
 def test_packed_loss_equals_the_examples_losses_summed(tiny):
