@@ -150,9 +150,10 @@ def _train(cfg: Any, ctx: RankContext, folder: RunFolder) -> dict[str, Any]:
     for step in range(start_step, cfg.train.max_steps):
         t0 = time.perf_counter()
         micro_idx = sampler.micro_batches(step, ctx.rank, ctx.world_size, micro, accum)
-        batches = [strategy.collate([data.train[i] for i in idx]) for idx in micro_idx]
+        features = [[data.train[i] for i in idx] for idx in micro_idx]
+        batches = [strategy.collate(f) for f in features]
         local_items = sum(strategy.count_items(b) for b in batches)
-        local_tokens = sum(_tokens(b) for b in batches)
+        local_tokens = sum(_tokens(f, b) for f, b in zip(features, batches))
         global_items, global_tokens = all_reduce_sum([local_items, local_tokens], ctx.device)
         scale = ctx.world_size / max(global_items, 1.0)
         # Kept as tensors: reading them (a device sync on GPU) and reducing them over ranks
@@ -234,9 +235,14 @@ def _train(cfg: Any, ctx: RankContext, folder: RunFolder) -> dict[str, Any]:
     return summary
 
 
-def _tokens(batch: dict[str, torch.Tensor]) -> float:
+def _tokens(features: list[dict], batch: dict[str, torch.Tensor]) -> float:
+    """Real (non-padding) tokens in a micro-batch, for tokens/s.
+
+    Packed rows carry no attention mask, so their padding is only known from the examples."""
     if "attention_mask" in batch:
         return float(batch["attention_mask"].sum())
+    if all("input_ids" in f for f in features):
+        return float(sum(len(f["input_ids"]) for f in features))
     return float(batch["input_ids"].numel())
 
 
