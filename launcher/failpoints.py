@@ -2,7 +2,8 @@
 
 Tests use them to fail a real process at an exact moment (mid checkpoint save, after a given
 step), which a timer cannot hit reliably. ``action`` is ``kill`` (SIGKILL, the default: what
-an OOM killer or a lost node does) or ``raise`` (a Python exception in the training code).
+an OOM killer or a lost node does), ``raise`` (a Python exception in the training code) or
+``hang`` (a call that never returns, like a stuck shutdown).
 ``FTL_FAILPOINT_RANK`` limits it to one rank. Unarmed, a failpoint costs one env lookup.
 """
 
@@ -10,6 +11,7 @@ from __future__ import annotations
 
 import os
 import signal
+import time
 
 
 class FailpointError(RuntimeError):
@@ -38,4 +40,7 @@ def hit(name: str, step: int, rank: int | None = None) -> None:
         return
     if armed[name][1] == "raise":
         raise FailpointError(f"failpoint {name} at step {step}")
+    if armed[name][1] == "hang":
+        while True:
+            time.sleep(3600)
     os.kill(os.getpid(), signal.SIGKILL)
