@@ -18,6 +18,7 @@ import sys
 import tempfile
 import threading
 import time
+from pathlib import Path
 from typing import Any
 
 from rich.console import Console
@@ -85,7 +86,8 @@ class LocalTarget(Target):
                 done.set()
 
         thread = threading.Thread(target=drive, name="ftl-driver", daemon=True)
-        previous = signal.signal(signal.SIGINT, _interrupt_with_deadline)
+        on_interrupt = _interrupt_with_deadline(folder.logs / "interrupt-stacks.txt")
+        previous = signal.signal(signal.SIGINT, on_interrupt)
         try:
             thread.start()
             follow(folder.metrics, cfg.train.max_steps, done, Console(stderr=True), enabled=progress)
@@ -100,27 +102,38 @@ class LocalTarget(Target):
         return folder.summary() or {}
 
 
-def _interrupt_with_deadline(signum: int, frame: Any) -> None:
-    """Ctrl-C: raise KeyboardInterrupt as usual (the ``finally`` shuts Ray down), and start a
-    watchdog in case that clean path blocks. Seen once in the test suite under load: the run
-    kept training minutes after SIGINT. Whatever blocks, the user's Ctrl-C must stop it all."""
-    grace = float(os.environ.get("FTL_INTERRUPT_GRACE_S", "30"))
-    threading.Thread(target=_kill_tree_after, args=(grace,), name="ftl-interrupt-deadline",
-                     daemon=True).start()
-    raise KeyboardInterrupt
+def _interrupt_with_deadline(stacks: Path) -> Any:
+    """A SIGINT handler: raise KeyboardInterrupt as usual (the ``finally`` shuts Ray down), and
+    start a watchdog in case that clean path blocks. Seen once in the test suite under load: a
+    run kept training minutes after SIGINT. Whatever blocks, Ctrl-C must stop it all; the
+    watchdog saves every thread's stack to ``stacks`` first, to find what blocked."""
+
+    def handler(signum: int, frame: Any) -> None:
+        grace = float(os.environ.get("FTL_INTERRUPT_GRACE_S", "30"))
+        threading.Thread(target=_kill_tree_after, args=(grace, stacks), name="ftl-interrupt-deadline",
+                         daemon=True).start()
+        raise KeyboardInterrupt
+
+    return handler
 
 
-def _kill_tree_after(grace_s: float) -> None:
+def _kill_tree_after(grace_s: float, stacks: Path) -> None:
+    import faulthandler
+
     import psutil
 
     time.sleep(grace_s)
+    with contextlib.suppress(OSError):
+        stacks.parent.mkdir(parents=True, exist_ok=True)
+        with stacks.open("w") as fh:
+            faulthandler.dump_traceback(fh, all_threads=True)
     me = psutil.Process()
     tree = me.children(recursive=True)
     for proc in tree:
         with contextlib.suppress(psutil.Error):
             proc.kill()
     psutil.wait_procs(tree, timeout=10)
-    sys.stderr.write(f"interrupted: Ray did not shut down within {grace_s:g} s of Ctrl-C; "
-                     f"killed the {len(tree)} processes this command started\n")
+    sys.stderr.write(f"interrupted: Ray did not shut down within {grace_s:g} s of Ctrl-C; killed the "
+                     f"{len(tree)} processes this command started (thread stacks: {stacks})\n")
     sys.stderr.flush()
     os._exit(130)

@@ -157,6 +157,9 @@ def test_ctrl_c_stops_everything_and_exits_130(workdir, shutdown):
         assert proc.returncode == 130, err
         assert "interrupted" in err
         assert ("killed the" in err) == (shutdown == "hangs"), err[-2000:]
+        if shutdown == "hangs":  # the stacks say where it blocked, for a bug report
+            stacks = (runs[0] / "logs" / "interrupt-stacks.txt").read_text()
+            assert 'failpoints.py", line' in stacks and "in hit" in stacks, stacks
         gone, alive = psutil.wait_procs(children, timeout=30)
         assert not alive, [p.info if hasattr(p, "info") else p for p in alive]
     finally:  # never leave a failed test's run training in the background
