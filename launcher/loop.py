@@ -218,6 +218,7 @@ def _train(cfg: Any, ctx: RankContext, folder: RunFolder) -> dict[str, Any]:
         "initial": state.get("initial", {}),
         "final": final,
         "peak_rss_mb_per_rank": rss,
+        "peak_gpu_mb_per_rank": _peak_gpu_mb(ctx),
         "model_load_mb_per_rank": load_mem_per_rank,
         "model_state_bytes_per_rank": all_gather_objects(state_bytes.result),
         "hosts_per_rank": hosts,
@@ -233,6 +234,13 @@ def _train(cfg: Any, ctx: RankContext, folder: RunFolder) -> dict[str, Any]:
     barrier()
     backend.close()
     return summary
+
+
+def _peak_gpu_mb(ctx: RankContext) -> list[float] | None:
+    """Peak memory the caching allocator handed out on each rank's GPU (None on CPU)."""
+    if ctx.device.type != "cuda":
+        return None
+    return all_gather_objects(round(torch.cuda.max_memory_allocated(ctx.device) / 2**20, 1))
 
 
 def _tokens(features: list[dict], batch: dict[str, torch.Tensor]) -> float:

@@ -14,8 +14,8 @@ loss on assistant tokens only, alternated run by run (the machine is shared):
 
 - ftl padded: ``data.packing: false``, 16 chats per step padded to the longest;
 - TRL padded: ``packing=False``, the same 16 chats per step;
-- ftl packed: ``data.packing: true`` (next-fit into ``max_length`` rows, position ids restart,
-  transformers builds a block-diagonal mask);
+- ftl packed: ``data.packing: true`` (best fit decreasing into ``max_length`` rows, TRL's
+  packer; position ids restart, transformers builds a block-diagonal mask per row);
 - TRL packed: ``packing=True`` with TRL's default ``packing_strategy='bfd'``, which forces
   ``padding_free``: the step's bins are flattened into one ``[1, rows*max_length]`` sequence
   with restarting position ids (the same per-example attention and labels as ftl).
@@ -135,8 +135,8 @@ _FTL_TOKENS: dict[tuple[bool, int, int], list[int]] = {}
 def ftl_real_tokens(run: Path, packing: bool, micro: int, steps: int) -> list[int]:
     """Non-padding tokens of each step, replaying ftl's own data pipeline and sampler.
 
-    ftl's logged ``train/tokens`` counts a packed batch as ``input_ids.numel()`` (padding
-    included), so the real count comes from the packed rows the sampler picks.
+    Counted here from the packed rows the sampler picks, independently of the loop's own
+    ``train/tokens`` (which counted padding in packed batches before it was fixed).
     """
     key = (packing, micro, steps)
     if key not in _FTL_TOKENS:
@@ -373,8 +373,8 @@ def profile_layouts(work: Path, rows: list[dict], max_length: int, ftl_rows: int
 
 
 def fills(rows: list[dict], max_length: int) -> dict[str, float]:
-    """Chat lengths and the mean real tokens per packed row of each packer (ftl's next-fit,
-    TRL's best-fit decreasing), from the packers' own code on the real token lengths."""
+    """Chat lengths and the mean real tokens per packed row of each packer (ftl's rows, TRL's
+    bins; both best fit decreasing), from the packers' own code on the real token lengths."""
     import datasets
     from transformers import AutoTokenizer
     from trl.data_utils import pack_dataset
@@ -498,7 +498,7 @@ def section(args: argparse.Namespace, results: dict[str, list[RunResult]],
     reruns = sum(r.extra.get("attempt", 0) for v in results.values() for r in v)
     layout = {"ftl padded": f"{CHATS_PER_STEP} chats, padded to the longest",
               "TRL padded": f"{CHATS_PER_STEP} chats, padded to the longest",
-              "ftl packed": f"{ftl_rows} rows x {args.max_length} (next-fit)",
+              "ftl packed": f"{ftl_rows} rows x {args.max_length} (bfd), one row each",
               "TRL packed": f"{trl_rows} bins (bfd) flattened to 1 x {trl_rows * args.max_length}"}
     table = []
     for name, runs in results.items():
@@ -529,7 +529,7 @@ def section(args: argparse.Namespace, results: dict[str, list[RunResult]],
         "The padded runs see identical batches (TRL gets the chats in ftl's sampler order with "
         "`train_sampling_strategy='sequential'`), hence the identical step-1 loss. "
         f"Packed runs take as many rows per step as carry the real tokens of {CHATS_PER_STEP} chats: ftl's "
-        f"next-fit rows hold {fill['ftl_row']:.0f} real tokens on average, TRL's best-fit-decreasing bins "
+        f"rows hold {fill['ftl_row']:.0f} real tokens on average, TRL's bins "
         f"{fill['trl_row']:.0f}. Real tokens/s of a run = median over steps {SKIP + 1}..{args.steps} of the "
         "step's non-padding tokens / its time; 'median' is the median over runs, 'best per step' the real "
         f"tokens of steps {SKIP + 1}.. over the sum of each step's fastest time in all runs and reruns of "
