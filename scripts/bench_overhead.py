@@ -43,6 +43,30 @@ def first_step_after(start: float, metrics: Path, proc: subprocess.Popen) -> flo
     raise RuntimeError("run ended before its first step was logged")
 
 
+PHASES = {
+    "cli": "CLI (imports, validation, preflight, plan) until the run folder exists",
+    "ray": "Ray runtime + Train controller + worker group until ftl code runs on rank 0",
+    "data": "rank 0: process group, tokenizer and data",
+    "model": "rank 0: model load, backend setup and the first step",
+}
+
+
+def _log_time(line: str) -> float:
+    """Seconds since the epoch of a rank log line (``2026-11-26 13:53:32,510 rank0 ...``, local time)."""
+    stamp, ms = line[:23].split(",")
+    return time.mktime(time.strptime(stamp, "%Y-%m-%d %H:%M:%S")) + int(ms) / 1000
+
+
+def ftl_phases(start: float, folder_s: float, run: Path) -> dict[str, float]:
+    """Split ``ftl run``'s time to the first step, from files the run writes: ``rank-0.pid``
+    (written when rank 0 enters ftl's code) and rank 0's log lines ``data:`` and ``step 1``."""
+    worker = (run / "logs" / "rank-0.pid").stat().st_mtime
+    lines = (run / "logs" / "rank-0.log").read_text().splitlines()
+    data = next(_log_time(x) for x in lines if " INFO data: " in x)
+    step1 = next(_log_time(x) for x in lines if " INFO step 1 " in x)
+    return {"cli": folder_s, "ray": worker - start - folder_s, "data": data - worker, "model": step1 - data}
+
+
 def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--repeats", type=int, default=3)
@@ -54,6 +78,7 @@ def main() -> None:
     env = {**os.environ, "OMP_NUM_THREADS": "1", "DS_ACCELERATOR": "cpu", "RAY_AUTH_MODE": "disabled"}
     res: dict[str, list[float]] = {k: [] for k in ("ftl_start", "tr_ftl_start", "plain_start",
                                                    "ftl_step", "tr_ftl_step", "plain_step")}
+    phases: dict[str, list[float]] = {k: [] for k in PHASES}
     for _ in range(args.repeats):
         work = Path(tempfile.mkdtemp(prefix="ftl-bench-oh-"))
         # ftl run (Ray)
@@ -63,9 +88,12 @@ def main() -> None:
         proc = subprocess.Popen(cmd, cwd=work, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
         while not (work / "runs").exists() or not any((work / "runs").iterdir()):
             time.sleep(0.05)
+        folder_s = time.time() - start
         run = next((work / "runs").iterdir())
         res["ftl_start"].append(first_step_after(start, run / "metrics.jsonl", proc))
         proc.wait()
+        for k, v in ftl_phases(start, folder_s, run).items():
+            phases[k].append(v)
         res["ftl_step"].append(steady_step_s(run))
         # ftl's loop under torchrun (no Ray)
         run2 = prepare(work, "tr", cfg(args.steps))
@@ -95,6 +123,7 @@ def main() -> None:
          f"{med['plain_step'] * 1000:.1f}", f"{med['plain_step'] / med['ftl_step']:.2f}"],
     ]
     per_repeat = json.dumps({k: [round(x, 4) for x in v] for k, v in res.items()})
+    split = "; ".join(f"{PHASES[k]} {statistics.median(v):.1f} s" for k, v in phases.items())
     print(append_section(
         "Launcher overhead vs a plain torchrun DDP loop (CPU, 2 ranks)",
         f"python scripts/bench_overhead.py --repeats {args.repeats} --steps {args.steps}",
@@ -102,7 +131,8 @@ def main() -> None:
          "plain / ftl run (1.0 = same speed)"], rows,
         "Model: builtin tiny-llama-256, micro batch 16 per rank, fp32, 1 thread per rank. `ftl run` "
         "start-up includes validation, preflight, planning, starting a private Ray runtime and the "
-        f"worker group. Per-repeat values: {per_repeat}"))
+        f"worker group. Where `ftl run`'s start-up goes (medians, from the run folder's timestamps): "
+        f"{split}. Per-repeat values: {per_repeat}"))
 
 
 if __name__ == "__main__":
