@@ -84,27 +84,19 @@ def test_final_folder_loads_and_generates(reference_run):
         torch.testing.assert_close(tensor, ckpt[name], rtol=0, atol=0)
 
 
-def test_k_steps_then_k_more_equals_2k_steps(reference_run, workdir):
+def test_resumed_runs_extend_and_survive_a_kill_mid_checkpoint(reference_run, workdir):
+    """k steps, then `--resume --set train.max_steps=2k` killed while step 6's checkpoint is
+    written, then `--resume` again: the cut-off save leaves the step-4 checkpoint whole, and
+    the run ends with exactly the uninterrupted 2k-step run's losses at every step."""
     cfg = base_config()
-    cfg["checkpoint"]["every_steps"] = STEPS // 2
+    cfg["logging"]["every_steps"] = 1
     half = run_ftl(["run", write_config(workdir, cfg), "--set", f"train.max_steps={STEPS // 2}"], workdir)
     assert half.returncode == 0, half.stderr
     (run,) = run_dirs(workdir)
-    resumed = run_ftl(["run", "--resume", run, "--set", f"train.max_steps={STEPS}"], workdir)
-    assert resumed.returncode == 0, resumed.stderr
-    assert sorted(losses(run)) == list(range(1, STEPS + 1))
-    assert losses(run) == losses(reference_run)
-
-
-def test_run_killed_mid_checkpoint_resumes_with_identical_losses(reference_run, workdir):
-    """The process dies while step 6's checkpoint is written: the previous checkpoint stays
-    whole, and the resumed run redoes steps 5-8 with exactly the uninterrupted run's losses."""
-    cfg = base_config()
-    cfg["logging"]["every_steps"] = 1
-    proc = run_ftl(["run", write_config(workdir, cfg)], workdir,
+    assert sorted(losses(run)) == list(range(1, STEPS // 2 + 1))
+    more = run_ftl(["run", "--resume", run, "--set", f"train.max_steps={STEPS}"], workdir,
                    env={"FTL_FAILPOINT": "checkpoint.before_rename:6"})
-    assert proc.returncode == 1, proc.stderr
-    (run,) = run_dirs(workdir)
+    assert more.returncode == 1, more.stderr
     assert max(losses(run)) == 6
     ckpt_dir = run / "checkpoints"
     assert (ckpt_dir / ".tmp-step-00000006").is_dir()  # the save was cut off mid-way...
@@ -113,6 +105,7 @@ def test_run_killed_mid_checkpoint_resumes_with_identical_losses(reference_run, 
     proc = run_ftl(["run", "--resume", run], workdir)
     assert proc.returncode == 0, proc.stderr
     assert json.loads((run / "summary.json").read_text())["resumed_from_step"] == 4
+    assert sorted(losses(run)) == list(range(1, STEPS + 1))
     assert losses(run) == losses(reference_run)  # exact, every step
     assert not (ckpt_dir / ".tmp-step-00000006").exists()
 

@@ -156,7 +156,7 @@ def test_export_gives_the_trained_logits(matrix, tmp_path):
 def test_sharded_loading_never_holds_the_whole_model(tmp_path):
     """Peak anonymous memory while loading a 94M-parameter (375 MB) model on 2 ranks."""
     runs = {}
-    for backend in ("ddp", "zero3", "fsdp2"):
+    for backend in ("zero3", "fsdp2"):
         cfg = tiny_config(name=f"mem-{backend}", model={"path": "builtin:llama-94m"},
                           sharding={"backend": backend},
                           train={"max_steps": 1, "micro_batch_size": 1},
@@ -171,20 +171,11 @@ def test_sharded_loading_never_holds_the_whole_model(tmp_path):
         torchrun_many([run], env={"MALLOC_MMAP_THRESHOLD_": "131072"})
     full_mb = 94_000_000 * 4 / 2**20
     stats = {b: json.loads((r / "summary.json").read_text()) for b, r in runs.items()}
-    total_mb = stats["ddp"]["parameters"]["total"] * 4 / 2**20
     largest_mb = 11_700_000 * 4 / 2**20  # one decoder layer (see `ftl plan`)
     # Allocator slack plus modules imported lazily inside the window (installing the gguf and
     # sentence-model packages alone added ~20 MB, with the loading code unchanged): still far
     # below a whole model (shard + layer + margin = 306 MB < 362 MB).
     margin_mb = 80
-    print(f"\nmodel {total_mb:.0f} MB; shard {total_mb / 2:.0f} MB; largest layer {largest_mb:.0f} MB")
-    for backend, s in stats.items():
-        for rank, m in enumerate(s["model_load_mb_per_rank"]):
-            print(f"{backend:>6} rank {rank}: peak anon during load {m['peak_anon_mb']:.0f} MB, "
-                  f"params held {m['param_mb']:.0f} MB")
-    assert abs(total_mb - full_mb) / full_mb < 0.02
-    for m in stats["ddp"]["model_load_mb_per_rank"]:  # ddp holds the whole model on each rank
-        assert m["param_mb"] == pytest.approx(total_mb, rel=0.01)
     # The instrument sees a whole model materialized in memory (in a fresh process: this one
     # may reuse pages that earlier tests freed, which RssAnon does not see again):
     probe = ("from transformers import AutoConfig, AutoModelForCausalLM\n"
@@ -192,12 +183,21 @@ def test_sharded_loading_never_holds_the_whole_model(tmp_path):
              "from launcher.models.tiny import resolve_model_path\n"
              "config = AutoConfig.from_pretrained(resolve_model_path('builtin:llama-94m'))\n"
              "with PeakAnon() as whole:\n"
-             "    AutoModelForCausalLM.from_config(config)\n"
-             "print(whole.peak_delta)\n")
+             "    model = AutoModelForCausalLM.from_config(config)\n"
+             "print(sum(p.numel() for p in model.parameters()), whole.peak_delta)\n")
     out = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, timeout=300,
                          env={**os.environ, "MALLOC_MMAP_THRESHOLD_": "131072"})
     assert out.returncode == 0, out.stderr[-2000:]
-    assert int(out.stdout.strip().splitlines()[-1]) / 2**20 > 0.9 * total_mb
+    numel, whole_bytes = map(int, out.stdout.strip().splitlines()[-1].split())
+    total_mb = numel * 4 / 2**20
+    assert abs(total_mb - full_mb) / full_mb < 0.02
+    assert whole_bytes / 2**20 > 0.9 * total_mb
+    print(f"\nmodel {total_mb:.0f} MB (built whole: peak anon {whole_bytes / 2**20:.0f} MB); "
+          f"shard {total_mb / 2:.0f} MB; largest layer {largest_mb:.0f} MB")
+    for backend, s in stats.items():
+        for rank, m in enumerate(s["model_load_mb_per_rank"]):
+            print(f"{backend:>6} rank {rank}: peak anon during load {m['peak_anon_mb']:.0f} MB, "
+                  f"params held {m['param_mb']:.0f} MB")
     for backend in ("zero3", "fsdp2"):
         for m in stats[backend]["model_load_mb_per_rank"]:
             assert m["param_mb"] == pytest.approx(total_mb / 2, rel=0.05)
@@ -207,9 +207,9 @@ def test_sharded_loading_never_holds_the_whole_model(tmp_path):
 def test_killed_worker_is_replaced_and_run_finishes(tmp_path):
     """Ray restarts the worker group from the last checkpoint after a real SIGKILL (ZeRO-2)."""
     cfg = tiny_config(name="kill", sharding={"backend": "zero2"},
-                      train={"max_steps": 300, "micro_batch_size": 4, "lr": 1e-3, "schedule": "constant",
+                      train={"max_steps": 150, "micro_batch_size": 4, "lr": 1e-3, "schedule": "constant",
                              "max_failures": 1},
-                      checkpoint={"dir": "runs", "every_steps": 50, "keep": 2},
+                      checkpoint={"dir": "runs", "every_steps": 40, "keep": 2},
                       data={"train": {"path": "builtin:reverse", "num_rows": 512}, "eval": [],
                             "max_length": 64})
     reference = prepare(tmp_path / "ref", "ref", cfg) if (tmp_path / "ref").mkdir() is None else None
@@ -223,7 +223,7 @@ def test_killed_worker_is_replaced_and_run_finishes(tmp_path):
     deadline = time.time() + 300
     while time.time() < deadline and proc.poll() is None and killed is None:
         runs = [p for p in (work / "runs").glob("*")] if (work / "runs").exists() else []
-        if runs and max(losses(runs[0]), default=0) >= 80:
+        if runs and max(losses(runs[0]), default=0) >= 60:  # the step-40 checkpoint is written
             pid = int((runs[0] / "logs" / "rank-1.pid").read_text())
             os.kill(pid, signal.SIGKILL)
             killed = pid
@@ -236,7 +236,7 @@ def test_killed_worker_is_replaced_and_run_finishes(tmp_path):
     assert summary["restarts"] == 1
     assert int((run / "logs" / "rank-1.pid").read_text()) != killed  # a new worker process
     ref_losses, got = losses(reference), losses(run)
-    assert sorted(got) == list(range(1, 301))
-    assert got[300] == ref_losses[300]
+    assert sorted(got) == list(range(1, 151))
+    assert got[150] == ref_losses[150]
     assert got == ref_losses
     yaml.safe_load((run / "config.yaml").read_text())
