@@ -48,9 +48,8 @@ def consolidated_state_dict(ckpt: Path, kind: str) -> dict[str, torch.Tensor]:
 
 def export_run(run_dir: str, to: str, *, merge_lora: bool = False, step: int | None = None) -> dict[str, Any]:
     from launcher.backends.registry import resolve_sharding
-    from launcher.lazy import load_object
     from launcher.models.load import load_model, load_tokenizer
-    from strategies import STRATEGIES
+    from strategies import build_strategy
 
     folder = RunFolder(Path(run_dir))
     if not folder.config_file.exists():
@@ -61,10 +60,8 @@ def export_run(run_dir: str, to: str, *, merge_lora: bool = False, step: int | N
     ckpt = pick_checkpoint(folder, step)
     kind = resolve_sharding(cfg.sharding, cfg).kind  # auto: what it chose
     state_dict = consolidated_state_dict(ckpt, kind)
-    spec = STRATEGIES.get(cfg.method)
     tokenizer = load_tokenizer(cfg)
-    strategy = load_object(spec.impl)(cfg, tokenizer)
-    strategy.spec = spec
+    strategy = build_strategy(cfg, tokenizer)
     model = load_model(cfg, strategy)
     model.load_state_dict(state_dict, strict=True)
     if merge_lora:

@@ -92,16 +92,14 @@ def _train(cfg: Any, ctx: RankContext, folder: RunFolder) -> dict[str, Any]:
     from launcher.evaluate import evaluate
     from launcher.models.load import count_parameters, load_model, load_tokenizer
     from launcher.optim import make_optimizer, make_scheduler
-    from strategies import STRATEGIES
+    from strategies import build_strategy
 
     wall_start = time.time()
     threads = cfg.resources.threads_per_worker or max(1, int(cfg.resources.cpus_per_worker))
     torch.set_num_threads(threads)
     seed_everything(cfg.train.seed)
-    spec = STRATEGIES.get(cfg.method)
     tokenizer = load_tokenizer(cfg)
-    strategy = load_object(spec.impl)(cfg, tokenizer)
-    strategy.spec = spec
+    strategy = build_strategy(cfg, tokenizer)
     data = prepare_data(cfg, strategy)
     log.info("data: %d train examples, eval sets %s", len(data.train),
              [(e.name, len(e.features)) for e in data.eval_sets])

@@ -125,7 +125,7 @@ def check_data(cfg: Any, spec: Any, notes: Notes, remote: bool = False, tokenize
                     continue
                 fmt = resolve_format(ds, source, spec.formats, where, cfg.method)
                 if tokenizer is not None:
-                    problems += _check_rows(cfg, spec, tokenizer, ds, source, fmt)
+                    problems += _check_rows(cfg, tokenizer, ds, source, fmt)
             except UserError as exc:
                 problems.extend(exc.problems)
     return problems
@@ -162,12 +162,12 @@ def check_sharding(cfg: Any) -> list[Problem]:
 ROWS_CHECKED = 64
 
 
-def _check_rows(cfg: Any, spec: Any, tokenizer: Any, ds: Any, source: Any, fmt: str) -> list[Problem]:
+def _check_rows(cfg: Any, tokenizer: Any, ds: Any, source: Any, fmt: str) -> list[Problem]:
     from launcher.data.sources import row_location
     from launcher.errors import HintedValueError
-    from launcher.lazy import load_object
+    from strategies import build_strategy
 
-    strategy = load_object(spec.impl)(cfg, tokenizer)
+    strategy = build_strategy(cfg, tokenizer)
     for i in range(min(len(ds), ROWS_CHECKED)):
         try:
             strategy.tokenize(ds[i], fmt)

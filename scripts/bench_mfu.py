@@ -121,15 +121,12 @@ def steps_flops(run: Path, p: Preset) -> list[float]:
     """Model FLOPs of each step, from the examples ftl's sampler gave it (replayed here)."""
     from launcher.data.pipeline import prepare_data
     from launcher.data.sampler import StepSampler
-    from launcher.lazy import load_object
     from launcher.models.load import load_tokenizer
     from launcher.rundir import RunFolder
-    from strategies import STRATEGIES
+    from strategies import build_strategy
 
     cfg = RunFolder(run).load_config()
-    spec = STRATEGIES.get(cfg.method)
-    strategy = load_object(spec.impl)(cfg, load_tokenizer(cfg))
-    strategy.spec = spec
+    strategy = build_strategy(cfg, load_tokenizer(cfg))
     data = prepare_data(cfg, strategy, with_eval=False)
     sampler = StepSampler(data.source_sizes, data.weights, cfg.train.seed)
     out = []

@@ -116,16 +116,13 @@ def _ftl_cfg(name: str, data: Path, steps: int, max_length: int, packing: bool, 
 
 def _ftl_parts(run: Path) -> tuple[Any, Any, Any]:
     """(config, tokenizer, strategy) built the way ``launcher.loop`` builds them."""
-    from launcher.lazy import load_object
     from launcher.models.load import load_tokenizer
     from launcher.rundir import RunFolder
-    from strategies import STRATEGIES
+    from strategies import build_strategy
 
     cfg = RunFolder(run).load_config()
-    spec = STRATEGIES.get(cfg.method)
     tok = load_tokenizer(cfg)
-    strategy = load_object(spec.impl)(cfg, tok)
-    strategy.spec = spec
+    strategy = build_strategy(cfg, tok)
     return cfg, tok, strategy
 
 

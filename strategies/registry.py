@@ -8,6 +8,7 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass
+from typing import Any
 
 from launcher.registry import Registry
 
@@ -59,3 +60,14 @@ def strategy(
         return options
 
     return decorate
+
+
+def build_strategy(cfg: Any, tokenizer: Any) -> Any:
+    """The strategy object of ``cfg.method``, with its spec attached: the one way the loop,
+    export, preflight, benchmarks and tests get one (importing the implementation lazily)."""
+    from launcher.lazy import load_object
+
+    spec = STRATEGIES.get(cfg.method)
+    built = load_object(spec.impl)(cfg, tokenizer)
+    built.spec = spec
+    return built

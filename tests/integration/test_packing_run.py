@@ -18,15 +18,12 @@ def rows_seen(folder_path) -> list[dict]:
     """The packed rows the loop's sampler hands rank 0 over the run, rebuilt here."""
     from launcher.data.pipeline import prepare_data
     from launcher.data.sampler import StepSampler
-    from launcher.lazy import load_object
     from launcher.models.load import load_tokenizer
     from launcher.rundir import RunFolder
-    from strategies import STRATEGIES
+    from strategies import build_strategy
 
     cfg = RunFolder(folder_path).load_config()
-    spec = STRATEGIES.get(cfg.method)
-    strategy = load_object(spec.impl)(cfg, load_tokenizer(cfg))
-    strategy.spec = spec
+    strategy = build_strategy(cfg, load_tokenizer(cfg))
     data = prepare_data(cfg, strategy, with_eval=False)
     sampler = StepSampler(data.source_sizes, data.weights, cfg.train.seed)
     return [data.train[i] for step in range(STEPS)

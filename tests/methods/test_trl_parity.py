@@ -22,16 +22,12 @@ ROWS = 8
 
 
 def ftl_strategy(method: str, section: dict, tok):
-    from launcher.lazy import load_object
-    from strategies import STRATEGIES
+    from strategies import build_strategy
 
     raw = tiny_config(method=method, **{method: section})
     raw["data"] = {"train": {"path": "builtin:prefs-reverse"}, "max_length": 128}
     cfg = validate_config(raw)
-    spec = STRATEGIES.get(method)
-    strategy = load_object(spec.impl)(cfg, tok)
-    strategy.spec = spec
-    return strategy
+    return build_strategy(cfg, tok)
 
 
 @pytest.fixture(scope="module")
