@@ -95,13 +95,14 @@ class ContrastiveStrategy(Strategy):
         model.eval()
         features = eval_set.features
 
-        def embed_rows(rows: list[dict]) -> list[torch.Tensor]:
+        def embed_rows(rows: list[dict]) -> list[tuple[torch.Tensor, ...]]:
+            """One forward pass per batch: (anchor, positive, negatives...) embeddings per row."""
             batch = {k: v.to(backend.ctx.device) for k, v in self.collate(rows).items()}
             with backend.autocast():
-                return list(self.embed(model, batch).cpu().chunk(int(batch["groups"])))
+                groups = self.embed(model, batch).cpu().chunk(int(batch["groups"]))
+            return [tuple(g[i] for g in groups) for i in range(len(rows))]
 
-        parts = sharded_map(backend, features, cfg.eval.batch_size, lambda rows: [
-            tuple(t[i] for t in embed_rows(rows)) for i in range(len(rows))])
+        parts = sharded_map(backend, features, cfg.eval.batch_size, embed_rows)
         model.train(was_training)
         anchors = torch.stack([p[0] for p in parts])
         candidates = torch.cat([torch.stack([p[g] for p in parts]) for g in range(1, len(parts[0]))])
