@@ -57,23 +57,12 @@ class LocalTarget(Target):
                 f"{cfg.resources.num_workers} workers running launcher.loop.train_rank({folder.path})")
 
     def run(self, folder: RunFolder, *, progress: bool = True) -> dict[str, Any]:
-        import ray
 
         from launcher.driver import run_trainer
         from launcher.metrics.console import follow
 
         cfg = folder.load_config()
-        temp_dir = tempfile.mkdtemp(prefix="ftl-ray-", dir="/tmp")
-        os.environ["RAY_AUTH_MODE"] = "disabled"
-        os.environ.pop("RAY_ADDRESS", None)
-        ray.init(
-            address="local",
-            num_cpus=self.num_cpus(cfg),
-            include_dashboard=False,
-            _temp_dir=temp_dir,
-            log_to_driver=False,
-            configure_logging=False,
-        )
+        temp_dir = start_private_ray(self.num_cpus(cfg))
         outcome: dict[str, Any] = {}
         done = threading.Event()
 
@@ -94,12 +83,35 @@ class LocalTarget(Target):
             thread.join()
         finally:
             failpoints.hit("local.shutdown", 0)
-            ray.shutdown()
-            shutil.rmtree(temp_dir, ignore_errors=True)
+            stop_private_ray(temp_dir)
             signal.signal(signal.SIGINT, previous)
         if "error" in outcome:
             raise outcome["error"]
         return folder.summary() or {}
+
+
+def start_private_ray(num_cpus: int, **options: Any) -> str:
+    """A new Ray runtime for this process only (see the module docstring); returns its temp dir.
+
+    Worker prestart is off: by default the raylet starts one idle Python worker per CPU at
+    once, which on a small machine competes with the driver and Ray Train's actors for the
+    cores. Measured on 2 cores: ``ray.init`` 3.2 s instead of 5.2 s, first step ~4 s sooner."""
+    import ray
+
+    temp_dir = tempfile.mkdtemp(prefix="ftl-ray-", dir="/tmp")
+    os.environ["RAY_AUTH_MODE"] = "disabled"
+    os.environ.pop("RAY_ADDRESS", None)
+    ray.init(address="local", num_cpus=num_cpus, include_dashboard=False, _temp_dir=temp_dir,
+             log_to_driver=False, configure_logging=False,
+             _system_config={"enable_worker_prestart": False}, **options)
+    return temp_dir
+
+
+def stop_private_ray(temp_dir: str) -> None:
+    import ray
+
+    ray.shutdown()
+    shutil.rmtree(temp_dir, ignore_errors=True)
 
 
 def _interrupt_with_deadline(stacks: Path) -> Any:

@@ -22,11 +22,9 @@ import contextlib
 import json
 import math
 import os
-import shutil
 import signal
 import subprocess
 import sys
-import tempfile
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -395,17 +393,14 @@ def _run_tuner(specs: list[ParamSpec], setup: dict[str, Any], cfg: Any, *, sampl
                say: Callable[[str], None]) -> Any:
     """An embedded Ray (private temp dir, no dashboard, auth off, as ``cluster/local.py``),
     shut down when the sweep ends, also on Ctrl-C."""
-    import ray
     from ray import tune
 
     def trial(params: dict[str, Any]) -> None:
         run_trial(params, setup)
 
-    temp_dir = tempfile.mkdtemp(prefix="ftl-ray-", dir="/tmp")
-    os.environ["RAY_AUTH_MODE"] = "disabled"
-    os.environ.pop("RAY_ADDRESS", None)
-    ray.init(address="local", num_cpus=num_cpus, resources={SLOT: concurrent}, include_dashboard=False,
-             _temp_dir=temp_dir, log_to_driver=False, configure_logging=False)
+    from cluster.local import start_private_ray, stop_private_ray
+
+    temp_dir = start_private_ray(num_cpus, resources={SLOT: concurrent})
     progress = _progress_callback(say, metric)
     try:
         tuner = tune.Tuner(
@@ -420,8 +415,7 @@ def _run_tuner(specs: list[ParamSpec], setup: dict[str, Any], cfg: Any, *, sampl
         with contextlib.redirect_stdout(sys.stderr):  # Tune prints a banner even when silent
             grid = tuner.fit()
     finally:
-        ray.shutdown()
-        shutil.rmtree(temp_dir, ignore_errors=True)
+        stop_private_ray(temp_dir)
     if progress.ended < samples:  # Tune caught Ctrl-C and stopped the trials: so do we
         raise KeyboardInterrupt
     return grid

@@ -7,9 +7,6 @@ dir, token auth off) and shut down when the package's tests end, like the local 
 
 from __future__ import annotations
 
-import os
-import shutil
-import tempfile
 from pathlib import Path
 
 import pytest
@@ -21,16 +18,11 @@ LETTER_A = "strategies.ppo.rewards:letter_a_fraction"
 
 @pytest.fixture(scope="package")
 def ray_session():
-    import ray
+    from cluster.local import start_private_ray, stop_private_ray
 
-    temp = tempfile.mkdtemp(prefix="ftl-ray-test-", dir="/tmp")
-    os.environ["RAY_AUTH_MODE"] = "disabled"
-    os.environ.pop("RAY_ADDRESS", None)
-    ray.init(address="local", num_cpus=8, include_dashboard=False, _temp_dir=temp, log_to_driver=False,
-             configure_logging=False)
+    temp = start_private_ray(8)  # the local target's runtime, with room for every role's actor
     yield
-    ray.shutdown()
-    shutil.rmtree(temp, ignore_errors=True)
+    stop_private_ray(temp)
 
 
 def letters_config(method: str, name: str, **section) -> dict:
