@@ -72,7 +72,8 @@ def test_stop_cancels_a_running_job(slurm, workdir):
     assert proc.returncode == 0, proc.stderr
     run = the_run(workdir)
     deadline = time.time() + 240
-    while time.time() < deadline and not (run / "metrics.jsonl").exists():
+    # Stop once the job's Ray runs ftl's workers: everything a cancel must clean up is running.
+    while time.time() < deadline and not (run / "logs" / "rank-0.pid").exists():
         time.sleep(1)
     assert run_ftl(["status", run], workdir, env=slurm.env).stdout.strip() == "RUNNING"
     logs = run_ftl(["logs", run], workdir, env=slurm.env)

@@ -11,6 +11,7 @@ from launcher.metrics.jsonl import read_metrics
 from tests.conftest import run_ftl, tiny_config, write_config
 
 STEPS = 8
+SAMPLES = 2  # one wave of trials on 2 CPUs: every trial starts its own worker group
 
 
 def sweep_config() -> dict:
@@ -25,14 +26,14 @@ def sweep_config() -> dict:
 
 def test_sweep_runs_trials_and_keeps_the_best(workdir):
     cfg = write_config(workdir, sweep_config())
-    proc = run_ftl(["sweep", cfg, "--param", "train.lr=loguniform:1e-4:1e-2", "--samples", "4",
+    proc = run_ftl(["sweep", cfg, "--param", "train.lr=loguniform:1e-4:1e-2", "--samples", str(SAMPLES),
                     "--scheduler", "asha", "--metric", "eval/loss", "--max-concurrent", "2"], workdir)
     assert proc.returncode == 0, proc.stderr[-4000:]
-    assert "sweep: 4 trials, eval/loss (min)" in proc.stdout
+    assert f"sweep: {SAMPLES} trials, eval/loss (min)" in proc.stdout
     (sweep,) = (workdir / "runs").glob("sweep-sw-*")
     results = json.loads((sweep / "results.json").read_text())
     trials = results["trials"]
-    assert len(trials) == 4 and len({t["run_dir"] for t in trials}) == 4
+    assert len(trials) == SAMPLES and len({t["run_dir"] for t in trials}) == SAMPLES
     for t in trials:
         assert 1e-4 <= t["params"]["train.lr"] <= 1e-2
         run = Path(t["run_dir"])
@@ -47,6 +48,7 @@ def test_sweep_runs_trials_and_keeps_the_best(workdir):
             assert t["status"] == "stopped" and t["step"] < STEPS, t  # by ASHA
     best = results["best"]
     assert best["metric"] == min(t["metric"] for t in trials)
+    assert len({t["params"]["train.lr"] for t in trials}) == SAMPLES  # really different trials
 
     best_yaml = sweep / "best.yaml"
     data = yaml.safe_load(best_yaml.read_text())
