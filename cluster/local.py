@@ -57,7 +57,6 @@ class LocalTarget(Target):
                 f"{cfg.resources.num_workers} workers running launcher.loop.train_rank({folder.path})")
 
     def run(self, folder: RunFolder, *, progress: bool = True) -> dict[str, Any]:
-
         from launcher.driver import run_trainer
         from launcher.metrics.console import follow
 

@@ -395,10 +395,10 @@ def _run_tuner(specs: list[ParamSpec], setup: dict[str, Any], cfg: Any, *, sampl
     shut down when the sweep ends, also on Ctrl-C."""
     from ray import tune
 
+    from cluster.local import start_private_ray, stop_private_ray
+
     def trial(params: dict[str, Any]) -> None:
         run_trial(params, setup)
-
-    from cluster.local import start_private_ray, stop_private_ray
 
     temp_dir = start_private_ray(num_cpus, resources={SLOT: concurrent})
     progress = _progress_callback(say, metric)
