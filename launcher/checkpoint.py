@@ -50,9 +50,26 @@ def _fsync_tree(folder: Path) -> None:
         os.close(fd)
 
 
+def latest_checkpoint(root: Path) -> Path | None:
+    found = complete_checkpoints(root)
+    return found[-1] if found else None
+
+
+def step_dir(root: Path, step: int) -> Path:
+    return root / f"{PREFIX}{step:08d}"
+
+
 def temp_dir(root: Path, step: int) -> Path:
     """Where step ``step`` is written before it is published (never matched as complete)."""
     return root / f".tmp-{PREFIX}{step:08d}"
+
+
+def begin(root: Path, step: int) -> Path:
+    """An empty temp folder for step ``step`` (a leftover of an interrupted save is dropped)."""
+    tmp = temp_dir(root, step)
+    shutil.rmtree(tmp, ignore_errors=True)
+    tmp.mkdir(parents=True)
+    return tmp
 
 
 def remove_partial(root: Path) -> None:
@@ -64,7 +81,7 @@ def remove_partial(root: Path) -> None:
 def publish(root: Path, step: int, state: dict[str, Any], keep: int) -> Path:
     """Write ``state.json`` into the filled temp folder, fsync it, rename it to ``step-*``
     (atomic) and drop all but the newest ``keep``. One process calls this."""
-    tmp, final = temp_dir(root, step), root / f"{PREFIX}{step:08d}"
+    tmp, final = temp_dir(root, step), step_dir(root, step)
     (tmp / "state.json").write_text(json.dumps(state, indent=1, default=str))
     _fsync_tree(tmp)
     failpoints.hit("checkpoint.before_rename", step)
@@ -87,19 +104,13 @@ class CheckpointManager:
             remove_partial(self.root)
         barrier()
 
-    def all(self) -> list[Path]:
-        return complete_checkpoints(self.root)
-
     def latest(self) -> Path | None:
-        found = self.all()
-        return found[-1] if found else None
+        return latest_checkpoint(self.root)
 
     def save(self, step: int, write: Callable[[Path], None], state: dict[str, Any]) -> Path:
-        final = self.root / f"{PREFIX}{step:08d}"
         tmp = temp_dir(self.root, step)
         if self.ctx.is_main:
-            shutil.rmtree(tmp, ignore_errors=True)
-            tmp.mkdir(parents=True)
+            begin(self.root, step)
         barrier()
         write(tmp)
         torch.save(rng_state(), tmp / f"rng-rank{self.ctx.rank}.pt")
@@ -107,7 +118,7 @@ class CheckpointManager:
         if self.ctx.is_main:
             publish(self.root, step, state, self.keep)
         barrier()
-        return final
+        return step_dir(self.root, step)
 
     def load_state(self, folder: Path) -> dict[str, Any]:
         rng_file = folder / f"rng-rank{self.ctx.rank}.pt"

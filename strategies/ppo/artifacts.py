@@ -12,11 +12,10 @@ from __future__ import annotations
 
 import json
 import logging
-import shutil
 from pathlib import Path
 from typing import Any
 
-from launcher.checkpoint import complete_checkpoints, publish, remove_partial, temp_dir
+from launcher.checkpoint import begin, latest_checkpoint, publish, remove_partial
 from launcher.rundir import RunFolder
 
 log = logging.getLogger("ftl.ppo.controller")
@@ -50,14 +49,10 @@ class Checkpoints:
         remove_partial(self.root)
 
     def latest(self) -> Path | None:
-        found = complete_checkpoints(self.root)
-        return found[-1] if found else None
+        return latest_checkpoint(self.root)
 
     def begin(self, step: int) -> Path:
-        tmp = temp_dir(self.root, step)
-        shutil.rmtree(tmp, ignore_errors=True)
-        tmp.mkdir(parents=True)
-        return tmp
+        return begin(self.root, step)
 
     def commit(self, step: int, state: dict[str, Any]) -> Path:
         final = publish(self.root, step, state, self.keep)
