@@ -18,6 +18,7 @@ from typing import Any
 
 from launcher import memory_model as mm
 from launcher.errors import Problem, UserError
+from launcher.plan_roles import has_roles, rl_gpus, rl_roles
 
 #: CUDA context, NCCL buffers and allocator fragmentation: a flat allowance per GPU.
 GPU_RESERVE_BYTES = 2 * mm.GB
@@ -246,11 +247,7 @@ def memory_section(cfg: Any, counts: dict[str, Any], resolved: Any,
     ranks_per_gpu = max(1, int(1 / gpw)) if 0 < gpw < 1 else 1  # fractional GPUs: ranks share one
     rank_bytes = sum(r.gpu_bytes for r in roles.values())
     extra: dict[str, Any] = {}
-    from launcher.plan_roles import has_roles
-
     if has_roles(cfg):
-        from launcher.plan_roles import rl_gpus, rl_roles
-
         others = rl_roles(cfg, shape, work, lay)
         roles.update({name: mem for name, (mem, _) in others.items()})
         colocate = cfg.method_options().placement == "colocate"
