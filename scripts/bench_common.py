@@ -74,6 +74,24 @@ def torchrun(run_dirs: list[Path], nproc: int = 2) -> None:
         raise RuntimeError(proc.stderr[-3000:])
 
 
+def replayed_rows(run: Path, steps: int) -> list[list[dict]]:
+    """The training rows each of the first ``steps`` steps of a one-rank run trained on, rebuilt
+    with ftl's own data pipeline and sampler from the run's config: counts taken from them do
+    not depend on what the loop itself logged."""
+    from launcher.data.pipeline import prepare_data
+    from launcher.data.sampler import StepSampler
+    from launcher.models.load import load_tokenizer
+    from launcher.rundir import RunFolder
+    from strategies import build_strategy
+
+    cfg = RunFolder(run).load_config()
+    data = prepare_data(cfg, build_strategy(cfg, load_tokenizer(cfg)), with_eval=False)
+    sampler = StepSampler(data.source_sizes, data.weights, cfg.train.seed)
+    return [[data.train[i] for idx in sampler.micro_batches(step, 0, 1, cfg.train.micro_batch_size,
+                                                             cfg.grad_accum) for i in idx]
+            for step in range(steps)]
+
+
 def steady_step_s(run: Path, skip: int = 5) -> float:
     """Median seconds per optimizer step, from per-step metrics, after ``skip`` warm-up steps."""
     import json

@@ -31,7 +31,7 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
-from bench_common import ROOT, append_section, prepare, steady_step_s
+from bench_common import ROOT, append_section, prepare, replayed_rows, steady_step_s
 from bench_packing import variable_chats
 
 # bf16 dense tensor-core peaks (datasheet, SXM parts), FLOP/s.
@@ -119,24 +119,8 @@ def peak_flops(args: argparse.Namespace, threads: int) -> tuple[float, str]:
 
 def steps_flops(run: Path, p: Preset) -> list[float]:
     """Model FLOPs of each step, from the examples ftl's sampler gave it (replayed here)."""
-    from launcher.data.pipeline import prepare_data
-    from launcher.data.sampler import StepSampler
-    from launcher.models.load import load_tokenizer
-    from launcher.rundir import RunFolder
-    from strategies import build_strategy
-
-    cfg = RunFolder(run).load_config()
-    strategy = build_strategy(cfg, load_tokenizer(cfg))
-    data = prepare_data(cfg, strategy, with_eval=False)
-    sampler = StepSampler(data.source_sizes, data.weights, cfg.train.seed)
-    out = []
-    for step in range(p.steps):
-        total = 0.0
-        for idx in sampler.micro_batches(step, 0, 1, p.micro, 1):
-            for i in idx:
-                total += sum(example_flops(p, n) for n in example_lengths(data.train[i]))
-        out.append(total)
-    return out
+    return [sum(example_flops(p, n) for row in rows for n in example_lengths(row))
+            for rows in replayed_rows(run, p.steps)]
 
 
 def example_lengths(row: dict) -> list[int]:

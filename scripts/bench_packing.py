@@ -43,7 +43,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
-from bench_common import ROOT, Contention, append_section, prepare, wait_quiet
+from bench_common import ROOT, Contention, append_section, prepare, replayed_rows, wait_quiet
 
 MODEL = "builtin:tiny-llama-256"
 CHATS_PER_STEP = 24
@@ -137,15 +137,7 @@ def ftl_real_tokens(run: Path, packing: bool, micro: int, steps: int) -> list[in
     """
     key = (packing, micro, steps)
     if key not in _FTL_TOKENS:
-        from launcher.data.pipeline import prepare_data
-        from launcher.data.sampler import StepSampler
-
-        cfg, _, strategy = _ftl_parts(run)
-        data = prepare_data(cfg, strategy, with_eval=False)
-        sampler = StepSampler(data.source_sizes, data.weights, cfg.train.seed)
-        _FTL_TOKENS[key] = [sum(len(data.train[i]["input_ids"])
-                                for idx in sampler.micro_batches(s, 0, 1, micro, 1) for i in idx)
-                            for s in range(steps)]
+        _FTL_TOKENS[key] = [sum(len(r["input_ids"]) for r in rows) for rows in replayed_rows(run, steps)]
     return _FTL_TOKENS[key]
 
 

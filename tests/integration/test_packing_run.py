@@ -9,25 +9,12 @@ import subprocess
 import sys
 
 from launcher.metrics.jsonl import read_metrics
-from tests.conftest import tiny_config, write_config
+from tests.conftest import ROOT, tiny_config, write_config
+
+sys.path.insert(0, str(ROOT / "scripts"))
+from bench_common import replayed_rows  # noqa: E402  (rebuilds rows independently of the loop)
 
 STEPS, MICRO, MAX_LENGTH = 6, 2, 128
-
-
-def rows_seen(folder_path) -> list[dict]:
-    """The packed rows the loop's sampler hands rank 0 over the run, rebuilt here."""
-    from launcher.data.pipeline import prepare_data
-    from launcher.data.sampler import StepSampler
-    from launcher.models.load import load_tokenizer
-    from launcher.rundir import RunFolder
-    from strategies import build_strategy
-
-    cfg = RunFolder(folder_path).load_config()
-    strategy = build_strategy(cfg, load_tokenizer(cfg))
-    data = prepare_data(cfg, strategy, with_eval=False)
-    sampler = StepSampler(data.source_sizes, data.weights, cfg.train.seed)
-    return [data.train[i] for step in range(STEPS)
-            for idx in sampler.micro_batches(step, 0, 1, MICRO, cfg.grad_accum) for i in idx]
 
 
 def test_packed_run_learns_and_counts_real_tokens(workdir):
@@ -45,7 +32,7 @@ def test_packed_run_learns_and_counts_real_tokens(workdir):
     summary = json.loads((folder.path / "summary.json").read_text())
     assert summary["final"]["eval/loss"] < summary["initial"]["eval/loss"]
 
-    rows = rows_seen(folder.path)
+    rows = [row for step in replayed_rows(folder.path, STEPS) for row in step]  # the sampler's picks
     real = sum(len(r["input_ids"]) for r in rows)
     batches = [rows[i:i + MICRO] for i in range(0, len(rows), MICRO)]
     padded = sum(MICRO * max(len(r["input_ids"]) for r in batch) for batch in batches)
