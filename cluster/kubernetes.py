@@ -15,15 +15,11 @@ import yaml
 
 from cluster.base import SubmittingTarget
 from cluster.k8s_manifest import GROUP, PLURAL, VERSION, render_manifests
-from cluster.staging import SEED_FILES
+from cluster.staging import flat_seed_files
 from launcher.errors import Problem, UserError
 from launcher.rundir import RunFolder
 
 TERMINAL = {"SUCCEEDED", "FAILED", "STOPPED"}
-
-
-def _seed(folder: RunFolder) -> dict[str, str]:
-    return {n: (folder.path / n).read_text() for n in SEED_FILES if (folder.path / n).exists()}
 
 
 class KubernetesTarget(SubmittingTarget):
@@ -64,7 +60,7 @@ class KubernetesTarget(SubmittingTarget):
 
     def submit(self, folder: RunFolder) -> str:
         cfg = folder.load_config()
-        configmap, rayjob = self.manifests(folder, cfg, _seed(folder))
+        configmap, rayjob = self.manifests(folder, cfg, flat_seed_files(folder))
         custom, core = self._apis()
         ns = rayjob["metadata"]["namespace"]
         core.create_namespaced_config_map(ns, configmap)

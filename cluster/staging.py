@@ -17,12 +17,14 @@ import yaml
 
 from launcher.errors import Problem, UserError
 from launcher.rundir import RunFolder
+from launcher.user_code import CODE_DIR
 
 PACKAGES = ("launcher", "strategies", "cluster")
 SEED_DIR = "ftl-run"
 DATA_DIR = "ftl-data"
 MAX_DATA_BYTES = 100 * 2**20  # more belongs on shared storage or a hub, not in a job upload
 SEED_FILES = ("config.yaml", "plan.json", "launch.json")
+FLAT_SEP = "--"
 
 
 def project_root() -> Path:
@@ -42,6 +44,8 @@ def stage(folder: RunFolder) -> Path:
     for name in SEED_FILES[1:]:
         if (folder.path / name).exists():
             shutil.copy2(folder.path / name, out / SEED_DIR / name)
+    if (folder.path / CODE_DIR).is_dir():  # user modules the config names (launcher.user_code)
+        shutil.copytree(folder.path / CODE_DIR, out / SEED_DIR / CODE_DIR)
     return out
 
 
@@ -75,4 +79,21 @@ def seed_run_folder(run_dir: Path, seed: Path) -> RunFolder:
     for name in SEED_FILES:
         if (seed / name).exists():
             shutil.copy2(seed / name, run_dir / name)
+    if (seed / CODE_DIR).is_dir():
+        shutil.copytree(seed / CODE_DIR, run_dir / CODE_DIR, dirs_exist_ok=True)
+    for flat in seed.glob(f"{CODE_DIR}{FLAT_SEP}*"):  # a Kubernetes ConfigMap holds flat names
+        dest = run_dir / Path(*flat.name.split(FLAT_SEP))
+        dest.parent.mkdir(parents=True, exist_ok=True)
+        shutil.copy2(flat, dest)
     return RunFolder(run_dir)
+
+
+def flat_seed_files(folder: RunFolder) -> dict[str, str]:
+    """Seed files as one flat name -> text mapping (a ConfigMap's keys cannot hold '/'):
+    ``code/rewards.py`` travels as ``code--rewards.py``."""
+    out = {n: (folder.path / n).read_text() for n in SEED_FILES if (folder.path / n).exists()}
+    code = folder.path / CODE_DIR
+    for f in sorted(code.rglob("*.py")) if code.is_dir() else []:
+        rel = f.relative_to(folder.path)
+        out[FLAT_SEP.join(rel.parts)] = f.read_text()
+    return out

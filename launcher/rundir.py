@@ -64,7 +64,9 @@ class RunFolder:
 
     def load_config(self) -> Any:
         from launcher.config.load import validate_config
+        from launcher.user_code import add_run_code
 
+        add_run_code(self.path)  # modules the config names, shipped with the run
         data = yaml.safe_load(self.config_file.read_text())
         return validate_config(data, str(self.config_file))
 

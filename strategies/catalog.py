@@ -101,12 +101,44 @@ class PPOOptions(OnlineRLOptions):
 @strategy("grpo", impl="strategies.ppo.models:PolicyModel", formats=("prompt",),
           controller=_RL_CONTROLLER)
 class GRPOOptions(OnlineRLOptions):
-    """GRPO: several responses per prompt, advantages relative to their group, no critic."""
+    """GRPO and its family: several responses per prompt, advantages relative to their group (or
+    the batch), no critic. ``loss_type`` and ``advantage`` choose the variant:
+
+    - grpo (Shao et al. 2024, DeepSeekMath): per-sequence token mean, then mean over sequences.
+    - bnpo: token-level mean over the batch.
+    - dr_grpo (Liu et al. 2025, "Understanding R1-Zero-like training"): no std scaling of
+      advantages (set scale_rewards: false) and a constant normaliser (sequences x max_new_tokens),
+      which removes the length bias.
+    - dapo (Yu et al. 2025): token-level mean over the global batch; pair it with clip_eps_high
+      (clip-higher), dynamic_sampling and overlong_buffer as in the paper.
+    - gspo (Zheng et al. 2025, Qwen): one importance ratio per sequence (the geometric mean of the
+      token ratios), clipped at sequence level.
+    - advantage rloo (Ahmadian et al. 2024): leave-one-out baseline within the group;
+      reinforce++ (Hu 2025): normalised over the whole batch; reinforce++_baseline: group mean
+      subtracted, then normalised over the batch.
+    """
 
     num_generations: int = Field(4, ge=2, description="Responses sampled per prompt (the group).")
     beta: float = Field(0.04, ge=0, description="Weight of the k3 KL term vs the reference in the loss "
                         "(0: no reference actor is started).")
-    scale_rewards: bool = Field(True, description="Divide advantages by the group's std (false: Dr. GRPO).")
+    scale_rewards: bool = Field(True, description="Divide group advantages by the group's std (false: "
+                                "Dr. GRPO).")
+    loss_type: Literal["grpo", "bnpo", "dr_grpo", "dapo", "gspo"] = Field(
+        "grpo", description="How per-token losses are normalised and where the ratio is taken (see "
+        "the method's description).")
+    advantage: Literal["group", "rloo", "reinforce++", "reinforce++_baseline"] = Field(
+        "group", description="group: (r - group mean) [/ group std]; rloo: leave-one-out baseline; "
+        "reinforce++: batch-normalised; reinforce++_baseline: group mean removed, batch std.")
+    clip_eps_high: float | None = Field(None, gt=0, description="Upper clip (DAPO clip-higher, e.g. "
+                                        "0.28); default: clip_eps.")
+    dynamic_sampling: bool = Field(False, description="DAPO: drop groups whose rewards are all equal "
+                                   "(no signal) and sample more prompts until the batch is full.")
+    max_sampling_rounds: int = Field(4, gt=0, description="dynamic_sampling: generation rounds per step "
+                                     "before training on a smaller batch.")
+    overlong_buffer: int | None = Field(None, gt=0, description="DAPO soft overlong punishment: over "
+                                        "the last N tokens before rollout.max_new_tokens the reward "
+                                        "falls linearly by up to overlong_penalty.")
+    overlong_penalty: float = Field(1.0, ge=0, description="Largest overlong punishment.")
 
     def samples_per_prompt(self) -> int:
         return self.num_generations

