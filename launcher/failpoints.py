@@ -3,7 +3,8 @@
 Tests use them to fail a real process at an exact moment (mid checkpoint save, after a given
 step), which a timer cannot hit reliably. ``action`` is ``kill`` (SIGKILL, the default: what
 an OOM killer or a lost node does), ``raise`` (a Python exception in the training code) or
-``hang`` (a call that never returns, like a stuck shutdown).
+``hang`` (a call that never returns, like a stuck shutdown) or ``skip`` (``hit`` returns True
+and the caller leaves out what it was about to do, e.g. a weight sync that silently never lands).
 ``FTL_FAILPOINT_RANK`` limits it to one rank. Unarmed, a failpoint costs one env lookup.
 """
 
@@ -28,16 +29,19 @@ def _armed() -> dict[str, tuple[int, str]]:
     return out
 
 
-def hit(name: str, step: int, rank: int | None = None) -> None:
-    """Fail here if failpoint ``name`` is armed for ``step`` (and this rank)."""
+def hit(name: str, step: int, rank: int | None = None) -> bool:
+    """Fail here if failpoint ``name`` is armed for ``step`` (and this rank); True when it is
+    armed with ``skip``."""
     if "FTL_FAILPOINT" not in os.environ:
-        return
+        return False
     armed = _armed()
     if name not in armed or armed[name][0] not in (step, -1):
-        return
+        return False
     only_rank = os.environ.get("FTL_FAILPOINT_RANK")
     if only_rank is not None and rank is not None and int(only_rank) != rank:
-        return
+        return False
+    if armed[name][1] == "skip":
+        return True
     if armed[name][1] == "raise":
         raise FailpointError(f"failpoint {name} at step {step}")
     if armed[name][1] == "hang":

@@ -46,7 +46,7 @@ from strategies.ppo.placement import Placement, role_demands
 from strategies.ppo.prompts import Prompt, load_prompts, step_prompts
 from strategies.ppo.rewards import RewardError, RewardFunctions
 from strategies.ppo.roles import ActorGroup, LearnerGroup, split
-from strategies.ppo.rollout import RolloutFailed, RolloutPool
+from strategies.ppo.rollout import RolloutFailed, RolloutPool, SyncMismatch, SyncProbe
 from strategies.ppo.schedule import check_lengths, update_schedule
 from strategies.rl.math import kl_per_token
 
@@ -154,6 +154,7 @@ class OnlineRL:
         specials = self._get(self.groups["rollout"].actors[0].special_ids.remote(), "rollout")
         self.pad_id, self.eos_ids = specials["pad"], specials["eos"]
         self._record_identities()
+        self._start_sync_check()
 
     def _write_roles(self) -> None:
         replaced = self.pool.replacements if hasattr(self, "pool") else []
@@ -225,6 +226,7 @@ class OnlineRL:
             t0 = time.perf_counter()
             with self._failures("rollout"):
                 gen = self.pool.collect(pending)
+                self.pool.verify()  # async: the probes queued behind the last sync have run
             t_gen = time.perf_counter() - t0
             if self.async_ and step + 1 < steps:  # overlap: batch k+1 is sampled while k trains
                 pending = self.pool.launch(self._rows(step + 1), step + 1, self.cfg.train.seed)
@@ -368,9 +370,31 @@ class OnlineRL:
         adapters_only = self.cfg.peft is not None
         out = self._get(self.groups["policy"].async_call("publish_weights", adapters_only), "policy")
         refs, size = out[0]  # rank 0's; other ranks only took part in the gather
+        expected = self._trainer_probe()
         with self._failures("rollout"):
-            self.pool.publish(refs, version, wait=wait)
-        return size
+            self.pool.publish(refs, version, wait=wait, expected=expected)
+        return {**size, "sync/probe_max_diff": self.pool.probe_max_diff}
+
+    def _trainer_probe(self) -> list[float] | None:
+        """The policy's log-probs of the sync probe (every rank runs the forward; rank 0's)."""
+        probe = self.pool.probe
+        if probe is None:
+            return None
+        return self._get(self.groups["policy"].async_call("probe", probe.prompt, probe.response), "policy")[0]
+
+    def _start_sync_check(self) -> None:
+        """The probe: the first train prompt and a fixed text after it. Checked once before step 1
+        (every engine built its own copy of model.path: same weights, same layout?)."""
+        check = self.opts.rollout.sync_check
+        if not check.enabled:
+            return
+        tolerance = check.tolerance or (1e-3 if self.cfg.model.dtype == "fp32" else 5e-2)
+        text = " the quick brown fox jumps over the lazy dog 0123456789" * 4
+        response = self.tokenizer(text, add_special_tokens=False)["input_ids"][: check.probe_tokens]
+        self.pool.probe = SyncProbe(self.train_prompts[0].ids, response, tolerance)
+        with self._failures("rollout"):
+            self.pool.expect(0, self._trainer_probe())
+            self.pool.verify()
 
     def _checkpoint(self, step: int) -> None:
         ckpts = Checkpoints(self.folder, self.cfg.checkpoint.keep)
@@ -420,7 +444,8 @@ class OnlineRL:
 
         try:
             yield
-        except (ray.exceptions.RayActorError, ray.exceptions.RayTaskError, RolloutFailed) as exc:
+        except (ray.exceptions.RayActorError, ray.exceptions.RayTaskError, RolloutFailed,
+                SyncMismatch) as exc:
             lines = [ln for ln in str(exc).strip().splitlines() if ln.strip()]
             logs = ", ".join(str(self.folder.logs / f"{r}-*.log") for r in role.split("/"))
             log.error("role %s failed: %s", role, exc)

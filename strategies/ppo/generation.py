@@ -1,4 +1,4 @@
-"""What a rollout worker does: sample responses with HF ``generate`` and take new weights.
+"""The HF engine of a rollout worker: sample responses with ``generate`` and take new weights.
 
 The engine holds its own copy of the policy, built exactly as the trainer builds its starting
 model (``launcher.models.load``; LoRA adapters from the same seeded init), so version 0 needs no
@@ -6,7 +6,7 @@ transfer. Sampling is fully specified here (a fresh ``GenerationConfig``: the ch
 defaults such as top_k=50 or a repetition penalty would make the sampling distribution differ
 from the one whose log-probs the trainer computes). Each call is seeded by the controller, so a
 chunk gives the same responses whichever worker (or replacement) samples it.
-vLLM is not used: it is absent on CPU machines, and HF ``generate`` is the engine that runs everywhere.
+It runs everywhere; ``strategies.ppo.vllm_engine`` is the fast one (``rollout.engine: vllm``).
 """
 
 from __future__ import annotations
@@ -16,7 +16,7 @@ from typing import Any
 
 import torch
 
-from strategies.ppo.batch import truncate_at_eos
+from strategies.ppo.batch import RolloutBatch, policy_forward, truncate_at_eos
 from strategies.ppo.models import PolicyModel, load_synced, unpack
 
 
@@ -28,7 +28,7 @@ def eos_token_ids(model: Any, tokenizer: Any) -> list[int]:
     return ids
 
 
-class RolloutEngine:
+class HFEngine:
     def __init__(self, cfg: Any):
         from transformers import GenerationConfig
 
@@ -51,6 +51,8 @@ class RolloutEngine:
         # generation config (a repetition penalty, say): make ours the model's, so nothing is filled.
         base = self.model.get_base_model() if hasattr(self.model, "get_base_model") else self.model
         base.generation_config = self.generation_config
+        self.greedy_config = GenerationConfig(do_sample=False, max_new_tokens=opts.max_new_tokens,
+                                              eos_token_id=self.eos_ids, pad_token_id=self.pad_id)
         self.version = 0
 
     def load_weights(self, packed: dict, version: int) -> int:
@@ -59,10 +61,19 @@ class RolloutEngine:
         return version
 
     @torch.no_grad()
-    def generate(self, prompts: list[list[int]], seed: int) -> dict[str, Any]:
+    def probe(self, prompt: list[int], response: list[int]) -> list[float]:
+        batch = RolloutBatch(torch.tensor([prompt]), torch.ones(1, len(prompt), dtype=torch.long),
+                             torch.tensor([response]), torch.ones(1, len(response), dtype=torch.long))
+        batch = RolloutBatch(*(t.to(self.device) for t in (batch.prompt_ids, batch.prompt_mask,
+                                                           batch.response_ids, batch.response_mask)))
+        return policy_forward(self.model, batch, 1.0)[0][0].float().cpu().tolist()
+
+    @torch.no_grad()
+    def generate(self, prompts: list[list[int]], seed: int, greedy: bool = False) -> dict[str, Any]:
         """Responses (token ids through the first EOS), their text, and what it cost."""
         t0 = time.perf_counter()
         torch.manual_seed(seed)
+        config = self.greedy_config if greedy else self.generation_config
         responses: list[list[int]] = []
         finished: list[bool] = []
         size = self.chunk or len(prompts)
@@ -75,11 +86,12 @@ class RolloutEngine:
                 ids[i, width - len(p):] = torch.tensor(p)
                 mask[i, width - len(p):] = 1
             out = self.model.generate(input_ids=ids.to(self.device), attention_mask=mask.to(self.device),
-                                      generation_config=self.generation_config)
+                                      generation_config=config)
             for row in out[:, width:].tolist():
                 resp, done = truncate_at_eos(row, self.eos_ids)
                 responses.append(resp)
                 finished.append(done)
         texts = [self.tokenizer.decode(r, skip_special_tokens=True) for r in responses]
-        return {"responses": responses, "texts": texts, "finished": finished, "version": self.version,
+        return {"responses": responses, "texts": texts, "finished": finished, "logprobs": None,
+                "version": self.version,
                 "seconds": time.perf_counter() - t0, "tokens": sum(len(r) for r in responses)}

@@ -69,6 +69,18 @@ class Learner:
                     outs.append(policy_forward(model, mb, self.temperature)[0].float().cpu())
         return torch.cat(outs)
 
+    @torch.no_grad()
+    def probe(self, prompt: list[int], response: list[int]) -> list[float]:
+        """Log-probs (temperature 1) of ``response`` after ``prompt``: the fingerprint rollout
+        engines must reproduce after a weight sync. Every rank runs it (sharded forward)."""
+        one = torch.ones
+        batch = RolloutBatch(torch.tensor([prompt]), one(1, len(prompt), dtype=torch.long),
+                             torch.tensor([response]), one(1, len(response), dtype=torch.long))
+        model = self.backend.model
+        model.eval()
+        with self.backend.autocast():
+            return policy_forward(model, self._to_device(batch), 1.0)[0][0].float().cpu().tolist()
+
     # -- update
     def update(self, exp: Experience, step: int) -> dict[str, float]:
         """``ppo_epochs`` passes over this rank's shard, ``minibatches`` optimizer steps each."""

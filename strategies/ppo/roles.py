@@ -88,6 +88,9 @@ class LearnerActor(RoleActor):
     def forward(self, batch: Any) -> Any:
         return self.learner.forward(batch)
 
+    def probe(self, prompt: list[int], response: list[int]) -> list[float]:
+        return self.learner.probe(prompt, response)
+
     def update(self, exp: Any, step: int) -> dict[str, float]:
         metrics = self.learner.update(exp, step)
         self.log.info("step %d %s", step + 1, {k: round(v, 5) for k, v in metrics.items()})
@@ -132,19 +135,20 @@ class RolloutActor(RoleActor):
 
     def __init__(self, run_dir: str, role: str, index: int, threads: int):
         super().__init__(run_dir, role, index, threads)
-        from strategies.ppo.generation import RolloutEngine
+        from strategies.ppo.engine import make_engine
 
-        self.engine = RolloutEngine(self.cfg)
+        self.engine = make_engine(self.cfg)
 
     def special_ids(self) -> dict[str, Any]:
         """Pad and EOS ids the worker cuts responses with (the controller masks with the same)."""
         return {"pad": self.engine.pad_id, "eos": self.engine.eos_ids}
 
-    def generate(self, prompts: list[list[int]], seed: int, step: int) -> dict[str, Any]:
+    def generate(self, prompts: list[list[int]], seed: int, step: int, greedy: bool = False
+                 ) -> dict[str, Any]:
         from launcher import failpoints
 
         failpoints.hit("rollout.generate", step + 1, self.index)
-        out = self.engine.generate(prompts, seed)
+        out = self.engine.generate(prompts, seed, greedy)
         self.log.info("step %d: %d responses, %d tokens in %.2f s (weights v%d)", step + 1, len(prompts),
                       out["tokens"], out["seconds"], out["version"])
         return out
@@ -152,9 +156,18 @@ class RolloutActor(RoleActor):
     def load_weights(self, refs: list[Any], version: int) -> int:
         import ray
 
+        from launcher import failpoints
+
+        if failpoints.hit("rollout.load_weights", version, self.index):  # a sync that never lands
+            self.log.warning("weights v%d NOT loaded (failpoint)", version)
+            self.engine.version = version
+            return version
         self.engine.load_weights(ray.get(refs[0]), version)
         self.log.info("weights v%d loaded", version)
         return version
+
+    def probe(self, prompt: list[int], response: list[int]) -> list[float]:
+        return self.engine.probe(prompt, response)
 
 
 class ReferenceActor(RoleActor):

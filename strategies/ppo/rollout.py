@@ -32,6 +32,19 @@ class RolloutFailed(RuntimeError):
     """A chunk could not be generated even by replacement workers."""
 
 
+class SyncMismatch(RuntimeError):
+    """A rollout worker's engine does not hold the weights the trainer published."""
+
+
+@dataclass
+class SyncProbe:
+    """A fixed sequence whose log-probs every engine must reproduce after each sync."""
+
+    prompt: list[int]
+    response: list[int]
+    tolerance: float
+
+
 @dataclass
 class Launch:
     """One batch being generated: a chunk per worker."""
@@ -52,6 +65,9 @@ class RolloutPool:
         self.version = 0
         self.identities = group.identities()      # also surfaces a failed start
         self.replacements: list[dict[str, Any]] = []
+        self.probe: SyncProbe | None = None
+        self.checks: list[tuple[int, Any, int, list[float]]] = []  # worker, probe ref, version, expected
+        self.probe_max_diff = 0.0
 
     @property
     def workers(self) -> list[Any]:
@@ -98,9 +114,12 @@ class RolloutPool:
             "wall_s": time.perf_counter() - launch.started,
         }
 
-    def publish(self, refs: list[Any], version: int, wait: bool) -> None:
+    def publish(self, refs: list[Any], version: int, wait: bool, expected: list[float] | None = None
+                ) -> None:
         """Send version ``version`` to every worker. ``wait``: block until all have loaded it
-        (sync mode); otherwise the loads queue behind the generation in flight (async mode)."""
+        (sync mode), then verify; otherwise the loads, and the probes after them, queue behind
+        the generation in flight (async mode: ``verify`` after the next ``collect``).
+        ``expected``: the trainer's probe log-probs for this version."""
         import ray
 
         self.weights[version] = refs
@@ -108,6 +127,7 @@ class RolloutPool:
             del self.weights[old]  # a worker may still need version - 1 (async replacement)
         self.version = version
         loads = [w.load_weights.remote(refs, version) for w in self.workers]
+        self.expect(version, expected)
         if not wait:
             return
         for i, ref in enumerate(loads):
@@ -115,6 +135,36 @@ class RolloutPool:
                 ray.get(ref)
             except ray.exceptions.RayActorError as exc:
                 self.replace(i, version, None, reason=str(exc).splitlines()[0])
+        self.verify()
+
+    def expect(self, version: int, expected: list[float] | None) -> None:
+        """Queue a probe on every worker (after whatever it is doing) for version ``version``."""
+        if self.probe is None or expected is None:
+            return
+        p = self.probe
+        self.checks += [(i, w.probe.remote(p.prompt, p.response), version, expected)
+                        for i, w in enumerate(self.workers)]
+
+    def verify(self) -> None:
+        """Compare the queued probes with the trainer's log-probs; a worker that differs by more
+        than the tolerance holds other weights than the trainer published: stop the run."""
+        import ray
+
+        checks, self.checks = self.checks, []
+        for i, ref, version, expected in checks:
+            try:
+                got = ray.get(ref)
+            except ray.exceptions.RayActorError:
+                continue  # died meanwhile; its replacement loaded the version from the store
+            diff = max(abs(a - b) for a, b in zip(got, expected))
+            self.probe_max_diff = max(self.probe_max_diff, diff)
+            if diff > self.probe.tolerance:
+                ident = self.identities[i]
+                raise SyncMismatch(
+                    f"rollout worker {i} (actor {ident['actor_id']}, pid {ident['pid']}) does not hold the "
+                    f"policy's weights v{version}: its log-probs of the sync probe differ from the "
+                    f"trainer's by up to {diff:.3g} (tolerance {self.probe.tolerance:g}); the sync did "
+                    "not land or was applied wrongly")
 
     def replace(self, index: int, version: int, step: int | None, reason: str) -> None:
         """A new actor in place of worker ``index``, holding weights ``version``."""
