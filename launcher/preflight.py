@@ -178,6 +178,28 @@ def _check_rows(cfg: Any, tokenizer: Any, ds: Any, source: Any, fmt: str) -> lis
                             "check the row against the method's data format (`ftl schema`)")]
     return []
 
+def check_rollout_engine(cfg: Any, notes: Notes, remote: bool = False) -> list[Problem]:
+    """``rollout.engine: vllm`` needs vLLM where the rollout workers run (here, for a local run)."""
+    rollout = getattr(cfg.method_options(), "rollout", None)
+    if rollout is None or rollout.engine != "vllm":
+        return []
+    from strategies.ppo.engine import vllm_status
+
+    where = f"{cfg.method}.rollout.engine"
+    problems = []
+    if rollout.gpus_per_worker and rollout.gpus_per_worker != rollout.tensor_parallel_size:
+        problems.append(Problem(f"{cfg.method}.rollout.gpus_per_worker",
+                                f"a vLLM engine spans tensor_parallel_size={rollout.tensor_parallel_size} "
+                                f"GPUs but each worker asks for {rollout.gpus_per_worker}",
+                                "set them equal"))
+    status = vllm_status()
+    if status is not None:
+        if remote:
+            notes.append(f"{where}: vllm is not installed here: not checked (the cluster's image needs it)")
+        else:
+            problems.append(Problem(where, status, "or use engine: hf (or auto)"))
+    return problems
+
 
 def preflight(cfg: Any, target: Any | None = None, notes: Notes | None = None) -> Any:
     """Run every check; raise one UserError listing all problems. Returns the tokenizer.
@@ -193,7 +215,7 @@ def preflight(cfg: Any, target: Any | None = None, notes: Notes | None = None) -
         tokenizer, tok_problems = check_tokenizer(cfg, spec, notes, remote)
         problems += tok_problems
     problems += check_data(cfg, spec, notes, remote, tokenizer)
-    problems += check_sharding(cfg)
+    problems += check_sharding(cfg) + check_rollout_engine(cfg, notes, remote)
     if target is not None:
         try:
             target.preflight(cfg)

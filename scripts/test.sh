@@ -3,7 +3,7 @@
 # Extra arguments go to pytest, e.g. ./scripts/test.sh tests/unit -x
 set -euo pipefail
 cd "$(dirname "$0")/.."
-./scripts/install.sh
+./scripts/install.sh --with-vllm   # tests exercise vLLM rollout workers
 # Real Slurm daemons for the slurm target's tests (Debian packages; needs root and apt).
 if ! command -v slurmctld >/dev/null || ! command -v munged >/dev/null; then
   if [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null; then

@@ -41,6 +41,7 @@ from launcher.rundir import RunFolder
 from strategies.ppo.advantages import batch_stats, grpo_targets, ppo_targets
 from strategies.ppo.artifacts import Checkpoints, close_log, controller_log
 from strategies.ppo.batch import collate_rollouts
+from strategies.ppo.engine import resolve_engine
 from strategies.ppo.objectives import Experience
 from strategies.ppo.placement import Placement, role_demands
 from strategies.ppo.prompts import Prompt, load_prompts, step_prompts
@@ -53,6 +54,7 @@ from strategies.rl.math import kl_per_token
 log = logging.getLogger("ftl.ppo.controller")
 
 EVAL_SEED = 12_345
+SYNC_BUCKET_MB = 512  # weights travel in object-store buckets of at most this size
 
 
 def run_controller(folder: RunFolder) -> None:
@@ -70,6 +72,7 @@ class OnlineRL:
         self.opts = cfg.method_options()
         self.is_ppo = cfg.method == "ppo"
         self.async_ = self.opts.async_
+        self.engine = resolve_engine(self.opts.rollout.engine)
         check_lengths(cfg)
         self.schedule = update_schedule(cfg, cfg.resources.num_workers)
         if self.is_ppo:
@@ -367,8 +370,8 @@ class OnlineRL:
     def _publish(self, version: int, wait: bool) -> dict[str, float]:
         """Weights after ``version`` updates to every rollout worker: adapters only under LoRA,
         else every tensor; one object in the store, one ref for all workers."""
-        adapters_only = self.cfg.peft is not None
-        out = self._get(self.groups["policy"].async_call("publish_weights", adapters_only), "policy")
+        mode = "full" if self.cfg.peft is None else ("merged" if self.engine == "vllm" else "adapters")
+        out = self._get(self.groups["policy"].async_call("publish_weights", mode, SYNC_BUCKET_MB), "policy")
         refs, size = out[0]  # rank 0's; other ranks only took part in the gather
         expected = self._trainer_probe()
         with self._failures("rollout"):

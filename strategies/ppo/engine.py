@@ -11,6 +11,7 @@ Kept free of torch and vLLM imports: the config check (``ftl validate``) uses ``
 from __future__ import annotations
 
 import importlib.util
+from collections.abc import Iterable
 from typing import Any, Protocol
 
 
@@ -19,8 +20,9 @@ class RolloutEngine(Protocol):
     eos_ids: list[int]
     version: int
 
-    def load_weights(self, packed: dict, version: int) -> int:
-        """Copy synced tensors (``strategies.ppo.models.pack`` format) into the engine, in place."""
+    def load_weights(self, buckets: Iterable[dict], version: int) -> int:
+        """Copy one sync's tensors (buckets in ``strategies.ppo.models.pack`` format, fetched as
+        they are iterated) into the engine, in place."""
 
     def generate(self, prompts: list[list[int]], seed: int, greedy: bool = False) -> dict[str, Any]:
         """Sample one response per prompt. Returns ``responses`` (token ids through the first EOS),

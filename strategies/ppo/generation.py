@@ -12,6 +12,7 @@ It runs everywhere; ``strategies.ppo.vllm_engine`` is the fast one (``rollout.en
 from __future__ import annotations
 
 import time
+from collections.abc import Iterable
 from typing import Any
 
 import torch
@@ -20,8 +21,9 @@ from strategies.ppo.batch import RolloutBatch, policy_forward, truncate_at_eos
 from strategies.ppo.models import PolicyModel, load_synced, unpack
 
 
-def eos_token_ids(model: Any, tokenizer: Any) -> list[int]:
-    ids = model.generation_config.eos_token_id
+def eos_token_ids(generation_config: Any, tokenizer: Any) -> list[int]:
+    """Every id generation stops on: the checkpoint's generation config's and the tokenizer's."""
+    ids = generation_config.eos_token_id
     ids = list(ids) if isinstance(ids, (list, tuple)) else ([ids] if ids is not None else [])
     if tokenizer.eos_token_id is not None and tokenizer.eos_token_id not in ids:
         ids.append(tokenizer.eos_token_id)
@@ -41,7 +43,7 @@ class HFEngine:
             else torch.device("cpu")
         self.model = load_model(cfg, PolicyModel(cfg, self.tokenizer)).to(self.device).eval()
         self.model.requires_grad_(False)
-        self.eos_ids = eos_token_ids(self.model, self.tokenizer)
+        self.eos_ids = eos_token_ids(self.model.generation_config, self.tokenizer)
         self.pad_id = self.tokenizer.pad_token_id
         self.chunk = opts.generation_batch_size
         self.generation_config = GenerationConfig(
@@ -55,8 +57,9 @@ class HFEngine:
                                               eos_token_id=self.eos_ids, pad_token_id=self.pad_id)
         self.version = 0
 
-    def load_weights(self, packed: dict, version: int) -> int:
-        load_synced(self.model, unpack(packed))
+    def load_weights(self, buckets: Iterable[dict], version: int) -> int:
+        for packed in buckets:  # one at a time: bounded memory for large models
+            load_synced(self.model, unpack(packed))
         self.version = version
         return version
 

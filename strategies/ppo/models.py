@@ -110,12 +110,61 @@ def vocab_size(path: str) -> int:
 # ----------------------------------------------------------------------------- weight sync
 
 
-def sync_state(state_dict: dict[str, torch.Tensor], adapters_only: bool) -> dict[str, torch.Tensor]:
-    """What a rollout worker needs after an update: the LoRA tensors alone under peft (the frozen
-    base never changes), else every tensor."""
-    if adapters_only:
+SyncMode = str  # "full" | "adapters" | "merged"
+
+
+def sync_state(state_dict: dict[str, torch.Tensor], mode: SyncMode, lora_scaling: float = 1.0
+               ) -> dict[str, torch.Tensor]:
+    """What a rollout worker needs after an update. ``full``: every tensor. ``adapters``: the
+    LoRA tensors alone (an HF engine holds the same peft model; the frozen base never changes).
+    ``merged``: the whole plain model, adapters merged in (a vLLM engine holds a plain model and
+    reloads a complete set of weights: its in-place reload processes a layer once all of it came)."""
+    if mode == "adapters":
         return {k: v for k, v in state_dict.items() if "lora_" in k}
+    if mode == "merged":
+        return merge_lora(state_dict, lora_scaling)
     return state_dict
+
+
+PEFT_PREFIX = "base_model.model."
+
+
+def merge_lora(state_dict: dict[str, torch.Tensor], scaling: float) -> dict[str, torch.Tensor]:
+    """The plain model's state dict (``model.layers.0.self_attn.q_proj.weight``) from a peft
+    model's: ``W + scaling * B @ A`` for every adapted linear, every other tensor as it is; peft's
+    own merge, without a model instance."""
+    out = {}
+    for key, value in state_dict.items():
+        if ".lora_" in key:
+            continue
+        name = key.removeprefix(PEFT_PREFIX)
+        if ".base_layer." not in name:
+            out[name] = value
+            continue
+        module, _, leaf = key.rpartition(".base_layer.")
+        name = name.replace(".base_layer.", ".")
+        a_key = next((k for k in state_dict if k.startswith(f"{module}.lora_A.")), None)
+        if leaf != "weight" or a_key is None:
+            out[name] = value
+            continue
+        b = state_dict[a_key.replace(".lora_A.", ".lora_B.")].float()
+        out[name] = (value.float() + scaling * (b @ state_dict[a_key].float())).to(value.dtype)
+    return out
+
+
+def buckets(state_dict: dict[str, torch.Tensor], bucket_mb: float) -> list[dict[str, torch.Tensor]]:
+    """Split tensors into groups of at most ``bucket_mb`` (a bigger tensor is a group alone), so
+    neither the object store nor an engine holds more than one group of a large model at once."""
+    out: list[dict[str, torch.Tensor]] = [{}]
+    size = 0.0
+    for name, t in state_dict.items():
+        mb = t.numel() * t.element_size() / 2**20
+        if out[-1] and size + mb > bucket_mb:
+            out.append({})
+            size = 0.0
+        out[-1][name] = t
+        size += mb
+    return out
 
 
 def pack(state_dict: dict[str, torch.Tensor]) -> dict[str, tuple[str, np.ndarray]]:

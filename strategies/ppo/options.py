@@ -64,6 +64,9 @@ class RolloutOptions(RoleResources):
     gpu_memory_utilization: float = Field(
         0.5, gt=0, le=0.95, description="vllm: share of the GPU's memory the engine takes (weights + KV "
         "cache); on CPU, the share of host RAM for the KV cache (keep it small: 0.05-0.1).")
+    kv_cache_gb: float | None = Field(
+        None, gt=0, description="vllm: KV cache size in GiB, instead of what gpu_memory_utilization "
+        "leaves; default on CPU: 0.25 (vLLM's CPU backend otherwise sizes it from host memory).")
     max_model_len: int | None = Field(None, gt=0, description="vllm: longest sequence (prompt + response); "
                                       "default: data.max_length.")
     is_correction: Literal["none", "token_truncate", "token_mask", "sequence_truncate", "sequence_mask"] = (

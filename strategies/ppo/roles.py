@@ -96,21 +96,22 @@ class LearnerActor(RoleActor):
         self.log.info("step %d %s", step + 1, {k: round(v, 5) for k, v in metrics.items()})
         return metrics
 
-    def publish_weights(self, adapters_only: bool) -> tuple[list[Any], dict[str, float]] | None:
-        """Put the weights rollout workers need into the object store once (rank 0) and hand back
-        the ref, wrapped in a list so Ray passes the ref itself rather than its value, with the
-        size of what travels."""
+    def publish_weights(self, mode: str, bucket_mb: float) -> tuple[list[Any], dict[str, float]] | None:
+        """Put the weights rollout workers need into the object store once (rank 0), in buckets of
+        at most ``bucket_mb``, and hand back their refs (in a list, so Ray passes the refs rather
+        than their values) with the size of what travels. ``mode``: ``models.sync_state``."""
         import ray
 
-        from strategies.ppo.models import pack, sync_state
+        from strategies.ppo.models import buckets, pack, sync_state
 
         state = self.learner.full_weights()  # a collective: every rank calls it
         if state is None:
             return None
-        state = sync_state(state, adapters_only)
+        peft = self.cfg.peft
+        state = sync_state(state, mode, peft.alpha / peft.r if peft is not None else 1.0)
         size = {"sync/tensors": len(state), "sync/mb": sum(t.numel() * t.element_size()
                                                            for t in state.values()) / 2**20}
-        return [ray.put(pack(state))], size
+        return [ray.put(pack(b)) for b in buckets(state, bucket_mb)], size
 
     def save(self, folder: str) -> None:
         self.learner.save(Path(folder))
@@ -162,8 +163,8 @@ class RolloutActor(RoleActor):
             self.log.warning("weights v%d NOT loaded (failpoint)", version)
             self.engine.version = version
             return version
-        self.engine.load_weights(ray.get(refs[0]), version)
-        self.log.info("weights v%d loaded", version)
+        self.engine.load_weights((ray.get(ref) for ref in refs), version)
+        self.log.info("weights v%d loaded (%d buckets)", version, len(refs))
         return version
 
     def probe(self, prompt: list[int], response: list[int]) -> list[float]:

@@ -148,7 +148,7 @@ def test_adapter_sync_makes_a_rollout_copy_equal_to_the_trainer(monkeypatch):
     import torch.distributed as dist
 
     from launcher.dist import init_distributed
-    from strategies.ppo.generation import RolloutEngine
+    from strategies.ppo.generation import HFEngine
     from strategies.ppo.learner import Learner
     from strategies.ppo.models import sync_state
     from strategies.ppo.objectives import Experience
@@ -163,22 +163,34 @@ def test_adapter_sync_makes_a_rollout_copy_equal_to_the_trainer(monkeypatch):
     ctx = init_distributed(use_gpu=False)
     try:
         learner = Learner(learner_config(cfg, "policy", 1), "policy", ctx)
-        engine = RolloutEngine(cfg)
+        engine = HFEngine(cfg)
         prompts = [[5, 6, 7]] * 32
         out = engine.generate(prompts, seed=0)
         batch = collate_rollouts(prompts, out["responses"], engine.pad_id, engine.eos_ids)
         old = learner.forward(batch)
         advantages = torch.linspace(-1, 1, len(batch))
         learner.update(Experience(batch, old, advantages), step=0)
-        state = sync_state(learner.full_weights(), adapters_only=True)
+        state = sync_state(learner.full_weights(), "adapters")
         assert state and all("lora_" in name for name in state)
         full = sum(t.numel() for t in learner.backend.module.state_dict().values())
         assert sum(t.numel() for t in state.values()) < full / 5
         trained = learner.forward(batch)
         before = policy_forward(engine.model, batch, engine.generation_config.temperature)[0]
         assert not torch.allclose(before, trained, atol=1e-4)
-        engine.load_weights(pack(state), version=1)
+        engine.load_weights([pack(state)], version=1)
         after = policy_forward(engine.model, batch, engine.generation_config.temperature)[0]
         torch.testing.assert_close(after * batch.response_mask, trained * batch.response_mask)
+        # merged (what a vLLM engine gets): the plain model with the adapters folded in
+        from transformers import AutoModelForCausalLM
+
+        from launcher.models.tiny import resolve_model_path
+
+        merged = sync_state(learner.full_weights(), "merged", lora_scaling=8 / 4)
+        plain = AutoModelForCausalLM.from_pretrained(resolve_model_path(cfg.model.path))
+        assert set(merged) == set(plain.state_dict())
+        plain.load_state_dict(merged)
+        folded = policy_forward(plain.eval(), batch, engine.generation_config.temperature)[0]
+        torch.testing.assert_close(folded * batch.response_mask, trained * batch.response_mask,
+                                   atol=1e-5, rtol=1e-5)
     finally:
         dist.destroy_process_group()
