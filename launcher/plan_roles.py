@@ -7,7 +7,8 @@ The policy is planned like any trained model. The others follow from the method'
 - reference and reward model: frozen, weights in the compute dtype, sharded like ZeRO-3 when
   the backend shards parameters (``frozen_role_memory``); a rule reward costs no GPU;
 - rollout worker: weights in the compute dtype split over its GPUs (tensor/pipeline parallel)
-  plus the KV cache of its share of one step's sequences (prompt + response tokens).
+  plus the KV cache of its share of one step's sequences (prompt + response tokens); a vLLM
+  engine takes ``gpu_memory_utilization`` of its GPUs whatever it needs, which the plan notes.
 
 The reward model and critic are assumed to share the policy's architecture (the usual case
 in RLHF; a different reward architecture is noted, not sized).
@@ -61,6 +62,9 @@ def rl_roles(cfg: Any, shape: mm.ModelShape, work: mm.Workload, lay: mm.Layout
     mem = mm.rollout_memory(shape, tokens, dtype_bytes, tensor_parallel=split)
     if split > 1:
         mem.notes.append(f"weights split over {split} GPUs per worker")
+    if rollout.engine == "vllm":
+        mem.notes.append(f"vLLM reserves gpu_memory_utilization={rollout.gpu_memory_utilization} of each "
+                         "GPU it uses (weights + KV cache); the cache above is one step's need")
     roles["rollout"] = (mem, rollout.num_workers * rollout.gpus_per_worker)
     return roles
 

@@ -1,4 +1,5 @@
-"""From a scored rollout batch to the training targets, in the controller (PPO and GRPO).
+"""From a scored rollout batch to PPO's training targets, in the controller (GRPO's advantages
+are ``strategies.rl.policy.advantages_for``).
 
 This is where the roles' outputs meet: sequence scores (reward role), log-probs of the policy
 that is about to be updated (trainer group), of the reference (reference role) and values
@@ -13,7 +14,7 @@ from typing import Any
 import torch
 from torch import Tensor
 
-from strategies.rl.math import gae, group_advantages, masked_mean, masked_whiten, shaped_rewards
+from strategies.rl.math import gae, masked_mean, masked_whiten, shaped_rewards
 
 
 def ppo_targets(scores: Tensor, old_logprobs: Tensor, ref_logprobs: Tensor, values: Tensor,
@@ -30,12 +31,6 @@ def ppo_targets(scores: Tensor, old_logprobs: Tensor, ref_logprobs: Tensor, valu
     if opts.whiten_advantages and int(mask.sum()) >= 2:
         advantages = masked_whiten(advantages, mask)
     return {"advantages": advantages, "returns": returns, "kl": kl, "rewards": rewards}
-
-
-def grpo_targets(scores: Tensor, group_size: int, scale: bool) -> dict[str, Tensor]:
-    """One advantage per sequence: its score against the other responses to the same prompt
-    (rows are prompt-major: the ``group_size`` responses of a prompt are adjacent)."""
-    return {"advantages": group_advantages(scores, group_size, scale=scale)}
 
 
 @torch.no_grad()

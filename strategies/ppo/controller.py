@@ -38,7 +38,7 @@ import torch
 from launcher.errors import JobFailed, Problem, UserError
 from launcher.metrics.sinks import MetricSinks
 from launcher.rundir import RunFolder
-from strategies.ppo.advantages import batch_stats, grpo_targets, ppo_targets
+from strategies.ppo.advantages import batch_stats, ppo_targets
 from strategies.ppo.artifacts import Checkpoints, close_log, controller_log
 from strategies.ppo.batch import collate_rollouts
 from strategies.ppo.engine import resolve_engine
@@ -49,7 +49,14 @@ from strategies.ppo.rewards import RewardError, RewardFunctions
 from strategies.ppo.roles import ActorGroup, LearnerGroup, split
 from strategies.ppo.rollout import RolloutFailed, RolloutPool, SyncMismatch, SyncProbe
 from strategies.ppo.schedule import check_lengths, update_schedule
-from strategies.rl.math import kl_per_token
+from strategies.rl.math import kl_per_token, masked_mean
+from strategies.rl.policy import (
+    advantages_for,
+    groups_with_signal,
+    mismatch_metrics,
+    overlong_penalty,
+    truncated_is_weights,
+)
 
 log = logging.getLogger("ftl.ppo.controller")
 
@@ -73,6 +80,7 @@ class OnlineRL:
         self.is_ppo = cfg.method == "ppo"
         self.async_ = self.opts.async_
         self.engine = resolve_engine(self.opts.rollout.engine)
+        self.dynamic_sampling = getattr(self.opts, "dynamic_sampling", False)
         check_lengths(cfg)
         self.schedule = update_schedule(cfg, cfg.resources.num_workers)
         if self.is_ppo:
@@ -234,7 +242,11 @@ class OnlineRL:
             if self.async_ and step + 1 < steps:  # overlap: batch k+1 is sampled while k trains
                 pending = self.pool.launch(self._rows(step + 1), step + 1, self.cfg.train.seed)
             t0 = time.perf_counter()
-            exp, stats = self._score(prompts, gen)
+            scores, per_function = self._scores(prompts, gen)
+            if self.dynamic_sampling:
+                prompts, gen, scores, per_function = self._fill_with_signal(step, prompts, gen, scores,
+                                                                           per_function)
+            exp, stats = self._score(prompts, gen, scores, per_function)
             t_score = time.perf_counter() - t0
             t0 = time.perf_counter()
             train_metrics = self._train(exp, step)
@@ -271,7 +283,58 @@ class OnlineRL:
         parts = list(zip(split([p.raw for p in prompts], len(group)), split(texts, len(group))))
         return [s for chunk in self._get(group.async_each("score", parts), "reward") for s in chunk], {}
 
-    def _score(self, prompts: list[Prompt], gen: dict[str, Any]) -> tuple[Experience, dict[str, float]]:
+    def _scores(self, prompts: list[Prompt], gen: dict[str, Any]) -> tuple[torch.Tensor, dict[str, float]]:
+        """Sequence scores: the reward (model or functions), plus DAPO's overlong punishment."""
+        totals, per_function = self._rewards(prompts, gen["texts"])
+        scores = torch.tensor(totals, dtype=torch.float32)
+        buffer = getattr(self.opts, "overlong_buffer", None)
+        if buffer:
+            lengths = torch.tensor([len(r) for r in gen["responses"]])
+            penalty = overlong_penalty(lengths, self.opts.rollout.max_new_tokens, buffer,
+                                       self.opts.overlong_penalty)
+            scores = scores + penalty
+            per_function = {**per_function, "reward/overlong_penalty": float(penalty.mean())}
+        return scores, per_function
+
+    def _fill_with_signal(self, step: int, prompts: list[Prompt], gen: dict[str, Any], scores: torch.Tensor,
+                          per_function: dict[str, float]) -> tuple[list[Prompt], dict[str, Any], torch.Tensor,
+                                                                   dict[str, float]]:
+        """DAPO's dynamic sampling: keep the prompt groups whose rewards differ (the others have zero
+        advantage: no gradient, only dilution) and sample further prompts until the batch is full
+        or ``max_sampling_rounds`` is reached; then groups without signal fill what is left, so the
+        batch keeps its size (``rollout/groups_with_signal`` says how much of it carries signal)."""
+        G, want = self.opts.num_generations, self.opts.rollout.batch_size
+        rounds = [(prompts, gen, scores)]
+        for extra in range(1, self.opts.max_sampling_rounds):
+            kept = sum(int(groups_with_signal(s, G).sum()) for _, _, s in rounds)
+            if kept >= want:
+                break
+            idx = step_prompts(step, want, len(self.train_prompts), self.cfg.train.seed * 7_919 + extra)
+            more = [self.train_prompts[i] for i in idx for _ in range(G)]
+            with self._failures("rollout"):
+                more_gen = self.pool.collect(self.pool.launch([p.ids for p in more], step,
+                                                              self.cfg.train.seed + 104_729 * extra))
+            rounds.append((more, more_gen, self._scores(more, more_gen)[0]))
+        signal, spare = [], []
+        for r, (_, _, s) in enumerate(rounds):
+            for g, has in enumerate(groups_with_signal(s, G).tolist()):
+                (signal if has else spare).append((r, g))
+        chosen = (signal + spare)[:want]
+        rows = [(r, g * G + k) for r, g in chosen for k in range(G)]
+        merged_gen = {key: [rounds[r][1][key][i] for r, i in rows]
+                      for key in ("responses", "texts", "finished")}
+        logprobs = [rnd[1]["logprobs"] for rnd in rounds]
+        merged_gen["logprobs"] = None if any(lp is None for lp in logprobs) else [
+            rounds[r][1]["logprobs"][i] for r, i in rows]
+        merged_gen.update({k: gen[k] for k in ("versions", "busy_s", "wall_s")})
+        merged_gen["tokens"] = sum(rnd[1]["tokens"] for rnd in rounds)
+        stats = {**per_function, "rollout/groups_with_signal": min(len(signal), want) / want,
+                 "rollout/sampling_rounds": float(len(rounds))}
+        return ([rounds[r][0][i] for r, i in rows], merged_gen,
+                torch.stack([rounds[r][2][i] for r, i in rows]), stats)
+
+    def _score(self, prompts: list[Prompt], gen: dict[str, Any], scores: torch.Tensor,
+               per_function: dict[str, float]) -> tuple[Experience, dict[str, float]]:
         """Every role's view of the batch, requested in parallel, then the advantages."""
         batch = collate_rollouts([p.ids for p in prompts], gen["responses"], self.pad_id, self.eos_ids)
         g = self.groups
@@ -282,8 +345,6 @@ class OnlineRL:
         old_refs = fan("policy", "forward")
         ref_refs = fan("reference", "logprobs") if self.uses_reference else None
         value_refs = fan("critic", "forward") if self.is_ppo else None
-        totals, per_function = self._rewards(prompts, gen["texts"])
-        scores = torch.tensor(totals, dtype=torch.float32)
         old = torch.cat(self._get(old_refs, "policy"))
         ref = torch.cat(self._get(ref_refs, "reference")) if ref_refs else None
         mask = batch.response_mask
@@ -293,13 +354,32 @@ class OnlineRL:
             exp = Experience(batch, old, t["advantages"], returns=t["returns"], old_values=values)
             stats = batch_stats(scores, mask, t["kl"] if ref is not None else None)
         else:
-            t = grpo_targets(scores, self.opts.num_generations, self.opts.scale_rewards)
-            exp = Experience(batch, old, t["advantages"], ref_logprobs=ref)
+            advantages = advantages_for(self.opts.advantage, scores, self.opts.num_generations,
+                                        self.opts.scale_rewards)
+            exp = Experience(batch, old, advantages, ref_logprobs=ref)
             kl = kl_per_token(old, ref, "k3") * mask if ref is not None else None
             stats = batch_stats(scores, mask, kl)
         stats["response/finished_fraction"] = sum(gen["finished"]) / len(gen["finished"])
         stats.update(per_function)
+        stats.update(self._mismatch(exp, gen))
         return exp, stats
+
+    def _mismatch(self, exp: Experience, gen: dict[str, Any]) -> dict[str, float]:
+        """The engine's own sampling log-probs (vLLM) against the trainer's: metrics, and the
+        truncated importance weights the loss applies (``rollout.is_correction``)."""
+        if gen.get("logprobs") is None:
+            return {}
+        mask = exp.batch.response_mask
+        engine = torch.zeros_like(exp.old_logprobs)
+        for i, lp in enumerate(gen["logprobs"]):
+            engine[i, : len(lp)] = torch.tensor(lp, dtype=engine.dtype)
+        stats = mismatch_metrics(exp.old_logprobs, engine, mask)
+        mode = self.opts.rollout.is_correction
+        if mode != "none":
+            exp.is_weights = truncated_is_weights(exp.old_logprobs, engine, mask, mode=mode,
+                                                  cap=self.opts.rollout.is_cap)
+            stats["rollout/is_weight_mean"] = float(masked_mean(exp.is_weights, mask))
+        return stats
 
     def _train(self, exp: Experience, step: int) -> dict[str, float]:
         refs = {}
@@ -338,7 +418,8 @@ class OnlineRL:
         """Mean reward on the held-out prompts (sampled as in training, fixed seed)."""
         prompts = self.eval_prompts[: self.cfg.eval.max_generate]
         with self._failures("rollout"):
-            gen = self.pool.collect(self.pool.launch([p.ids for p in prompts], -1, EVAL_SEED))
+            gen = self.pool.collect(self.pool.launch([p.ids for p in prompts], -1, EVAL_SEED,
+                                                     greedy=self.opts.eval_greedy))
         totals, per_function = self._rewards(prompts, gen["texts"])
         scores = torch.tensor(totals)
         return {"eval/reward_mean": float(scores.mean()),

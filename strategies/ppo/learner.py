@@ -21,7 +21,7 @@ import torch
 from launcher.dist import RankContext, all_reduce_sum, barrier
 from launcher.lazy import load_object
 from strategies.ppo.batch import RolloutBatch, policy_forward, value_forward
-from strategies.ppo.objectives import Experience, MicroLoss, critic_loss, grpo_policy_loss, ppo_policy_loss
+from strategies.ppo.objectives import Experience, MicroLoss, critic_loss, items, loss_type, policy_loss_of
 from strategies.ppo.schedule import update_schedule
 
 log = logging.getLogger("ftl.ppo.learner")
@@ -46,12 +46,12 @@ class Learner:
         model = self.backend.load_model(lambda: load_model(cfg, self.model_spec))
         self.backend.setup(model, lambda m: make_optimizer(m, cfg.train),
                            lambda o: make_scheduler(o, cfg.train))
+        self.loss_kind = "bnpo" if role == "critic" else loss_type(cfg.method, self.opts)
         if role == "critic":
             self.objective = partial(critic_loss, opts=self.opts)
         else:
-            loss = grpo_policy_loss if cfg.method == "grpo" else ppo_policy_loss
-            self.objective = partial(loss, opts=self.opts, temperature=self.temperature)
-        self.counts_sequences = role == "policy" and cfg.method == "grpo"
+            self.objective = partial(policy_loss_of, opts=self.opts, temperature=self.temperature,
+                                     kind=self.loss_kind)
 
     # -- inference over this rank's shard
     @torch.no_grad()
@@ -125,7 +125,7 @@ class Learner:
         return metrics
 
     def _items(self, exp: Experience) -> float:
-        return float(len(exp)) if self.counts_sequences else float(exp.batch.response_mask.sum())
+        return items(exp, self.loss_kind, self.opts.rollout.max_new_tokens)
 
     def _to_device(self, value: Any) -> Any:
         if self.ctx.device.type == "cpu":
@@ -134,7 +134,7 @@ class Learner:
             return RolloutBatch(*(t.to(self.ctx.device) for t in (
                 value.prompt_ids, value.prompt_mask, value.response_ids, value.response_mask)))
         moved = {k: getattr(value, k) for k in ("old_logprobs", "advantages", "ref_logprobs", "returns",
-                                                 "old_values")}
+                                                 "old_values", "is_weights")}
         return Experience(self._to_device(value.batch),
                           **{k: None if v is None else v.to(self.ctx.device) for k, v in moved.items()})
 

@@ -194,6 +194,8 @@ class OnlineRLOptions(Section):
     ppo_epochs: int = Field(1, gt=0, description="Passes over each rollout batch.")
     minibatches: int = Field(1, gt=0, description="Optimizer steps per pass (the batch is split).")
     clip_eps: float = Field(0.2, gt=0, description="Clip range of the policy ratio.")
+    eval_greedy: bool = Field(False, description="Held-out eval with greedy decoding (accuracy of a "
+                              "verifier reward) instead of sampling as in training.")
     entropy_coef: float = Field(0.0, ge=0, description="Entropy bonus weight (0: none).")
 
     @model_validator(mode="before")

@@ -136,9 +136,10 @@ class RolloutActor(RoleActor):
 
     def __init__(self, run_dir: str, role: str, index: int, threads: int):
         super().__init__(run_dir, role, index, threads)
-        from strategies.ppo.engine import make_engine
+        from strategies.ppo.engine import make_engine, resolve_engine
 
         self.engine = make_engine(self.cfg)
+        self.log.info("engine: %s", resolve_engine(self.cfg.method_options().rollout.engine))
 
     def special_ids(self) -> dict[str, Any]:
         """Pad and EOS ids the worker cuts responses with (the controller masks with the same)."""

@@ -28,12 +28,14 @@ def ray_session():
 def letters_config(method: str, name: str, **section) -> dict:
     """PPO/GRPO on builtin:prompts-letters with the letter-'a' rule: a random tiny Llama starts
     near 0.04 and reaches 0.4-0.9 within 15-20 steps (2 rollout workers, 1 trainer)."""
-    opts = {"rollout": {"num_workers": 2, "batch_size": 32 if method == "ppo" else 8, "max_new_tokens": 12},
+    opts = {"rollout": {"num_workers": 2, "batch_size": 32 if method == "ppo" else 8, "max_new_tokens": 12,
+                        "engine": "hf"},  # tests/rl/test_vllm_rollouts.py covers vLLM
             "reward": {"function": LETTER_A}, "ppo_epochs": 2, "minibatches": 2}
     if method == "ppo":
         opts.update(kl_coef=0.01, critic={"lr": 3e-3})
     else:
         opts.update(num_generations=4, beta=0.0)
+    opts["rollout"].update(section.pop("rollout", {}))
     opts.update(section)
     return {
         "name": name, "method": method, "model": {"path": "builtin:tiny-llama"},
