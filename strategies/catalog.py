@@ -121,6 +121,8 @@ class GRPOOptions(OnlineRLOptions):
     num_generations: int = Field(4, ge=2, description="Responses sampled per prompt (the group).")
     beta: float = Field(0.04, ge=0, description="Weight of the k3 KL term vs the reference in the loss "
                         "(0: no reference actor is started).")
+    kl_ratio: bool = Field(False, description="Multiply the KL term by the policy ratio (DeepSeek-V3.2's "
+                           "unbiased KL gradient; TRL's use_bias_correction_kl).")
     scale_rewards: bool = Field(True, description="Divide group advantages by the group's std (false: "
                                 "Dr. GRPO).")
     loss_type: Literal["grpo", "bnpo", "dr_grpo", "dapo", "gspo"] = Field(

@@ -83,7 +83,8 @@ def policy_loss_of(model: nn.Module, exp: Experience, opts: Any, temperature: fl
     out = policy_objective(logprobs, exp.old_logprobs, exp.advantages, mask, loss_type=kind,
                            clip_low=opts.clip_eps, clip_high=high,
                            ref_logprobs=exp.ref_logprobs if beta > 0 else None, beta=beta,
-                           is_weights=exp.is_weights, max_completion_length=opts.rollout.max_new_tokens)
+                           is_weights=exp.is_weights, max_completion_length=opts.rollout.max_new_tokens,
+                           kl_ratio=getattr(opts, "kl_ratio", False))
     n = items(exp, kind, opts.rollout.max_new_tokens)
     loss_sum = out["loss_sum"]
     if kind in ("grpo", "gspo"):

@@ -45,13 +45,15 @@ ISMode = Literal["token_truncate", "token_mask", "sequence_truncate", "sequence_
 def policy_objective(logprobs: Tensor, old_logprobs: Tensor, advantages: Tensor, mask: Tensor, *,
                      loss_type: LossType, clip_low: float, clip_high: float,
                      ref_logprobs: Tensor | None = None, beta: float = 0.0, is_weights: Tensor | None = None,
-                     max_completion_length: int | None = None) -> dict[str, Tensor]:
+                     max_completion_length: int | None = None, kl_ratio: bool = False) -> dict[str, Tensor]:
     """Clipped surrogate (plus ``beta`` x k3 KL to the reference) of one micro-batch.
 
     Returns ``loss_sum`` (differentiable), ``normalizer`` (a float tensor: what the sum is divided
     by for this batch alone, see the table above), ``per_token`` (masked, for tests) and detached
     metrics: ``kl`` (mean k3 over tokens), ``clip_low``/``clip_high`` (fractions of tokens where the
-    lower/upper clip removes the gradient), ``ratio_mean``.
+    lower/upper clip removes the gradient), ``ratio_mean``. ``kl_ratio``: multiply the KL term by
+    the (differentiable) policy ratio, which makes its gradient the unbiased reverse-KL gradient
+    off-policy (DeepSeek-V3.2; TRL's ``use_bias_correction_kl``).
     """
     m = _as_bool(mask)
     mf = m.to(logprobs.dtype)
@@ -71,7 +73,7 @@ def policy_objective(logprobs: Tensor, old_logprobs: Tensor, advantages: Tensor,
         if ref_logprobs is None:
             raise ValueError("policy_objective needs ref_logprobs when beta != 0")
         kl = kl_per_token(logprobs, ref_logprobs, "k3")
-        per_token = per_token + beta * kl
+        per_token = per_token + beta * (kl * ratio if kl_ratio else kl)
     per_token = _zero_outside(per_token, m)
     rows = logprobs.shape[0]
     if loss_type in ("grpo", "gspo"):
