@@ -146,7 +146,8 @@ def reverse_prompts(rng: random.Random) -> tuple[str, dict]:
 @SYNTHETIC_TASKS.register("prompts-add")
 def add_prompts(rng: random.Random) -> tuple[str, dict]:
     """Addition questions with the reference in an ``answer`` column, for verifiable rewards
-    (strategies.rl.verifiers:numeric_answer): 'What is 23 + 58? Answer with the number only.' -> '81'."""
-    a, b = rng.randint(0, 99), rng.randint(0, 99)
+    (strategies.rl.verifiers:numeric_answer): 'What is 13 + 8? Answer with the number only.' ->
+    '21'. Terms up to 30: sums a 135M instruct model gets right only some of the time."""
+    a, b = rng.randint(0, 30), rng.randint(0, 30)
     question = f"What is {a} + {b}? Answer with the number only."
     return question, {"prompt": [{"role": "user", "content": question}], "answer": str(a + b)}

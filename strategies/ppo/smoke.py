@@ -30,8 +30,15 @@ def adjust(data: dict[str, Any], changes: list[str]) -> None:
         if role in opts:
             opts[role] = {**opts[role], **one}
     rows = 4 if method == "grpo" else 8
-    opts["rollout"] = {**opts.get("rollout", {}), **one, "num_workers": 2, "batch_size": rows,
+    rollout = opts.get("rollout", {})
+    opts["rollout"] = {**rollout, **one, "num_workers": 2, "batch_size": rows,
                        "max_new_tokens": 8, "generation_batch_size": None}
+    if rollout.get("engine", "auto") == "auto":
+        # vLLM's CPU attention has no kernel for the smoke model's 16-wide heads; auto means
+        # "whatever runs", so the smoke run samples with HF generate (engine: vllm stays vllm).
+        opts["rollout"]["engine"] = "hf"
+        changes.append(f"{method}.rollout.engine: auto -> hf (the smoke model's heads are too narrow for "
+                       "vLLM's CPU kernels)")
     opts.update({"ppo_epochs": 1, "minibatches": 1})
     data["cluster"] = {"target": "local", "local": {"num_cpus": 8}}
     changes.append(f"{method}: every role one CPU actor (2 rollout workers), {rows} prompts per step, "
