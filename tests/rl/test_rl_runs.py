@@ -97,6 +97,7 @@ def test_grpo_colocated_with_reference_raises_reward(ray_session, tmp_path):
     assert {s["bundle"] for s in slots} == {0} and sum(s["num_cpus"] for s in slots) == pytest.approx(1.0)
     rows = read_metrics(run / "metrics.jsonl")
     assert rows[-1]["kl/ref_per_token"] > 0 and "critic/value_loss" not in rows[-1]
+    assert max(r["sync/probe_max_diff"] for r in rows) < 1e-4  # every sync verified: same model code
 
 
 def test_grpo_async_through_ftl_run_replaces_a_killed_rollout_worker(tmp_path):
