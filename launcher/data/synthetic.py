@@ -151,3 +151,27 @@ def add_prompts(rng: random.Random) -> tuple[str, dict]:
     a, b = rng.randint(0, 30), rng.randint(0, 30)
     question = f"What is {a} + {b}? Answer with the number only."
     return question, {"prompt": [{"role": "user", "content": question}], "answer": str(a + b)}
+
+
+_CODE_TASKS = (
+    ("plus_{k}(x)", "returns x plus {k}", "plus_{k}", lambda k, x: x + k),
+    ("times_{k}(x)", "returns x times {k}", "times_{k}", lambda k, x: x * k),
+    ("is_multiple_of_{k}(x)", "returns True when x is a multiple of {k}, else False", "is_multiple_of_{k}",
+     lambda k, x: x % k == 0),
+    ("last_digit_plus_{k}(x)", "returns the last digit of the non-negative integer x, plus {k}",
+     "last_digit_plus_{k}", lambda k, x: x % 10 + k),
+)
+
+
+@SYNTHETIC_TASKS.register("prompts-code")
+def code_prompts(rng: random.Random) -> tuple[str, dict]:
+    """Small function-writing prompts with a ``tests`` column of asserts, for the sandboxed
+    ``strategies.rl.verifiers:code_tests`` reward: 'Write a Python function plus_7(x) that
+    returns x plus 7.' with tests 'assert plus_7(3) == 10' and two more."""
+    signature, what, name, fn = rng.choice(_CODE_TASKS)
+    k = rng.randint(2, 40)
+    question = (f"Write a Python function {signature.format(k=k)} that {what.format(k=k)}. "
+                "Reply with the code in a ```python block.")
+    xs = [rng.randint(0, 200) for _ in range(3)]
+    tests = "\n".join(f"assert {name.format(k=k)}({x}) == {fn(k, x)!r}" for x in xs)
+    return question, {"prompt": [{"role": "user", "content": question}], "tests": tests}

@@ -125,3 +125,17 @@ def test_a_dataset_column_reaches_a_function_next_to_the_config_through_ray(ray_
     assert all(truth[prompt] == answer for prompt, answer in received)
     rows = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
     assert all("reward/check_answer" in r for r in rows if "reward/mean" in r)
+
+
+def test_builtin_code_prompts_are_scored_by_the_sandboxed_code_verifier():
+    import re
+
+    from launcher.data.synthetic import generate
+    from strategies.rl.verifiers import code_tests
+
+    rows = [r for r in generate("prompts-code", 200) if r["tests"].startswith("assert plus_")][:3]
+    ks = [int(re.search(r"plus_(\d+)\(", r["tests"]).group(1)) for r in rows]
+    right = [f"```python\ndef plus_{k}(x):\n    return x + {k}\n```" for k in ks]
+    wrong = [f"```python\ndef plus_{k}(x):\n    return x - {k}\n```" for k in ks]
+    tests = [r["tests"] for r in rows] * 2
+    assert code_tests(["q"] * 6, right + wrong, tests=tests) == [1.0] * 3 + [0.0] * 3
