@@ -79,6 +79,15 @@ class RolloutBatch:
     def tokens(self) -> int:
         return int(self.response_mask.sum())
 
+    def to(self, device: torch.device) -> RolloutBatch:
+        return RolloutBatch(*(getattr(self, f.name).to(device) for f in fields(self)))
+
+    @classmethod
+    def single(cls, prompt: Sequence[int], response: Sequence[int]) -> RolloutBatch:
+        """One unpadded row: the weight-sync probe."""
+        return cls(torch.tensor([list(prompt)]), torch.ones(1, len(prompt), dtype=torch.long),
+                   torch.tensor([list(response)]), torch.ones(1, len(response), dtype=torch.long))
+
 
 def collate_rollouts(prompts: Sequence[Sequence[int]], responses: Sequence[Sequence[int]],
                      pad_id: int, eos_ids: Iterable[int]) -> RolloutBatch:

@@ -65,10 +65,7 @@ class HFEngine:
 
     @torch.no_grad()
     def probe(self, prompt: list[int], response: list[int]) -> list[float]:
-        batch = RolloutBatch(torch.tensor([prompt]), torch.ones(1, len(prompt), dtype=torch.long),
-                             torch.tensor([response]), torch.ones(1, len(response), dtype=torch.long))
-        batch = RolloutBatch(*(t.to(self.device) for t in (batch.prompt_ids, batch.prompt_mask,
-                                                           batch.response_ids, batch.response_mask)))
+        batch = RolloutBatch.single(prompt, response).to(self.device)
         return policy_forward(self.model, batch, 1.0)[0][0].float().cpu().tolist()
 
     @torch.no_grad()

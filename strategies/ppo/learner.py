@@ -73,9 +73,7 @@ class Learner:
     def probe(self, prompt: list[int], response: list[int]) -> list[float]:
         """Log-probs (temperature 1) of ``response`` after ``prompt``: the fingerprint rollout
         engines must reproduce after a weight sync. Every rank runs it (sharded forward)."""
-        one = torch.ones
-        batch = RolloutBatch(torch.tensor([prompt]), one(1, len(prompt), dtype=torch.long),
-                             torch.tensor([response]), one(1, len(response), dtype=torch.long))
+        batch = RolloutBatch.single(prompt, response)
         model = self.backend.model
         model.eval()
         with self.backend.autocast():
@@ -131,8 +129,7 @@ class Learner:
         if self.ctx.device.type == "cpu":
             return value
         if isinstance(value, RolloutBatch):
-            return RolloutBatch(*(t.to(self.ctx.device) for t in (
-                value.prompt_ids, value.prompt_mask, value.response_ids, value.response_mask)))
+            return value.to(self.ctx.device)
         moved = {k: getattr(value, k) for k in ("old_logprobs", "advantages", "ref_logprobs", "returns",
                                                  "old_values", "is_weights")}
         return Experience(self._to_device(value.batch),

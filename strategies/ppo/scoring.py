@@ -43,8 +43,7 @@ class ReferenceScorer:
         for start in range(0, len(batch), self.micro):
             mb = batch.rows(range(start, min(start + self.micro, len(batch))))
             if self.device.type != "cpu":
-                mb = RolloutBatch(*(t.to(self.device) for t in (mb.prompt_ids, mb.prompt_mask,
-                                                                mb.response_ids, mb.response_mask)))
+                mb = mb.to(self.device)
             outs.append(policy_forward(self.model, mb, self.temperature)[0].float().cpu())
         return torch.cat(outs)
 

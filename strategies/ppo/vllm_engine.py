@@ -101,10 +101,11 @@ class VLLMEngine:
 
     # -- sampling
     def _params(self, seed: int | None, greedy: bool, max_tokens: int, logprobs: int | None,
-                prompt_logprobs: int | None = None) -> Any:
+                prompt_logprobs: int | None = None, temperature: float | None = None) -> Any:
         from vllm import SamplingParams
 
-        temperature = 0.0 if greedy else self.opts.temperature
+        if temperature is None:
+            temperature = 0.0 if greedy else self.opts.temperature
         return SamplingParams(n=1, temperature=temperature, top_p=1.0 if greedy else self.opts.top_p,
                               top_k=-1, min_p=0.0, repetition_penalty=1.0, presence_penalty=0.0,
                               frequency_penalty=0.0, max_tokens=max_tokens, seed=seed,
@@ -133,9 +134,10 @@ class VLLMEngine:
     def probe(self, prompt: list[int], response: list[int]) -> list[float]:
         from vllm.inputs import TokensPrompt
 
-        temperature_one = self._params(0, greedy=False, max_tokens=1, logprobs=None, prompt_logprobs=0)
-        temperature_one.temperature = 1.0
-        (out,) = self.llm.generate([TokensPrompt(prompt_token_ids=prompt + response)], [temperature_one],
+        # prompt log-probs are the raw model's whatever logprobs_mode says: temperature 1 both sides
+        params = self._params(0, greedy=False, max_tokens=1, logprobs=None, prompt_logprobs=0,
+                              temperature=1.0)
+        (out,) = self.llm.generate([TokensPrompt(prompt_token_ids=prompt + response)], [params],
                                    use_tqdm=False)
         steps = out.prompt_logprobs[len(prompt):]
         return [float(step[tok].logprob) for step, tok in zip(steps, response)]
