@@ -14,6 +14,7 @@ from typing import Any
 import torch
 
 from launcher.data.batching import IGNORE_INDEX
+from strategies.reference import stack_reference
 
 
 def _split_prompt(row: dict) -> tuple[Any, Any, Any]:
@@ -31,59 +32,80 @@ def _chat_ids(tok: Any, messages: list[dict], generation_prompt: bool) -> list[i
                                         return_dict=True)["input_ids"])
 
 
-def tokenize_pair(tok: Any, row: dict, max_length: int) -> dict:
-    """``prompt_ids``, ``chosen_ids``, ``rejected_ids`` (+ ``margin`` when the row has one).
-    Sequences longer than ``max_length`` keep their start, as TRL's default truncation."""
-    prompt, chosen, rejected = _split_prompt(row)
-    if isinstance(chosen, list):  # conversational
+def tokenize_answers(tok: Any, prompt: Any, answers: list[Any], max_length: int
+                     ) -> tuple[list[int], list[list[int]]]:
+    """``prompt_ids`` and each answer's completion ids, as TRL tokenizes them: chats through the
+    template (the completion is what the answer adds after the generation prompt), plain text
+    with EOS appended. Sequences longer than ``max_length`` keep their start (TRL's default)."""
+    if answers and isinstance(answers[0], list):  # conversational
         prompt_ids = _chat_ids(tok, prompt, generation_prompt=True) if prompt else []
         completions = []
-        for answer in (chosen, rejected):
+        for answer in answers:
             full = _chat_ids(tok, list(prompt) + list(answer), generation_prompt=False)
             completions.append(full[len(prompt_ids):])
     else:
         prompt_ids = tok(prompt, add_special_tokens=True)["input_ids"] if prompt else []
         eos = [tok.eos_token_id] if tok.eos_token_id is not None else []
-        completions = [tok(a, add_special_tokens=False)["input_ids"] + eos for a in (chosen, rejected)]
+        completions = [tok(a, add_special_tokens=False)["input_ids"] + eos for a in answers]
     prompt_ids = prompt_ids[: max_length - 1]
     room = max_length - len(prompt_ids)
-    out = {"prompt_ids": prompt_ids, "chosen_ids": completions[0][:room],
-           "rejected_ids": completions[1][:room]}
+    return prompt_ids, [c[:room] for c in completions]
+
+
+def tokenize_pair(tok: Any, row: dict, max_length: int) -> dict:
+    """``prompt_ids``, ``chosen_ids``, ``rejected_ids`` (+ ``margin`` when the row has one)."""
+    prompt, chosen, rejected = _split_prompt(row)
+    prompt_ids, (chosen_ids, rejected_ids) = tokenize_answers(tok, prompt, [chosen, rejected], max_length)
+    out = {"prompt_ids": prompt_ids, "chosen_ids": chosen_ids, "rejected_ids": rejected_ids}
     if row.get("margin") is not None:
         out["margin"] = float(row["margin"])
     return out
 
 
-def collate_pairs(features: list[dict], pad_id: int) -> dict[str, torch.Tensor]:
-    """[chosen rows; rejected rows], right-padded, with ``labels`` = completion tokens only."""
-    seqs = [f["prompt_ids"] + f["chosen_ids"] for f in features]
-    seqs += [f["prompt_ids"] + f["rejected_ids"] for f in features]
-    prompt_lens = [len(f["prompt_ids"]) for f in features] * 2
+def pad_completions(prompts: list[list[int]], completions: list[list[int]], pad_id: int
+                    ) -> dict[str, torch.Tensor]:
+    """Right-padded ``prompt + completion`` rows with ``labels`` on the completion tokens only."""
+    seqs = [p + c for p, c in zip(prompts, completions)]
     longest = max(len(s) for s in seqs)
     ids = torch.full((len(seqs), longest), pad_id, dtype=torch.long)
     labels = torch.full_like(ids, IGNORE_INDEX)
     mask = torch.zeros_like(ids)
-    for i, (seq, p) in enumerate(zip(seqs, prompt_lens)):
+    for i, (seq, prompt) in enumerate(zip(seqs, prompts)):
         ids[i, : len(seq)] = torch.tensor(seq)
-        labels[i, p : len(seq)] = ids[i, p : len(seq)]
+        labels[i, len(prompt) : len(seq)] = ids[i, len(prompt) : len(seq)]
         mask[i, : len(seq)] = 1
-    batch = {"input_ids": ids, "attention_mask": mask, "labels": labels}
+    return {"input_ids": ids, "attention_mask": mask, "labels": labels}
+
+
+def collate_pairs(features: list[dict], pad_id: int) -> dict[str, torch.Tensor]:
+    """[chosen rows; rejected rows], right-padded, with ``labels`` = completion tokens only."""
+    prompts = [f["prompt_ids"] for f in features] * 2
+    completions = [f["chosen_ids"] for f in features] + [f["rejected_ids"] for f in features]
+    batch = pad_completions(prompts, completions, pad_id)
     if "margin" in features[0]:
         batch["margin"] = torch.tensor([f.get("margin", 0.0) for f in features])
-    for key in ("ref_chosen_logp", "ref_rejected_logp"):
-        if key in features[0]:
-            batch[key] = torch.tensor([f[key] for f in features], dtype=torch.float64)
+    batch.update(stack_reference(features))
     return batch
+
+
+def next_token_logps(model: Any, batch: dict[str, torch.Tensor]) -> torch.Tensor:
+    """``log p(x_t | x_<t)`` at every position t >= 1 of every row (fp32), shape [rows, len - 1]."""
+    logits = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"],
+                   use_cache=False).logits[:, :-1, :].float()
+    targets = batch["input_ids"][:, 1:]
+    return torch.gather(logits.log_softmax(-1), 2, targets.unsqueeze(-1)).squeeze(-1)
+
+
+def labelled_sums(token_logps: torch.Tensor, batch: dict[str, torch.Tensor]
+                  ) -> tuple[torch.Tensor, torch.Tensor]:
+    """Per row: summed log-probability of the labelled (completion) tokens, and their count."""
+    mask = batch["labels"][:, 1:] != IGNORE_INDEX
+    return (token_logps * mask).sum(-1), mask.sum(-1)
 
 
 def sequence_logps(model: Any, batch: dict[str, torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
     """Per row: summed log-probability of the labelled (completion) tokens, and their count."""
-    logits = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"],
-                   use_cache=False).logits[:, :-1, :].float()
-    labels = batch["labels"][:, 1:]
-    mask = labels != IGNORE_INDEX
-    token_logps = torch.gather(logits.log_softmax(-1), 2, labels.clamp(min=0).unsqueeze(-1)).squeeze(-1)
-    return (token_logps * mask).sum(-1), mask.sum(-1)
+    return labelled_sums(next_token_logps(model, batch), batch)
 
 
 class PreferenceDataMixin:

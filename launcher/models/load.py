@@ -32,7 +32,9 @@ def load_tokenizer(cfg: Any) -> Any:
     return tok
 
 
-def _model_kwargs(cfg: Any) -> dict[str, Any]:
+def model_kwargs(cfg: Any) -> dict[str, Any]:
+    """``from_pretrained`` arguments every copy of the model is built with (the trained model,
+    a DPO/KTO reference): fp32 master weights, the configured attention."""
     return {"dtype": torch.float32, "attn_implementation": cfg.model.attn_implementation,
             "trust_remote_code": cfg.model.trust_remote_code}
 
@@ -41,7 +43,7 @@ def load_model(cfg: Any, strategy: Any) -> nn.Module:
     """Master weights are fp32; ``model.dtype`` bf16/fp16 means autocast (or FSDP2's
     mixed-precision policy) in forward."""
     path = resolve_model_path(cfg.model.path)
-    kwargs = _model_kwargs(cfg)
+    kwargs = model_kwargs(cfg)
     if cfg.model.gguf_file:
         kwargs["gguf_file"] = cfg.model.gguf_file
     if cfg.peft is not None and cfg.peft.type == "qlora":
@@ -73,7 +75,7 @@ def build_model_skeleton(cfg: Any, strategy: Any) -> nn.Module:
 
     path = resolve_model_path(cfg.model.path)
     config = AutoConfig.from_pretrained(path, trust_remote_code=cfg.model.trust_remote_code)
-    return strategy.model_from_config(config, **_model_kwargs(cfg))
+    return strategy.model_from_config(config, **model_kwargs(cfg))
 
 
 def finish_model(model: nn.Module, cfg: Any, *, init_adapters: bool = True,
