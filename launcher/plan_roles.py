@@ -21,6 +21,7 @@ from dataclasses import replace
 from typing import Any
 
 from launcher import memory_model as mm
+from strategies.catalog import ReferenceOptions
 
 
 def has_roles(cfg: Any) -> bool:
@@ -32,6 +33,18 @@ def has_roles(cfg: Any) -> bool:
 
 def _world_layout(base: mm.Layout, world: int) -> mm.Layout:
     return replace(base, world=world, ranks_per_node=min(world, base.ranks_per_node))
+
+
+def resident_reference(cfg: Any, shape: mm.ModelShape, work: mm.Workload) -> mm.RoleMemory | None:
+    """DPO/KTO with ``reference: model``: a frozen fp32 copy, whole on every rank, beside the
+    policy (adapters and precomputed references cost no memory; cpo/orpo/simpo have none)."""
+    opts = cfg.method_options()
+    if not (isinstance(opts, ReferenceOptions) and opts.keeps_reference_model()):
+        return None
+    replicated = mm.Layout(kind="ddp")
+    mem = mm.frozen_role_memory(replace(shape, trainable=0), replace(work, dtype="fp32"), replicated)
+    mem.notes.append("a frozen fp32 copy on every rank; reference: precomputed needs no memory")
+    return mem
 
 
 def rl_roles(cfg: Any, shape: mm.ModelShape, work: mm.Workload, lay: mm.Layout

@@ -18,7 +18,7 @@ from typing import Any
 
 from launcher import memory_model as mm
 from launcher.errors import Problem, UserError
-from launcher.plan_roles import has_roles, rl_gpus, rl_roles
+from launcher.plan_roles import has_roles, resident_reference, rl_gpus, rl_roles
 
 #: CUDA context, NCCL buffers and allocator fragmentation: a flat allowance per GPU.
 GPU_RESERVE_BYTES = 2 * mm.GB
@@ -243,6 +243,9 @@ def memory_section(cfg: Any, counts: dict[str, Any], resolved: Any,
     lay = layout(cfg, resolved, world)
     shape, work = model_shape(counts), workload(cfg)
     roles = {"policy": mm.policy_memory(shape, work, lay)}
+    reference = resident_reference(cfg, shape, work)
+    if reference is not None:
+        roles["reference"] = reference
     gpw = cfg.resources.gpus_per_worker
     ranks_per_gpu = max(1, int(1 / gpw)) if 0 < gpw < 1 else 1  # fractional GPUs: ranks share one
     rank_bytes = sum(r.gpu_bytes for r in roles.values())

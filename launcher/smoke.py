@@ -30,8 +30,8 @@ SMOKE_INTERMEDIATE = 256
 SMOKE_VOCAB = 384
 #: data format -> builtin task of that format
 SMOKE_TASKS = {"messages": "reverse", "prompt_completion": "reverse", "text": "letters-text",
-               "preference": "prefs-reverse", "classification": "topics", "pairs": "pairs-reverse",
-               "prompt": "prompts-letters"}
+               "preference": "prefs-reverse", "feedback": "feedback-reverse", "classification": "topics",
+               "pairs": "pairs-reverse", "prompt": "prompts-letters"}
 
 
 def shrunk_config(config: Any) -> Any:

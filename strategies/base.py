@@ -61,6 +61,11 @@ class Strategy:
     def tokenize(self, row: dict, fmt: str) -> dict:
         raise NotImplementedError
 
+    def prepare_features(self, features: list[dict]) -> list[dict]:
+        """Work across a whole split's examples once they are tokenized, before packing (KTO
+        pairs each example with a neighbour's completion here)."""
+        return features
+
     def pack_dataset(self, features: list[dict]) -> list[dict]:
         """Rows of several examples each (``data.packing``), attention kept per example."""
         from launcher.data.batching import pack_examples

@@ -44,19 +44,75 @@ class RewardOptions(Section):
         None, ge=0, description="Adds coef * mean((r_chosen + r_rejected)^2) to keep rewards centred.")
 
 
+class ReferenceOptions(Section):
+    """The frozen reference of DPO and KTO (strategies/reference.py)."""
+
+    reference: Literal["auto", "adapters", "precomputed", "model"] = Field(
+        "auto", description="auto: adapters under LoRA (the base model with adapters disabled), else "
+        "precomputed (log-probs of the starting model, computed once before step 1). model: a frozen "
+        "fp32 copy of ref_model, whole on every rank.")
+    ref_model: str | None = Field(None, description="reference: model — its path (default: model.path).")
+
+    def keeps_reference_model(self) -> bool:
+        """A second model resident on every rank (the planner counts its memory)."""
+        return self.reference == "model"
+
+
 @strategy("dpo", impl="strategies.dpo:DPOStrategy", formats=("preference",), generative=False)
-class DPOOptions(Section):
+class DPOOptions(ReferenceOptions):
     """Direct preference optimisation and its variants, with TRL's loss definitions."""
 
     loss_type: Literal["sigmoid", "ipo", "hinge", "robust"] = Field(
         "sigmoid", description="sigmoid = DPO; ipo; hinge (SLiC); robust (label-noise robust DPO).")
     beta: float = Field(0.1, gt=0)
     label_smoothing: float = Field(0.0, ge=0, lt=0.5, description="robust: assumed label-flip rate.")
-    reference: Literal["auto", "adapters", "precomputed", "model"] = Field(
-        "auto", description="auto: adapters under LoRA (the base model with adapters disabled), else "
-        "precomputed (log-probs of the starting model, computed once before step 1). model: a frozen "
-        "copy of ref_model, replicated on every rank.")
-    ref_model: str | None = Field(None, description="reference: model — its path (default: model.path).")
+
+
+@strategy("kto", impl="strategies.kto:KTOStrategy", formats=("feedback",), generative=False)
+class KTOOptions(ReferenceOptions):
+    """Kahneman-Tversky optimisation on unpaired feedback (prompt, completion, label), with TRL's
+    loss and KL reference point."""
+
+    loss_type: Literal["kto", "apo_zero_unpaired"] = Field(
+        "kto", description="kto (Ethayarajh et al. 2024); apo_zero_unpaired (APO-zero, no KL term).")
+    beta: float = Field(0.1, gt=0)
+    desirable_weight: float = Field(1.0, gt=0, description="Weight of label-true examples' losses.")
+    undesirable_weight: float = Field(1.0, gt=0, description="Weight of label-false examples' losses "
+                                      "(raise it when undesirable examples are rarer).")
+
+
+@strategy("cpo", impl="strategies.cpo:CPOStrategy", formats=("preference",), generative=False)
+class CPOOptions(Section):
+    """Contrastive preference optimisation: a reference-free preference loss plus an NLL term on
+    the chosen answers (TRL's CPOTrainer); loss_type simpo gives SimPO with cpo_alpha 0."""
+
+    loss_type: Literal["sigmoid", "hinge", "ipo", "simpo"] = Field(
+        "sigmoid", description="sigmoid (CPO), hinge, ipo, simpo (length-normalised, target margin).")
+    beta: float = Field(0.1, gt=0)
+    label_smoothing: float = Field(0.0, ge=0, lt=0.5, description="sigmoid/simpo: conservative loss.")
+    simpo_gamma: float = Field(0.5, ge=0, description="simpo: target reward margin gamma.")
+    cpo_alpha: float = Field(1.0, ge=0, description="Weight of the NLL loss on chosen answers.")
+
+
+@strategy("simpo", impl="strategies.cpo:CPOStrategy", formats=("preference",), generative=False)
+class SimPOOptions(CPOOptions):
+    """SimPO (Meng et al. 2024): length-normalised log-probs as the reward and a target margin, no
+    reference model; TRL's CPOTrainer with loss_type simpo and cpo_alpha 0."""
+
+    loss_type: Literal["simpo"] = Field("simpo", description="Always simpo (use method cpo for others).")
+    beta: float = Field(2.0, gt=0, description="Reward scale (the paper uses 2.0-10).")
+    cpo_alpha: float = Field(0.0, ge=0, description="Weight of an NLL term on chosen answers (CPO-SimPO).")
+
+
+@strategy("orpo", impl="strategies.cpo:ORPOStrategy", formats=("preference",), generative=False)
+class ORPOOptions(Section):
+    """Odds-ratio preference optimisation (Hong et al. 2024): SFT and preference in one stage, no
+    reference model (TRL's ORPOTrainer)."""
+
+    beta: float = Field(0.1, gt=0, description="lambda of the paper: weight of the odds-ratio term.")
+    nll_on: Literal["all", "completion"] = Field(
+        "all", description="Tokens of the chosen rows in the SFT (NLL) term: all (prompt included, as "
+        "TRL's ORPOTrainer) or the answer only.")
 
 
 @strategy("classify", impl="strategies.classify:ClassifyStrategy", formats=("classification",),

@@ -58,8 +58,8 @@ class DataSource(Section):
     split: str = "train"
     name: str | None = Field(None, description="Task name for per-task metrics; default: file stem.")
     weight: float = Field(1.0, gt=0, description="Sampling weight in a mixture.")
-    format: Literal["auto", "messages", "prompt_completion", "text", "preference", "classification",
-                    "pairs", "prompt"] = "auto"
+    format: Literal["auto", "messages", "prompt_completion", "text", "preference", "feedback",
+                    "classification", "pairs", "prompt"] = "auto"
     num_rows: int | None = Field(
         None, gt=0, description="Builtin tasks: rows to generate. Files: use at most this many."
     )

@@ -27,7 +27,7 @@ class PreparedData:
 
 
 def _tokenize_all(ds: Any, strategy: Strategy, fmt: str) -> list[dict]:
-    return [strategy.tokenize(row, fmt) for row in ds]
+    return strategy.prepare_features([strategy.tokenize(row, fmt) for row in ds])
 
 
 def prepare_data(cfg: Any, strategy: Strategy, *, with_eval: bool = True) -> PreparedData:

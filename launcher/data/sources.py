@@ -25,6 +25,7 @@ FORMAT_COLUMNS: dict[str, tuple[str, ...]] = {
     "prompt_completion": ("prompt", "completion"),
     "text": ("text",),
     "preference": ("chosen", "rejected"),          # + optional prompt (TRL's preference format)
+    "feedback": ("prompt", "completion", "label"),  # unpaired preference (KTO): label true = desirable
     "classification": ("text", "label"),
     "pairs": ("anchor", "positive"),               # + optional negative
     "prompt": ("prompt",),                         # prompts only (online RL: PPO, GRPO)

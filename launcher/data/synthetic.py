@@ -1,7 +1,8 @@
 """Builtin synthetic tasks whose held-out scores show whether training worked.
 
 Each task makes rows in one of the formats a method reads: chats (``messages``) for SFT,
-preference pairs (``prompt``/``chosen``/``rejected``) for reward models and DPO, labelled
+preference pairs (``prompt``/``chosen``/``rejected``) for reward models and DPO, unpaired
+feedback (``prompt``/``completion``/``label``) for KTO, labelled
 text (``text``/``label``) for classification, and ``anchor``/``positive``/``negative`` for
 contrastive embeddings. The split is decided by a hash of each row's key text, so
 ``split: eval`` never contains a question seen in ``split: train`` whatever the seeds and
@@ -76,6 +77,32 @@ def reverse_preferences(rng: random.Random) -> tuple[str, dict]:
         "chosen": [{"role": "assistant", "content": " ".join(reversed(letters))}],
         "rejected": [{"role": "assistant", "content": " ".join(wrong)}],
     }
+
+
+@SYNTHETIC_TASKS.register("prefs-add")
+def add_preferences(rng: random.Random) -> tuple[str, dict]:
+    """Preference pairs on ``add`` questions (same split): the correct sum is chosen, a sum off by
+    1-10 rejected. A pretrained model starts above chance here, which makes before/after
+    comparisons on a real model meaningful."""
+    a, b = rng.randint(0, 99), rng.randint(0, 99)
+    wrong = a + b
+    while wrong == a + b:
+        wrong = abs(a + b + rng.choice([-1, 1]) * rng.randint(1, 10))
+    question = f"add: {a} + {b}"
+    return question, {"prompt": [{"role": "user", "content": question}],
+                      "chosen": [{"role": "assistant", "content": str(a + b)}],
+                      "rejected": [{"role": "assistant", "content": str(wrong)}]}
+
+
+@SYNTHETIC_TASKS.register("feedback-reverse")
+def reverse_feedback(rng: random.Random) -> tuple[str, dict]:
+    """Unpaired thumbs-up/down feedback (TRL's unpaired preference format, for KTO): a
+    reversal question with one answer and ``label`` true when it is the correct reversal,
+    false when it is a same-length answer of letters not taken from the prompt (half each)."""
+    question, pair = reverse_preferences(rng)
+    good = rng.random() < 0.5
+    return question, {"prompt": pair["prompt"], "completion": pair["chosen" if good else "rejected"],
+                      "label": good}
 
 
 @SYNTHETIC_TASKS.register("topics")

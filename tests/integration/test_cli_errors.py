@@ -91,3 +91,13 @@ def test_qlora_without_gpu_and_bad_deepspeed_config_exit_2(workdir):
     proc = run_ftl(["validate", write_config(workdir, cfg)], workdir)
     assert_user_error(proc, "peft.type: qlora needs a CUDA GPU",
                       "sharding.deepspeed_config: DeepSpeed rejects")
+
+
+def test_feedback_label_that_is_not_a_boolean_is_located(workdir):
+    rows = [{"prompt": "hi", "completion": "yo", "label": True},
+            {"prompt": "hi", "completion": "no", "label": "meh"}]
+    data = workdir / "feedback.jsonl"
+    data.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    cfg = tiny_config(method="kto", data={"train": {"path": str(data)}, "eval": []})
+    proc = run_ftl(["validate", write_config(workdir, cfg)], workdir)
+    assert_user_error(proc, f"{data}:2: label 'meh' is neither true nor false", "hint: label: true")

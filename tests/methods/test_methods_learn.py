@@ -3,8 +3,9 @@
 One ``torchrun --nproc-per-node 2`` launch (2 CPU ranks over gloo) runs all the run folders
 in turn (tests/helpers/run_many.py), so the whole file costs one process start.
 
-- Learning (DDP, 2 ranks): reward pair accuracy >= 0.9; DPO raises the policy's own pair
-  preference from about 0.5 to >= 0.9; classification accuracy >= 0.9; contrastive recall@1
+- Learning (DDP, 2 ranks): reward pair accuracy >= 0.9; DPO, ORPO, CPO and SimPO raise the
+  policy's own pair preference from about 0.5 to >= 0.9; KTO on unpaired feedback raises its
+  label accuracy by >= 0.15 with a reward margin > 1; classification accuracy >= 0.9; contrastive recall@1
   of the real all-MiniLM-L6-v2 beats the base model's.
 - Backends: for each method, a few steps on ZeRO-3 and FSDP2, with and without LoRA, give
   the same per-step losses as DDP (same starting weights, new heads included).
@@ -24,8 +25,10 @@ from tests.integration.test_sharding import prepare, torchrun_many
 LORA = {"r": 8, "alpha": 16, "target_modules": "all-linear"}
 DATA = {
     "reward": "prefs-reverse", "dpo": "prefs-reverse", "classify": "topics", "contrastive": "pairs-reverse",
+    "kto": "feedback-reverse", "orpo": "prefs-reverse", "cpo": "prefs-reverse", "simpo": "prefs-reverse",
 }
-SECTIONS = {"classify": {"labels": ["low", "mid", "high"]}, "contrastive": {"pooling": "last"}}
+SECTIONS = {"classify": {"labels": ["low", "mid", "high"]}, "contrastive": {"pooling": "last"},
+            "kto": {"beta": 0.5}, "orpo": {"beta": 1.0}}
 
 
 def method_config(name: str, method: str, *, steps: int, lr: float, backend: str = "ddp",
@@ -50,6 +53,10 @@ LEARN = {
     "reward": method_config("learn-reward", "reward", steps=300, lr=3e-4),
     "dpo": method_config("learn-dpo", "dpo", steps=150, lr=1e-3),
     "classify": method_config("learn-classify", "classify", steps=40, lr=3e-3),
+    "kto": method_config("learn-kto", "kto", steps=200, lr=1e-3),
+    "orpo": method_config("learn-orpo", "orpo", steps=150, lr=1e-3),
+    "cpo": method_config("learn-cpo", "cpo", steps=100, lr=1e-3),
+    "simpo": method_config("learn-simpo", "simpo", steps=100, lr=1e-3),
     "minilm": method_config("learn-minilm", "contrastive", steps=25, lr=5e-5,
                             model={"path": "builtin:all-minilm-l6-v2"}, contrastive={"pooling": "mean"}),
 }
@@ -58,6 +65,10 @@ MATRIX = [  # (method, backend, lora): DDP without LoRA is each method's referen
     ("dpo", "ddp", False), ("dpo", "zero3", False), ("dpo", "ddp", True), ("dpo", "fsdp2", True),
     ("classify", "ddp", False), ("classify", "fsdp2", True),
     ("contrastive", "ddp", False), ("contrastive", "zero3", False), ("contrastive", "fsdp2", True),
+    ("kto", "ddp", False), ("kto", "zero3", False), ("kto", "fsdp2", True),
+    ("orpo", "ddp", False), ("orpo", "fsdp2", False), ("orpo", "zero3", True),
+    ("simpo", "ddp", False), ("simpo", "zero3", False), ("simpo", "ddp", True),
+    ("cpo", "ddp", False), ("cpo", "fsdp2", True),
 ]
 MATRIX_STEPS = 3
 
@@ -105,6 +116,26 @@ def test_dpo_raises_pair_accuracy(finished):
     assert after >= 0.9
     assert s["final"]["eval/rewards/margin"] > 0
     assert s["final"]["eval/loss"] < s["initial"]["eval/loss"] - 0.2
+
+
+def test_kto_learns_from_unpaired_feedback(finished):
+    s = summary(finished["kto"])
+    before, after = s["initial"]["eval/label_accuracy"], s["final"]["eval/label_accuracy"]
+    margin = s["final"]["eval/rewards/margin"]
+    print("kto label accuracy", before, "->", after, "reward margin", margin, "kl", s["final"]["eval/kl"])
+    assert after >= before + 0.15
+    assert margin > 1.0  # desirable answers' implied reward above undesirable ones'
+    assert s["final"]["eval/loss"] < s["initial"]["eval/loss"] - 0.1
+
+
+@pytest.mark.parametrize("method", ["orpo", "cpo", "simpo"])
+def test_reference_free_methods_raise_pair_accuracy(finished, method):
+    s = summary(finished[method])
+    before, after = s["initial"]["eval/pair_accuracy"], s["final"]["eval/pair_accuracy"]
+    print(method, "pair accuracy", before, "->", after, "margin", s["final"]["eval/rewards/margin"])
+    assert 0.3 <= before <= 0.7
+    assert after >= 0.9
+    assert s["final"]["eval/rewards/margin"] > 0
 
 
 def test_classifier_learns(finished):

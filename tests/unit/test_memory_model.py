@@ -327,3 +327,24 @@ def test_ftl_plan_prints_a_per_role_memory_table(tmp_path):
     assert policy["total_gpu_bytes"] == sum(policy["gpu"].values())
     assert memory["per_gpu"]["limit_bytes"] == 24 * mm.GB and not memory["per_gpu"]["fits"]
     assert "does not fit" in memory["warnings"][0]
+
+
+@pytest.mark.parametrize("method,section,has_reference", [
+    ("dpo", {"reference": "model"}, True), ("kto", {"reference": "model"}, True),
+    ("dpo", {"reference": "precomputed"}, False), ("kto", {}, False),
+    ("orpo", {}, False), ("cpo", {}, False), ("simpo", {}, False)])
+def test_preference_plans_show_a_reference_only_where_one_is_resident(method, section, has_reference):
+    data = "feedback-reverse" if method == "kto" else "prefs-reverse"
+    cfg = validate_config(tiny_config(
+        method=method, **{method: section},
+        model={"path": "meta-llama/Llama-3.1-8B-Instruct", "dtype": "bf16", "gradient_checkpointing": True},
+        data={"train": {"path": f"builtin:{data}"}, "max_length": 1024},
+        train={"max_steps": 10, "micro_batch_size": 1, "lr": 1e-5}, sharding={"backend": "zero3"},
+        resources={"num_workers": 8, "gpus_per_worker": 1}))
+    memory = make_plan(cfg)["memory"]
+    assert ("reference" in memory["roles"]) == has_reference
+    if has_reference:  # a frozen fp32 copy, whole on every rank: 4 bytes x 8.03B parameters
+        reference = memory["roles"]["reference"]
+        assert reference["gpu"]["parameters"] == 4 * 8_030_261_248
+        policy = memory["roles"]["policy"]["total_gpu_bytes"]
+        assert memory["per_gpu"]["roles_bytes"] == policy + reference["total_gpu_bytes"]

@@ -1,0 +1,155 @@
+"""``kto``: Kahneman-Tversky optimisation on unpaired feedback, with TRL's loss definitions.
+
+A row is a prompt, one completion and a ``label`` (true: desirable). With the log-ratio
+``z = log pi(y|x) - log ref(y|x)`` (summed over completion tokens) and the reference point
+``kl`` (below), TRL 1.16's KTOTrainer computes
+
+- kto: ``1 - sigmoid(beta (z - kl))`` for desirable rows, ``1 - sigmoid(beta (kl - z))`` for
+  undesirable ones (Ethayarajh et al. 2024, eq. 7);
+- apo_zero_unpaired: ``1 - sigmoid(beta z)`` and ``sigmoid(beta z)`` (D'Oosterlinck et al. 2024),
+  no reference point;
+
+each weighted by ``desirable_weight`` / ``undesirable_weight`` and averaged over the rows.
+
+The reference point estimates KL(pi || ref) from mismatched pairs: every example is also scored
+with another example's completion, its neighbour in dataset order within chunks of
+``train.micro_batch_size`` (TRL rotates completions by one inside each batch the same way), and
+``kl = max(0, mean(log pi - log ref))`` over a micro-batch's mismatched pairs, detached. Fixing
+each example's partner when the data is prepared (TRL needs a sequential sampler for that) lets
+ftl shuffle, and lets the reference's scores of both sequences be precomputed. TRL averages
+``kl`` over ranks too; ftl keeps each rank's micro-batch estimate (no collective inside the
+loss, which evaluation could not call evenly on every rank). On one rank the two agree exactly.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+import torch.nn.functional as F  # noqa: N812
+from torch import nn
+
+from launcher.errors import HintedValueError
+from strategies.base import LossOutput, Strategy
+from strategies.preference import pad_completions, sequence_logps, tokenize_answers
+from strategies.reference import ReferenceMixin, stack_reference
+
+_TRUE = {True, "true", "True", "1", "yes"}  # True == 1 in a set
+_FALSE = {False, "false", "False", "0", "no"}
+
+
+def feedback_label(value: Any) -> bool:
+    if value in _TRUE:
+        return True
+    if value in _FALSE:
+        return False
+    raise HintedValueError(f"label {value!r} is neither true nor false",
+                           "label: true for a desirable completion, false for an undesirable one")
+
+
+def kto_losses(loss_type: str, beta: float, logratios: torch.Tensor, desirable: torch.Tensor,
+               kl: torch.Tensor) -> torch.Tensor:
+    """Per-row unweighted loss (see the module docstring)."""
+    if loss_type == "kto":
+        return torch.where(desirable, 1 - F.sigmoid(beta * (logratios - kl)),
+                           1 - F.sigmoid(beta * (kl - logratios)))
+    if loss_type == "apo_zero_unpaired":
+        return torch.where(desirable, 1 - F.sigmoid(beta * logratios), F.sigmoid(beta * logratios))
+    raise ValueError(f"unknown KTO loss type {loss_type!r}")
+
+
+def _kl_batch(batch: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    return {"input_ids": batch["kl_input_ids"], "attention_mask": batch["kl_attention_mask"],
+            "labels": batch["kl_labels"]}
+
+
+class KTOStrategy(ReferenceMixin, Strategy):
+    def uses_kl(self) -> bool:
+        return self.options.loss_type == "kto"
+
+    # -- data
+    def tokenize(self, row: dict, fmt: str) -> dict:
+        prompt_ids, (completion_ids,) = tokenize_answers(
+            self.tokenizer, row["prompt"], [row["completion"]], self.cfg.data.max_length)
+        return {"prompt_ids": prompt_ids, "completion_ids": completion_ids,
+                "label": feedback_label(row["label"])}
+
+    def prepare_features(self, features: list[dict]) -> list[dict]:
+        """Pair each example with the completion of its predecessor inside its chunk of
+        ``train.micro_batch_size`` (the first takes the chunk's last), as TRL does."""
+        if not self.uses_kl():
+            return features
+        size = self.cfg.train.micro_batch_size
+        for start in range(0, len(features), size):
+            chunk = features[start : start + size]
+            partners = [chunk[-1]] + chunk[:-1]
+            for f, partner in zip(chunk, partners):
+                room = self.cfg.data.max_length - len(f["prompt_ids"])
+                f["kl_completion_ids"] = partner["completion_ids"][:room]
+        return features
+
+    def collate(self, features: list[dict]) -> dict[str, torch.Tensor]:
+        pad = self.tokenizer.pad_token_id
+        prompts = [f["prompt_ids"] for f in features]
+        batch = pad_completions(prompts, [f["completion_ids"] for f in features], pad)
+        batch["label"] = torch.tensor([f["label"] for f in features], dtype=torch.bool)
+        if "kl_completion_ids" in features[0]:
+            kl = pad_completions(prompts, [f["kl_completion_ids"] for f in features], pad)
+            batch.update({f"kl_{k}": v for k, v in kl.items()})
+        batch.update(stack_reference(features))
+        return batch
+
+    def count_items(self, batch: dict[str, torch.Tensor]) -> float:
+        return float(len(batch["label"]))
+
+    # -- reference
+    def on_setup(self, backend: Any, data: Any) -> None:
+        self.setup_reference(backend, data)
+
+    def reference_scores(self, model: nn.Module, batch: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+        scores = {"logp": sequence_logps(model, batch)[0]}
+        if "kl_input_ids" in batch:
+            scores["kl_logp"] = sequence_logps(model, _kl_batch(batch))[0]
+        return scores
+
+    def reference_point(self, model: nn.Module, batch: dict[str, torch.Tensor],
+                        ref: dict[str, torch.Tensor]) -> torch.Tensor:
+        """``kl`` of this micro-batch (0 for losses without a reference point)."""
+        if "kl_input_ids" not in batch:
+            return torch.zeros((), dtype=torch.float64, device=batch["input_ids"].device)
+        with torch.no_grad():
+            kl_logps = sequence_logps(model, _kl_batch(batch))[0].double()
+        return (kl_logps - ref["kl_logp"].to(kl_logps)).mean().clamp(min=0)
+
+    # -- loss
+    def loss(self, model: nn.Module, batch: dict[str, torch.Tensor]) -> LossOutput:
+        opts = self.options
+        logps, _ = sequence_logps(model, batch)
+        desirable = batch["label"]
+        ref = self.reference_values(model, batch)
+        kl = self.reference_point(model, batch, ref).to(logps)
+        logratios = logps - ref["logp"].to(logps)
+        weights = torch.where(desirable, opts.desirable_weight, opts.undesirable_weight).to(logps)
+        losses = weights * kto_losses(opts.loss_type, opts.beta, logratios, desirable, kl)
+        with torch.no_grad():
+            rewards = opts.beta * logratios
+            n = float(len(desirable))
+            metrics = {
+                "kl": kl * n,
+                # The implied reward above the reference point predicts the label.
+                "label_accuracy": ((logratios > kl) == desirable).float().sum(),
+                "_rewards_desirable": rewards[desirable].sum(),
+                "_n_desirable": desirable.float().sum(),
+                "_rewards_undesirable": rewards[~desirable].sum(),
+                "_n_undesirable": (~desirable).float().sum(),
+            }
+        return LossOutput(losses.sum(), torch.tensor(n), metrics)
+
+    def eval_summary(self, sums: dict[str, float], count: float) -> dict[str, float]:
+        out = super().eval_summary(sums, count)
+        for side in ("desirable", "undesirable"):
+            if sums.get(f"_n_{side}"):
+                out[f"rewards/{side}"] = sums[f"_rewards_{side}"] / sums[f"_n_{side}"]
+        if "rewards/desirable" in out and "rewards/undesirable" in out:
+            out["rewards/margin"] = out["rewards/desirable"] - out["rewards/undesirable"]
+        return out
