@@ -88,8 +88,10 @@ def validate(configs: tuple[str, ...], overrides: tuple[str, ...], schema_only: 
 
                 notes = Notes()
                 preflight(cfg, load_object(TARGETS.get(cfg.cluster.target).impl)(), notes)
+                for line in notes.data_lines:
+                    click.echo(f"data: {line}")
                 for note in notes:
-                    _err(f"note: {path}: {note}")
+                    _err(note if note.startswith("warning:") else f"note: {path}: {note}")
             click.echo(f"ok: {path}")
         except UserError as exc:
             errors.append(exc)
@@ -178,8 +180,12 @@ def run(config: str | None, overrides: tuple[str, ...], resume_dir: str | None, 
         raise UserError("--smoke runs a fresh config here: no --resume, --target or --detach")
     if target:
         overrides = (*overrides, f"cluster.target={target}")
+    notes: list[str] = []
     folder, chosen = prepare_run(config, resume_dir, overrides, runs_dir=runs_dir, dry_run=dry_run,
-                                 smoke=smoke)
+                                 smoke=smoke, notes=notes)
+    for note in notes:
+        if note.startswith("warning:"):
+            _err(note)
     if smoke and not dry_run:
         for change in json.loads((folder.path / "smoke.json").read_text())["changes"]:
             _err(f"smoke: {change}")

@@ -14,7 +14,12 @@ from launcher.errors import Problem, UserError
 
 
 class Notes(list):
-    """What could not be checked from this machine (cluster paths, hub ids offline)."""
+    """What could not be checked from this machine (cluster paths, hub ids offline), warnings,
+    and ``data_lines``: the token summary of each training source."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.data_lines: list[str] = []
 
 
 def check_model(cfg: Any, notes: Notes, remote: bool = False) -> list[Problem]:
@@ -124,7 +129,9 @@ def check_data(cfg: Any, spec: Any, notes: Notes, remote: bool = False, tokenize
                     problems.append(Problem(f"{where}.path", "the dataset is empty"))
                     continue
                 fmt = resolve_format(ds, source, spec.formats, where, cfg.method)
-                if tokenizer is not None:
+                if tokenizer is not None and prefix == "data.train":
+                    problems += _measure_train_source(cfg, tokenizer, ds, source, fmt, where, notes)
+                elif tokenizer is not None:
                     problems += _check_rows(cfg, tokenizer, ds, source, fmt)
             except UserError as exc:
                 problems.extend(exc.problems)
@@ -162,20 +169,64 @@ def check_sharding(cfg: Any) -> list[Problem]:
 ROWS_CHECKED = 64
 
 
-def _check_rows(cfg: Any, tokenizer: Any, ds: Any, source: Any, fmt: str) -> list[Problem]:
+def _row_problem(source: Any, index: int, fmt: str, exc: Exception) -> Problem:
     from launcher.data.sources import row_location
     from launcher.errors import HintedValueError
+
+    if isinstance(exc, HintedValueError):
+        return Problem(row_location(source, index), str(exc), exc.hint)
+    return Problem(row_location(source, index), f"cannot read this row as {fmt!r} data: {exc}",
+                   "check the row against the method's data format (`ftl schema`)")
+
+
+def _check_rows(cfg: Any, tokenizer: Any, ds: Any, source: Any, fmt: str) -> list[Problem]:
     from strategies import build_strategy
 
     strategy = build_strategy(cfg, tokenizer)
     for i in range(min(len(ds), ROWS_CHECKED)):
         try:
             strategy.tokenize(ds[i], fmt)
-        except HintedValueError as exc:
-            return [Problem(row_location(source, i), str(exc), exc.hint)]
         except (KeyError, TypeError, ValueError) as exc:
-            return [Problem(row_location(source, i), f"cannot read this row as {fmt!r} data: {exc}",
-                            "check the row against the method's data format (`ftl schema`)")]
+            return [_row_problem(source, i, fmt, exc)]
+    return []
+
+
+def _measure_train_source(cfg: Any, tokenizer: Any, ds: Any, source: Any, fmt: str, where: str,
+                          notes: Notes) -> list[Problem]:
+    """Every row (up to ROWS_MEASURED) through the method, with and without data.max_length:
+    unreadable rows and data that would train on nothing are errors, rows losing their answer
+    a warning, and the token summary a note (``ftl validate`` prints it)."""
+    from launcher.data.report import RowError, measure_source
+    from launcher.data.sources import row_location, source_label
+    from strategies import build_strategy
+
+    unlimited = cfg.model_copy(update={"data": cfg.data.model_copy(update={"max_length": 10**9})})
+    try:
+        report = measure_source(build_strategy(cfg, tokenizer), build_strategy(unlimited, tokenizer), ds, fmt,
+                                where, source_label(source))
+    except RowError as exc:
+        return [_row_problem(source, exc.index, fmt, exc.cause)]
+    if report is None:
+        return []
+    max_length = cfg.data.max_length
+    notes.data_lines.append(report.summary_line(max_length))
+    emptied, cut = report.rows_emptied(), report.rows_cut()
+    if emptied and len(emptied) == report.measured:
+        untrainable = [i for i in emptied if report.untruncated[i] == 0]
+        if len(untrainable) == len(emptied):
+            return [Problem(row_location(source, emptied[0]), "no row has a token to train on",
+                            "check that rows have answers the method trains on")]
+        fits = report.fitting_length([i for i in emptied if report.untruncated[i]])
+        return [Problem(row_location(source, emptied[0]),
+                        f"no row keeps a token to train on at data.max_length {max_length}: the answers "
+                        f"start after the limit ({report.measured:,} rows measured)",
+                        f"data.max_length: {fits} keeps every answer whole")]
+    if emptied or cut:
+        fits = report.fitting_length(emptied + cut)
+        notes.append(f"warning: {where}: at data.max_length {max_length}, {len(emptied):,} of "
+                     f"{report.measured:,} rows keep no trained token and {len(cut):,} lose part of it "
+                     f"(e.g. {row_location(source, (emptied or cut)[0])}); data.max_length: {fits} keeps "
+                     "them whole")
     return []
 
 def check_rollout_engine(cfg: Any, notes: Notes, remote: bool = False) -> list[Problem]:

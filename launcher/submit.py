@@ -30,12 +30,13 @@ def target_of(folder: RunFolder) -> Any:
 
 
 def prepare_run(config: str | None, resume_dir: str | None, overrides: tuple[str, ...], *,
-                runs_dir: str | None = None, dry_run: bool = False, smoke: bool = False
-                ) -> tuple[RunFolder, Any]:
+                runs_dir: str | None = None, dry_run: bool = False, smoke: bool = False,
+                notes: list[str] | None = None) -> tuple[RunFolder, Any]:
     """Validate and preflight; create (or reopen) the run folder unless ``dry_run``.
-    ``smoke``: run the config shrunk to this machine (launcher/smoke.py)."""
+    ``smoke``: run the config shrunk to this machine (launcher/smoke.py). Preflight's warnings
+    and notes are appended to ``notes`` for the caller to show."""
     from launcher.planner import make_plan
-    from launcher.preflight import preflight
+    from launcher.preflight import Notes, preflight
 
     if resume_dir:
         folder = RunFolder(Path(resume_dir))
@@ -53,7 +54,10 @@ def prepare_run(config: str | None, resume_dir: str | None, overrides: tuple[str
             cfg, smoke_changes = smoke_config(cfg)
         folder = RunFolder.planned(runs_dir or cfg.checkpoint.dir, cfg.name)
     target = _target(cfg)
-    preflight(cfg, target)
+    found = Notes()
+    preflight(cfg, target, found)
+    if notes is not None:
+        notes.extend(found)
     plan = make_plan(cfg)
     if dry_run:
         return folder, _DryRun(target, folder, cfg)

@@ -81,6 +81,17 @@ class Strategy:
     def generation_example(self, row: dict, fmt: str) -> GenerationExample | None:
         return None
 
+    def token_counts(self, feature: dict) -> tuple[int, int] | None:
+        """(tokens in the example, tokens its loss trains on): preflight compares them with and
+        without ``data.max_length`` to find rows that would train on nothing. None where the
+        notion does not apply (prompts for online RL, embedding pairs)."""
+        labels = feature.get("labels")
+        if isinstance(labels, list):  # causal LM: a label predicts from the previous position
+            return len(feature["input_ids"]), sum(1 for t in labels[1:] if t != -100)
+        if "input_ids" in feature:  # one label per sequence (classification): every token feeds it
+            return len(feature["input_ids"]), len(feature["input_ids"])
+        return None
+
     def count_items(self, batch: dict[str, torch.Tensor]) -> float:
         """What ``LossOutput.count`` counts for this batch, known before the forward pass so
         the loop can normalise by the global batch: labelled tokens by default."""

@@ -102,6 +102,9 @@ class KTOStrategy(ReferenceMixin, Strategy):
     def count_items(self, batch: dict[str, torch.Tensor]) -> float:
         return float(len(batch["label"]))
 
+    def token_counts(self, feature: dict) -> tuple[int, int]:
+        return len(feature["prompt_ids"]) + len(feature["completion_ids"]), len(feature["completion_ids"])
+
     # -- reference
     def on_setup(self, backend: Any, data: Any) -> None:
         self.setup_reference(backend, data)

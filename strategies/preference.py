@@ -122,3 +122,9 @@ class PreferenceDataMixin:
 
     def count_items(self, batch: dict[str, torch.Tensor]) -> float:
         return float(batch["input_ids"].shape[0] // 2)  # rows are [chosen; rejected]
+
+    def token_counts(self, feature: dict) -> tuple[int, int]:
+        """A pair trains on nothing once either answer is cut away entirely."""
+        chosen, rejected = len(feature["chosen_ids"]), len(feature["rejected_ids"])
+        return len(feature["prompt_ids"]) + max(chosen, rejected), (chosen + rejected if chosen and rejected
+                                                                    else 0)

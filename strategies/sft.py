@@ -8,15 +8,39 @@ prefix by prefix and marking what each assistant turn adds, which works with any
 
 from __future__ import annotations
 
+import difflib
+
 import torch
 from torch import nn
 
+from launcher.errors import HintedValueError
 from strategies.base import GenerationExample, LossOutput, Strategy, causal_lm_loss
+
+CHAT_ROLES = ("system", "user", "assistant", "tool")
+
+
+def check_messages(messages: list, needs_assistant: bool) -> None:
+    """A conversation a chat template can render and the loss can train on: known roles, no
+    empty turns, and an assistant turn when the loss is on the assistant's tokens."""
+    if not messages:
+        raise HintedValueError("the conversation has no messages", "drop the row or fill it")
+    for i, message in enumerate(messages):
+        role = message.get("role") if isinstance(message, dict) else None
+        if role not in CHAT_ROLES:
+            close = difflib.get_close_matches(str(role), CHAT_ROLES, n=1)
+            hint = f"did you mean {close[0]!r}?" if close else f"roles: {', '.join(CHAT_ROLES)}"
+            raise HintedValueError(f"message {i}: unknown role {role!r}", hint)
+        if not str(message.get("content") or "").strip() and not message.get("tool_calls"):
+            raise HintedValueError(f"message {i} ({role}) is empty", "drop the turn or the row")
+    if needs_assistant and not any(m["role"] == "assistant" for m in messages):
+        raise HintedValueError("the conversation has no assistant turn: nothing to train on",
+                               "add the assistant's answer, or set sft.loss_on: all")
 
 
 class SFTStrategy(Strategy):
     def tokenize(self, row: dict, fmt: str) -> dict:
         if fmt == "messages":
+            check_messages(row["messages"], needs_assistant=self.options.loss_on == "assistant")
             ids, mask = self._chat_ids_and_mask(row["messages"])
         else:
             ids, mask = self._prompt_completion(row["prompt"], row["completion"])

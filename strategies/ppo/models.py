@@ -31,6 +31,9 @@ class PolicyModel(Strategy):
         room = self.cfg.data.max_length - self.options.rollout.max_new_tokens
         return {"input_ids": encode_prompt(self.tokenizer, row["prompt"], room).ids}
 
+    def token_counts(self, feature: dict) -> None:
+        return None  # prompts: what is trained on is generated later
+
 
 class CriticModel(Strategy):
     """The value model: a token classifier with one output (a value per position)."""
