@@ -35,18 +35,19 @@ def _local_rank() -> int:
         return 0
 
 
-def init_distributed(use_gpu: bool) -> RankContext:
+def init_distributed(use_gpu: bool, timeout_s: int = 1800) -> RankContext:
     """Join (or create) the default process group and pick this rank's device.
 
     Ray Train's TorchTrainer has already created the group; torchrun leaves the rendezvous
     in the environment; a plain ``python`` run gets a one-rank gloo group so the same
-    collective calls work everywhere.
+    collective calls work everywhere. ``timeout_s``: how long a collective may wait (Ray Train
+    sets it from ``TorchConfig``).
     """
     backend = "nccl" if use_gpu and torch.cuda.is_available() else "gloo"
     if dist.is_initialized():
         launcher = "ray"
     elif "WORLD_SIZE" in os.environ and "MASTER_ADDR" in os.environ:
-        dist.init_process_group(backend, timeout=datetime.timedelta(minutes=30))
+        dist.init_process_group(backend, timeout=datetime.timedelta(seconds=timeout_s))
         launcher = "torchrun"
     else:
         dist.init_process_group(backend, store=dist.HashStore(), rank=0, world_size=1)

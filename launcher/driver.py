@@ -59,7 +59,8 @@ def run_trainer(folder: RunFolder) -> None:
     trainer = TorchTrainer(
         _worker_entry,
         train_loop_config={"run_dir": str(folder.path.resolve()), "cwd": os.getcwd()},
-        torch_config=TorchConfig(backend="nccl" if use_gpu else "gloo"),
+        torch_config=TorchConfig(backend="nccl" if use_gpu else "gloo",
+                                 timeout_s=cfg.train.collective_timeout_s),
         scaling_config=ScalingConfig(
             num_workers=cfg.resources.num_workers, use_gpu=use_gpu, resources_per_worker=resources
         ),

@@ -12,6 +12,7 @@ batch, whatever the micro/accumulation/world split.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import os
@@ -30,11 +31,13 @@ import torch.distributed as dist
 from launcher import failpoints
 from launcher.checkpoint import CheckpointManager
 from launcher.dist import RankContext, all_gather_objects, all_reduce_sum, barrier, init_distributed
+from launcher.guard import check_step
 from launcher.lazy import load_object
 from launcher.memwatch import PeakAnon
 from launcher.metrics.sinks import MetricSinks
 from launcher.paths import ftl_home
 from launcher.rundir import RunFolder
+from launcher.watchdog import StepWatchdog
 
 log = logging.getLogger("ftl.loop")
 
@@ -66,7 +69,8 @@ def train_rank(run_dir: str) -> dict[str, Any]:
     os.environ.setdefault("TORCH_EXTENSIONS_DIR", str(ftl_home() / "torch_extensions"))
     try:
         cfg = folder.load_config()
-        ctx = init_distributed(use_gpu=cfg.resources.gpus_per_worker > 0)
+        ctx = init_distributed(use_gpu=cfg.resources.gpus_per_worker > 0,
+                               timeout_s=cfg.train.collective_timeout_s)
         rank = ctx.rank
         _setup_logging(folder, rank)
         (folder.logs / f"rank-{rank}.pid").write_text(str(os.getpid()))
@@ -145,58 +149,70 @@ def _train(cfg: Any, ctx: RankContext, folder: RunFolder) -> dict[str, Any]:
     backend.model.train()
     logged_tokens, logged_time = 0.0, 0.0
     last_logged_step = start_step
-    for step in range(start_step, cfg.train.max_steps):
-        t0 = time.perf_counter()
-        micro_idx = sampler.micro_batches(step, ctx.rank, ctx.world_size, micro, accum)
-        features = [[data.train[i] for i in idx] for idx in micro_idx]
-        batches = [strategy.collate(f) for f in features]
-        local_items = sum(strategy.count_items(b) for b in batches)
-        local_tokens = sum(_tokens(f, b) for f, b in zip(features, batches))
-        global_items, global_tokens = all_reduce_sum([local_items, local_tokens], ctx.device)
-        scale = ctx.world_size / max(global_items, 1.0)
-        # Kept as tensors: reading them (a device sync on GPU) and reducing them over ranks
-        # happens only on the steps that are logged.
-        loss_total = torch.zeros((), dtype=torch.float64, device=ctx.device)
-        metric_totals: dict[str, torch.Tensor] = {}
-        for m, batch in enumerate(batches):
-            batch = {k: v.to(ctx.device) for k, v in batch.items()}
-            with backend.accumulate(sync=m == accum - 1):
-                with backend.autocast():
-                    out = strategy.loss(backend.model, batch)
-                backend.backward(out.loss_sum * scale)
-            loss_total += out.loss_sum.detach().double()
-            for k, v in out.metric_sums.items():
-                metric_totals[k] = metric_totals.get(k, 0.0) + v.detach().double()
-        lr = backend.current_lr()
-        grad_norm = backend.step()
-        failpoints.hit("train.after_step", step + 1, ctx.rank)
-        dt = time.perf_counter() - t0
-        state["step"] = step + 1
-        state["tokens"] += int(global_tokens)
-        state["train_time_s"] += dt
-        logged_tokens += global_tokens
-        logged_time += dt
-        done = state["step"] == cfg.train.max_steps
-        if state["step"] % cfg.logging.every_steps == 0 or done or state["step"] == 1:
-            names = sorted(k for k in metric_totals if not k.startswith("_"))
-            local = [float(loss_total)] + [float(metric_totals[k]) for k in names]
-            sums = all_reduce_sum(local, ctx.device)
-            metrics = {
-                "train/loss": sums[0] / max(global_items, 1.0),
-                "train/lr": lr,
-                "train/grad_norm": grad_norm,
-                "train/tokens_per_s": logged_tokens / max(logged_time, 1e-9),
-                "train/step_s": logged_time / max(state["step"] - last_logged_step, 1),
-                "train/tokens": state["tokens"],
-                **{f"train/{k}": s / max(global_items, 1.0) for k, s in zip(names, sums[1:])},
-            }
-            logged_tokens, logged_time = 0.0, 0.0
-            last_logged_step = state["step"]
-            sinks.emit(state["step"], metrics)
-        if cfg.eval.every_steps and state["step"] % cfg.eval.every_steps == 0 and not done:
-            sinks.emit(state["step"], evaluate(backend, strategy, data.eval_sets, cfg))
-        if cfg.checkpoint.every_steps and state["step"] % cfg.checkpoint.every_steps == 0:
-            ckpts.save(state["step"], backend.save, _state_for_save(state))
+    watchdog = StepWatchdog(cfg.train.hang_timeout_s, ctx.rank, folder.logs).start() \
+        if cfg.train.hang_timeout_s else None
+    try:
+        for step in range(start_step, cfg.train.max_steps):
+            t0 = time.perf_counter()
+            micro_idx = sampler.micro_batches(step, ctx.rank, ctx.world_size, micro, accum)
+            features = [[data.train[i] for i in idx] for idx in micro_idx]
+            batches = [strategy.collate(f) for f in features]
+            local_items = sum(strategy.count_items(b) for b in batches)
+            local_tokens = sum(_tokens(f, b) for f, b in zip(features, batches))
+            global_items, global_tokens = all_reduce_sum([local_items, local_tokens], ctx.device)
+            scale = ctx.world_size / max(global_items, 1.0)
+            # Kept as tensors: the loss is read every step (the non-finite guard, next to the
+            # gradient norm the step reads anyway); metrics are reduced only on logged steps.
+            loss_total = torch.zeros((), dtype=torch.float64, device=ctx.device)
+            metric_totals: dict[str, torch.Tensor] = {}
+            for m, batch in enumerate(batches):
+                batch = {k: v.to(ctx.device) for k, v in batch.items()}
+                with backend.accumulate(sync=m == accum - 1):
+                    with backend.autocast():
+                        out = strategy.loss(backend.model, batch)
+                    if failpoints.hit("train.nan_loss", step + 1, ctx.rank):  # tests: a loss gone bad
+                        out.loss_sum = out.loss_sum * float("nan")
+                    backend.backward(out.loss_sum * scale)
+                loss_total += out.loss_sum.detach().double()
+                for k, v in out.metric_sums.items():
+                    metric_totals[k] = metric_totals.get(k, 0.0) + v.detach().double()
+            lr = backend.current_lr()
+            grad_norm = backend.step()
+            check_step(step + 1, loss_total, grad_norm, backend.grad_norm_known, ctx, ckpts.latest)
+            if watchdog is not None:
+                watchdog.beat(step + 1)
+            failpoints.hit("train.after_step", step + 1, ctx.rank)
+            dt = time.perf_counter() - t0
+            state["step"] = step + 1
+            state["tokens"] += int(global_tokens)
+            state["train_time_s"] += dt
+            logged_tokens += global_tokens
+            logged_time += dt
+            done = state["step"] == cfg.train.max_steps
+            if state["step"] % cfg.logging.every_steps == 0 or done or state["step"] == 1:
+                names = sorted(k for k in metric_totals if not k.startswith("_"))
+                local = [float(loss_total)] + [float(metric_totals[k]) for k in names]
+                sums = all_reduce_sum(local, ctx.device)
+                metrics = {
+                    "train/loss": sums[0] / max(global_items, 1.0),
+                    "train/lr": lr,
+                    "train/grad_norm": grad_norm,
+                    "train/tokens_per_s": logged_tokens / max(logged_time, 1e-9),
+                    "train/step_s": logged_time / max(state["step"] - last_logged_step, 1),
+                    "train/tokens": state["tokens"],
+                    **{f"train/{k}": s / max(global_items, 1.0) for k, s in zip(names, sums[1:])},
+                }
+                logged_tokens, logged_time = 0.0, 0.0
+                last_logged_step = state["step"]
+                sinks.emit(state["step"], metrics)
+            with watchdog.paused() if watchdog is not None else contextlib.nullcontext():
+                if cfg.eval.every_steps and state["step"] % cfg.eval.every_steps == 0 and not done:
+                    sinks.emit(state["step"], evaluate(backend, strategy, data.eval_sets, cfg))
+                if cfg.checkpoint.every_steps and state["step"] % cfg.checkpoint.every_steps == 0:
+                    ckpts.save(state["step"], backend.save, _state_for_save(state))
+    finally:  # a failing step must not leave the watchdog to end the process later
+        if watchdog is not None:
+            watchdog.stop()
 
     final = evaluate(backend, strategy, data.eval_sets, cfg) if data.eval_sets else {}
     if final:

@@ -23,6 +23,8 @@ SchedulerFactory = Callable[[torch.optim.Optimizer], Any]
 class Backend:
     #: HF ``generate(synced_gpus=...)``: every rank must run the same number of forwards.
     needs_synced_generation = False
+    #: whether the last ``step()`` computed the gradient norm (DeepSpeed may not, then it is NaN)
+    grad_norm_known = True
 
     def __init__(self, cfg: Any, ctx: RankContext):
         self.cfg = cfg

@@ -170,6 +170,7 @@ class DeepSpeedBackend(Backend):
 
     def step(self) -> float:
         norm = self.model.get_global_grad_norm()
+        self.grad_norm_known = norm is not None
         return float(norm) if norm is not None else float("nan")
 
     def current_lr(self) -> float:

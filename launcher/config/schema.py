@@ -118,6 +118,11 @@ class TrainSection(Section):
     max_grad_norm: float | None = Field(1.0, gt=0)
     seed: int = 42
     max_failures: int = Field(0, ge=0, description="Worker-group restarts from the last checkpoint.")
+    collective_timeout_s: int = Field(1800, gt=0, description="A collective (all-reduce, gather) that "
+                                      "waits longer fails the run (gloo and NCCL).")
+    hang_timeout_s: float | None = Field(1800, gt=0, description="Fail the run when a rank makes no "
+                                         "step progress for this long, writing every thread's stack "
+                                         "to its log (evaluation and saving do not count); null: off.")
     freeze: FreezeSection | None = Field(None, description="Freeze parameters (transfer learning).")
 
 
