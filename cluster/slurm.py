@@ -8,6 +8,7 @@ completion logging is configured); logs are the job's ``slurm-<id>.out`` in the 
 
 from __future__ import annotations
 
+import codecs
 import re
 import shutil
 import subprocess
@@ -24,6 +25,38 @@ from launcher.rundir import RunFolder
 
 TERMINAL = {"COMPLETED", "FAILED", "CANCELLED", "TIMEOUT", "NODE_FAIL", "PREEMPTED", "OUT_OF_MEMORY",
             "BOOT_FAIL", "DEADLINE"}
+
+
+def job_state(word: str) -> str:
+    """A Slurm state as squeue/scontrol/sacct print it, whole: sacct cuts long names to its column
+    width and marks the cut with '+' (``OUT_OF_ME+``), which must still read as terminal."""
+    word = word.strip()
+    if word.endswith("+"):
+        prefix = word.rstrip("+")
+        matches = [state for state in TERMINAL if state.startswith(prefix)]
+        return matches[0] if len(matches) == 1 else prefix
+    return word
+
+
+class ByteFollower:
+    """New text of a growing file, read as bytes: a poll that lands inside a multi-byte
+    character keeps its first bytes for the next poll instead of failing to decode."""
+
+    def __init__(self, path: Path):
+        self.path, self.offset = path, 0
+        self._decoder = codecs.getincrementaldecoder("utf-8")(errors="replace")
+
+    def read_new(self) -> str:
+        if not self.path.exists():
+            return ""
+        with self.path.open("rb") as fh:
+            fh.seek(self.offset)
+            raw = fh.read()
+        self.offset += len(raw)
+        return self._decoder.decode(raw)
+
+    def behind(self) -> bool:
+        return self.path.exists() and self.path.stat().st_size > self.offset
 
 
 def _run(cmd: list[str]) -> subprocess.CompletedProcess:
@@ -106,31 +139,26 @@ class SlurmTarget(SubmittingTarget):
         m = re.search(r"JobState=(\w+)", out)
         if m:
             return m.group(1)
-        for cmd in (["sacct", "-n", "-X", "-j", job, "-o", "State"],
-                    ["sacct", "-c", "-n", "-j", job, "-o", "State"]):
+        for cmd in (["sacct", "-n", "-X", "-j", job, "-o", "State%30"],
+                    ["sacct", "-c", "-n", "-j", job, "-o", "State%30"]):
             out = _run(cmd).stdout.split()
             if out:
-                return out[0].rstrip("+")
+                return job_state(out[0])
         return "UNKNOWN"
 
     def log_file(self, folder: RunFolder) -> Path:
         return folder.path / f"slurm-{self._job_id(folder)}.out"
 
     def logs(self, folder: RunFolder, *, follow: bool = False) -> Iterator[str]:
-        path = self.log_file(folder)
-        offset = 0
+        follower = ByteFollower(self.log_file(folder))
         while True:
-            if path.exists():
-                with path.open() as fh:
-                    fh.seek(offset)
-                    chunk = fh.read()
-                offset += len(chunk.encode())
-                if chunk:
-                    yield chunk
+            chunk = follower.read_new()
+            if chunk:
+                yield chunk
             if not follow:
                 return
             if self.status(folder) in TERMINAL:
-                if path.exists() and path.stat().st_size > offset:
+                if follower.behind():
                     continue
                 return
             time.sleep(1)

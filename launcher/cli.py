@@ -220,8 +220,9 @@ def _print_summary(path: Path, summary: dict[str, Any]) -> None:
 @click.option("--to", "to", required=True, type=click.Path(), help="Output folder (HF format).")
 @click.option("--merge-lora", is_flag=True, help="Merge LoRA adapters into the base weights.")
 @click.option("--step", type=int, default=None, help="Checkpoint step (default: newest).")
+@click.option("--overwrite", is_flag=True, help="Empty --to first if it holds files (refused otherwise).")
 @_handle
-def export(run_dir: str, to: str, merge_lora: bool, step: int | None) -> None:
+def export(run_dir: str, to: str, merge_lora: bool, step: int | None, overwrite: bool) -> None:
     """Write one HF safetensors folder from a run's checkpoint (any backend).
 
     \b
@@ -230,7 +231,7 @@ def export(run_dir: str, to: str, merge_lora: bool, step: int | None) -> None:
     """
     from launcher.export import export_run
 
-    info = export_run(run_dir, to, merge_lora=merge_lora, step=step)
+    info = export_run(run_dir, to, merge_lora=merge_lora, step=step, overwrite=overwrite)
     click.echo(f"exported {info['checkpoint']} ({info['backend']}) to {info['to']}"
                + (" with LoRA merged" if info["merged"] else ""))
 
@@ -377,9 +378,6 @@ def sweep(config: str, params: tuple[str, ...], samples: int, scheduler: str, me
 
 def main() -> None:
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
-    if not os.path.exists("/dev/nvidia0") and not os.path.exists("/dev/nvidiactl"):
-        # DeepSpeed probes for accelerators and warns on every import without this.
-        os.environ.setdefault("DS_ACCELERATOR", "cpu")
     cli(prog_name="ftl")
 
 

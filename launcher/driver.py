@@ -36,6 +36,8 @@ def _worker_entry(config: dict[str, Any]) -> None:
 def worker_env(cfg: Any) -> dict[str, str]:
     threads = cfg.resources.threads_per_worker or max(1, int(cfg.resources.cpus_per_worker))
     env = {**WORKER_ENV, "OMP_NUM_THREADS": str(threads)}
+    if not cfg.resources.gpus_per_worker:  # from the config, not from the submitting host
+        env["DS_ACCELERATOR"] = "cpu"
     env.update({k: os.environ[k] for k in PASS_THROUGH if k in os.environ})
     return env
 

@@ -8,6 +8,7 @@ config describes (adapters included), so a mismatch fails instead of exporting g
 
 from __future__ import annotations
 
+import shutil
 import tempfile
 from pathlib import Path
 from typing import Any
@@ -35,7 +36,10 @@ def consolidated_state_dict(ckpt: Path, kind: str) -> dict[str, torch.Tensor]:
     if kind == "ddp":
         return torch.load(ckpt / "model.pt", map_location="cpu")
     if kind == "deepspeed":
-        from deepspeed.utils.zero_to_fp32 import get_fp32_state_dict_from_zero_checkpoint
+        from launcher.host import deepspeed_on_host
+
+        with deepspeed_on_host():
+            from deepspeed.utils.zero_to_fp32 import get_fp32_state_dict_from_zero_checkpoint
 
         return get_fp32_state_dict_from_zero_checkpoint(str(ckpt), tag="ds")
     from torch.distributed.checkpoint.format_utils import dcp_to_torch_save
@@ -46,7 +50,8 @@ def consolidated_state_dict(ckpt: Path, kind: str) -> dict[str, torch.Tensor]:
         return torch.load(out, map_location="cpu", weights_only=False)["model"]
 
 
-def export_run(run_dir: str, to: str, *, merge_lora: bool = False, step: int | None = None) -> dict[str, Any]:
+def export_run(run_dir: str, to: str, *, merge_lora: bool = False, step: int | None = None,
+               overwrite: bool = False) -> dict[str, Any]:
     from launcher.backends.registry import resolve_sharding
     from launcher.models.load import load_model, load_tokenizer
     from strategies import build_strategy
@@ -54,6 +59,14 @@ def export_run(run_dir: str, to: str, *, merge_lora: bool = False, step: int | N
     folder = RunFolder(Path(run_dir))
     if not folder.config_file.exists():
         raise UserError(Problem(run_dir, "not a run folder (no config.yaml)"))
+    out = Path(to)
+    if out.exists() and any(out.iterdir()):
+        if not overwrite:
+            # Mixing files breaks models silently: an adapter next to merged weights is applied
+            # twice by transformers; a base model's folder would lose its weights.
+            raise UserError(Problem("--to", f"{to} is not empty",
+                                    "export into a new folder, or pass --overwrite to empty it first"))
+        shutil.rmtree(out)
     cfg = folder.load_config()
     if merge_lora and cfg.peft is None:
         raise UserError(Problem("--merge-lora", "this run has no LoRA adapters to merge"))
@@ -66,7 +79,6 @@ def export_run(run_dir: str, to: str, *, merge_lora: bool = False, step: int | N
     model.load_state_dict(state_dict, strict=True)
     if merge_lora:
         model = model.merge_and_unload()
-    out = Path(to)
     model.save_pretrained(out, safe_serialization=True)
     tokenizer.save_pretrained(out)
     return {"checkpoint": str(ckpt), "backend": kind, "to": str(out), "merged": merge_lora,

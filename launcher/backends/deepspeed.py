@@ -77,7 +77,10 @@ OWNED = {
 
 def validate_ds_config(cfg: Any) -> list[Problem]:
     """Build the merged DeepSpeed config and let DeepSpeed's own schema check it."""
-    from deepspeed.runtime.config import DeepSpeedConfig
+    from launcher.host import deepspeed_on_host
+
+    with deepspeed_on_host():
+        from deepspeed.runtime.config import DeepSpeedConfig
 
     try:
         ds = build_ds_config(cfg, cfg.resources.num_workers)

@@ -3,8 +3,25 @@
 from __future__ import annotations
 
 import json
+import logging
 from pathlib import Path
 from typing import Any
+
+log = logging.getLogger("ftl.metrics")
+
+
+def parse_metrics(text: str, path: Path) -> list[dict[str, Any]]:
+    """The rows of a metrics file; a line that is not JSON (a write cut off by a kill or a full
+    disk) is skipped with a warning naming it, so resume and ``ftl list`` still work."""
+    rows = []
+    for number, line in enumerate(text.splitlines(), start=1):
+        if not line.strip():
+            continue
+        try:
+            rows.append(json.loads(line))
+        except json.JSONDecodeError:
+            log.warning("%s:%d: skipped a line that is not JSON (cut off mid-write?)", path, number)
+    return rows
 
 
 class JsonlSink:
@@ -12,10 +29,9 @@ class JsonlSink:
         self.path = path
         if resume_step and path.exists():
             # Drop what was logged after the checkpoint we resume from: it will be redone.
-            kept = [ln for ln in path.read_text().splitlines()
-                    if ln.strip() and json.loads(ln).get("step", 0) <= resume_step]
+            kept = [row for row in parse_metrics(path.read_text(), path) if row.get("step", 0) <= resume_step]
             tmp = path.with_suffix(".jsonl.tmp")
-            tmp.write_text("".join(ln + "\n" for ln in kept))
+            tmp.write_text("".join(json.dumps(row) + "\n" for row in kept))
             tmp.replace(path)  # atomic: a reader sees the old file or the new one
         self._fh = path.open("a", buffering=1)
 
@@ -29,4 +45,4 @@ class JsonlSink:
 def read_metrics(path: Path) -> list[dict[str, Any]]:
     if not path.exists():
         return []
-    return [json.loads(ln) for ln in path.read_text().splitlines() if ln.strip()]
+    return parse_metrics(path.read_text(), path)
