@@ -90,8 +90,10 @@ def validate(configs: tuple[str, ...], overrides: tuple[str, ...], schema_only: 
                 preflight(cfg, load_object(TARGETS.get(cfg.cluster.target).impl)(), notes)
                 for line in notes.data_lines:
                     click.echo(f"data: {line}")
+                for warning in notes.warnings:
+                    _err(f"warning: {warning}")
                 for note in notes:
-                    _err(note if note.startswith("warning:") else f"note: {path}: {note}")
+                    _err(f"note: {path}: {note}")
             click.echo(f"ok: {path}")
         except UserError as exc:
             errors.append(exc)
@@ -172,6 +174,7 @@ def run(config: str | None, overrides: tuple[str, ...], resume_dir: str | None, 
       ftl run --resume runs/quickstart-20260101-120000 --set train.max_steps=600
       ftl run configs/examples/llama-3.1-70b/full_sft_zero3_64gpu.yaml --smoke
     """
+    from launcher.preflight import Notes
     from launcher.submit import prepare_run, start_run
 
     if bool(config) == bool(resume_dir):
@@ -180,12 +183,11 @@ def run(config: str | None, overrides: tuple[str, ...], resume_dir: str | None, 
         raise UserError("--smoke runs a fresh config here: no --resume, --target or --detach")
     if target:
         overrides = (*overrides, f"cluster.target={target}")
-    notes: list[str] = []
+    notes = Notes()
     folder, chosen = prepare_run(config, resume_dir, overrides, runs_dir=runs_dir, dry_run=dry_run,
                                  smoke=smoke, notes=notes)
-    for note in notes:
-        if note.startswith("warning:"):
-            _err(note)
+    for warning in notes.warnings:
+        _err(f"warning: {warning}")
     if smoke and not dry_run:
         for change in json.loads((folder.path / "smoke.json").read_text())["changes"]:
             _err(f"smoke: {change}")

@@ -12,7 +12,6 @@ batch, whatever the micro/accumulation/world split.
 
 from __future__ import annotations
 
-import contextlib
 import json
 import logging
 import os
@@ -149,9 +148,7 @@ def _train(cfg: Any, ctx: RankContext, folder: RunFolder) -> dict[str, Any]:
     backend.model.train()
     logged_tokens, logged_time = 0.0, 0.0
     last_logged_step = start_step
-    watchdog = StepWatchdog(cfg.train.hang_timeout_s, ctx.rank, folder.logs).start() \
-        if cfg.train.hang_timeout_s else None
-    try:
+    with StepWatchdog(cfg.train.hang_timeout_s, ctx.rank, folder.logs) as watchdog:
         for step in range(start_step, cfg.train.max_steps):
             t0 = time.perf_counter()
             micro_idx = sampler.micro_batches(step, ctx.rank, ctx.world_size, micro, accum)
@@ -179,8 +176,7 @@ def _train(cfg: Any, ctx: RankContext, folder: RunFolder) -> dict[str, Any]:
             lr = backend.current_lr()
             grad_norm = backend.step()
             check_step(step + 1, loss_total, grad_norm, backend.grad_norm_known, ctx, ckpts.latest)
-            if watchdog is not None:
-                watchdog.beat(step + 1)
+            watchdog.beat(step + 1)
             failpoints.hit("train.after_step", step + 1, ctx.rank)
             dt = time.perf_counter() - t0
             state["step"] = step + 1
@@ -205,14 +201,11 @@ def _train(cfg: Any, ctx: RankContext, folder: RunFolder) -> dict[str, Any]:
                 logged_tokens, logged_time = 0.0, 0.0
                 last_logged_step = state["step"]
                 sinks.emit(state["step"], metrics)
-            with watchdog.paused() if watchdog is not None else contextlib.nullcontext():
+            with watchdog.paused():
                 if cfg.eval.every_steps and state["step"] % cfg.eval.every_steps == 0 and not done:
                     sinks.emit(state["step"], evaluate(backend, strategy, data.eval_sets, cfg))
                 if cfg.checkpoint.every_steps and state["step"] % cfg.checkpoint.every_steps == 0:
                     ckpts.save(state["step"], backend.save, _state_for_save(state))
-    finally:  # a failing step must not leave the watchdog to end the process later
-        if watchdog is not None:
-            watchdog.stop()
 
     final = evaluate(backend, strategy, data.eval_sets, cfg) if data.eval_sets else {}
     if final:

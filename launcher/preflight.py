@@ -14,11 +14,13 @@ from launcher.errors import Problem, UserError
 
 
 class Notes(list):
-    """What could not be checked from this machine (cluster paths, hub ids offline), warnings,
-    and ``data_lines``: the token summary of each training source."""
+    """What could not be checked from this machine (cluster paths, hub ids offline); beside it
+    ``warnings`` (shown by every command that preflights) and ``data_lines`` (the token summary
+    of each training source, shown by ``ftl validate``)."""
 
     def __init__(self) -> None:
         super().__init__()
+        self.warnings: list[str] = []
         self.data_lines: list[str] = []
 
 
@@ -223,7 +225,7 @@ def _measure_train_source(cfg: Any, tokenizer: Any, ds: Any, source: Any, fmt: s
                         f"data.max_length: {fits} keeps every answer whole")]
     if emptied or cut:
         fits = report.fitting_length(emptied + cut)
-        notes.append(f"warning: {where}: at data.max_length {max_length}, {len(emptied):,} of "
+        notes.warnings.append(f"{where}: at data.max_length {max_length}, {len(emptied):,} of "
                      f"{report.measured:,} rows keep no trained token and {len(cut):,} lose part of it "
                      f"(e.g. {row_location(source, (emptied or cut)[0])}); data.max_length: {fits} keeps "
                      "them whole")

@@ -8,6 +8,7 @@ from typing import Any
 from launcher.config.load import apply_overrides, config_to_dict, load_config, validate_config
 from launcher.errors import Problem, UserError
 from launcher.lazy import load_object
+from launcher.preflight import Notes, preflight
 from launcher.rundir import RunFolder
 from launcher.user_code import add_run_code, ship
 
@@ -31,12 +32,11 @@ def target_of(folder: RunFolder) -> Any:
 
 def prepare_run(config: str | None, resume_dir: str | None, overrides: tuple[str, ...], *,
                 runs_dir: str | None = None, dry_run: bool = False, smoke: bool = False,
-                notes: list[str] | None = None) -> tuple[RunFolder, Any]:
+                notes: Notes | None = None) -> tuple[RunFolder, Any]:
     """Validate and preflight; create (or reopen) the run folder unless ``dry_run``.
     ``smoke``: run the config shrunk to this machine (launcher/smoke.py). Preflight's warnings
-    and notes are appended to ``notes`` for the caller to show."""
+    and notes go to ``notes`` for the caller to show."""
     from launcher.planner import make_plan
-    from launcher.preflight import Notes, preflight
 
     if resume_dir:
         folder = RunFolder(Path(resume_dir))
@@ -54,10 +54,7 @@ def prepare_run(config: str | None, resume_dir: str | None, overrides: tuple[str
             cfg, smoke_changes = smoke_config(cfg)
         folder = RunFolder.planned(runs_dir or cfg.checkpoint.dir, cfg.name)
     target = _target(cfg)
-    found = Notes()
-    preflight(cfg, target, found)
-    if notes is not None:
-        notes.extend(found)
+    preflight(cfg, target, notes)
     plan = make_plan(cfg)
     if dry_run:
         return folder, _DryRun(target, folder, cfg)

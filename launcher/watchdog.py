@@ -17,24 +17,29 @@ import json
 import os
 import threading
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from pathlib import Path
 
 
 class StepWatchdog:
-    def __init__(self, timeout_s: float, rank: int, logs: Path,
-                 exit_process: Callable[[int], None] = os._exit):
+    """``with StepWatchdog(...) as watchdog``: watches while the block runs; ``timeout_s`` None
+    turns it off (every method is then a no-op)."""
+
+    def __init__(self, timeout_s: float | None, rank: int, logs: Path):
         self.timeout_s, self.rank, self.logs = timeout_s, rank, logs
-        self._exit = exit_process
         self._last = time.monotonic()
         self._step = 0
         self._paused = 0
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._watch, name="ftl-step-watchdog", daemon=True)
 
-    def start(self) -> StepWatchdog:
-        self._thread.start()
+    def __enter__(self) -> StepWatchdog:
+        if self.timeout_s:
+            self._thread.start()
         return self
+
+    def __exit__(self, *exc: object) -> None:  # a failing step must not be ended later by the watchdog
+        self._stop.set()
 
     def beat(self, step: int) -> None:
         self._step, self._last = step, time.monotonic()
@@ -48,9 +53,6 @@ class StepWatchdog:
         finally:
             self._paused -= 1
             self._last = time.monotonic()
-
-    def stop(self) -> None:
-        self._stop.set()
 
     def _watch(self) -> None:
         while not self._stop.wait(min(5.0, self.timeout_s / 4)):
@@ -70,4 +72,4 @@ class StepWatchdog:
             faulthandler.dump_traceback(file=fh, all_threads=True)
         (self.logs / f"failed-rank-{self.rank}.json").write_text(json.dumps(
             {"rank": self.rank, "error": message, "pid": os.getpid(), "traceback": ""}))
-        self._exit(1)
+        os._exit(1)
