@@ -69,7 +69,8 @@ class Backend:
         loss.backward()
 
     def step(self) -> float:
-        """Clip, step optimizer and scheduler, zero grads; return the pre-clip grad norm."""
+        """Clip, step optimizer and scheduler, zero grads; return the pre-clip grad norm.
+        A non-finite norm with ``train.skip_nonfinite`` set changes nothing but the gradients."""
         raise NotImplementedError
 
     def _clip_and_step(self, model: nn.Module) -> float:
@@ -78,6 +79,11 @@ class Backend:
         max_norm = self.cfg.train.max_grad_norm
         norm = torch.nn.utils.clip_grad_norm_(params, max_norm if max_norm else float("inf"))
         norm = norm.full_tensor() if hasattr(norm, "full_tensor") else norm  # DTensor under FSDP2
+        if self.cfg.train.skip_nonfinite and not torch.isfinite(norm):
+            # train.skip_nonfinite: parameters, optimizer moments and the LR schedule stay as
+            # they were (DeepSpeed skips an overflowed step the same way); the guard counts it.
+            self.optimizer.zero_grad(set_to_none=True)
+            return float(norm)
         self.optimizer.step()
         self.scheduler.step()
         self.optimizer.zero_grad(set_to_none=True)

@@ -20,6 +20,8 @@ import sys
 import time
 from pathlib import Path
 
+import torch
+
 from tests.conftest import tiny_config
 from tests.integration.test_sharding import prepare
 
@@ -72,3 +74,30 @@ def test_a_hung_rank_fails_the_run_with_every_threads_stack(tmp_path):
     assert "failpoints.py" in log and "in hit" in log  # where the rank hung
     print(f"hung rank detected and the run failed in {elapsed:.0f} s")
     assert elapsed < 120
+
+
+def test_skip_nonfinite_skips_a_bad_step_and_stops_when_the_budget_is_spent(tmp_path):
+    """`train.skip_nonfinite: 1`: a NaN loss at step 3 leaves the parameters as they were (the
+    step-3 checkpoint equals step 2's, bit for bit), is counted in the metrics, and the run
+    finishes; NaN at every step stops at step 2, the first one past the budget."""
+    cfg = tiny_config(train={"max_steps": 5, "skip_nonfinite": 1},
+                      checkpoint={"dir": "runs", "every_steps": 1, "keep": 5}, data={"eval": []})
+    run = prepare(tmp_path, "skip", cfg)
+    proc = torchrun(run, {"FTL_FAILPOINT": "train.nan_loss:3:skip", "FTL_FAILPOINT_RANK": "0"})
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    metrics = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
+    assert [m["step"] for m in metrics] == [1, 2, 4, 5]  # the skipped step's NaN is not logged
+    assert [m["train/skipped_steps"] for m in metrics] == [0, 0, 1, 1]
+    weights = {step: torch.load(run / "checkpoints" / f"step-{step:08d}" / "model.pt")
+               for step in (2, 3, 4)}  # DDP's checkpoint: the whole state dict
+    assert all(torch.equal(weights[2][k], weights[3][k]) for k in weights[2])  # untouched at step 3
+    assert not all(torch.equal(weights[3][k], weights[4][k]) for k in weights[3])  # step 4 trained
+    assert all(torch.isfinite(t).all() for t in weights[4].values())
+
+    cfg["name"] = "over"
+    over = prepare(tmp_path, "over", cfg)
+    proc = torchrun(over, {"FTL_FAILPOINT": "train.nan_loss::skip", "FTL_FAILPOINT_RANK": "0"})
+    assert proc.returncode != 0
+    error = failure(over, 0)
+    assert error.startswith("NonFiniteError: step 2: the loss is nan on rank(s) 0"), error
+    assert "train.skip_nonfinite: 1 steps were skipped already" in error
