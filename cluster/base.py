@@ -7,7 +7,8 @@ import sys
 from collections.abc import Iterator
 from typing import Any
 
-from launcher.errors import JobFailed
+from launcher import preemption
+from launcher.errors import JobFailed, Preempted
 from launcher.rundir import RunFolder
 
 
@@ -67,6 +68,9 @@ class SubmittingTarget(Target):
             self.stop(folder)  # Ctrl-C stops what this command started
             raise
         state = self.status(folder)
+        stopped = preemption.preempted(folder.path)
+        if state != self.success_state and stopped:
+            raise Preempted(f"{job} {state}: {preemption.stop_message(folder.path, stopped)}")
         if state != self.success_state:
             from launcher.driver import job_failure
 

@@ -24,8 +24,8 @@ from typing import Any
 from rich.console import Console
 
 from cluster.base import Target
-from launcher import failpoints
-from launcher.errors import Problem, UserError
+from launcher import failpoints, preemption
+from launcher.errors import Preempted, Problem, UserError
 from launcher.rundir import RunFolder
 
 
@@ -76,6 +76,7 @@ class LocalTarget(Target):
         thread = threading.Thread(target=drive, name="ftl-driver", daemon=True)
         on_interrupt = _interrupt_with_deadline(folder.logs / "interrupt-stacks.txt")
         previous = signal.signal(signal.SIGINT, on_interrupt)
+        previous_term = signal.signal(signal.SIGTERM, _save_and_stop_on_term(folder, on_interrupt))
         try:
             thread.start()
             follow(folder.metrics, cfg.train.max_steps, done, Console(stderr=True), enabled=progress)
@@ -84,8 +85,12 @@ class LocalTarget(Target):
             failpoints.hit("local.shutdown", 0)
             stop_private_ray(temp_dir)
             signal.signal(signal.SIGINT, previous)
+            signal.signal(signal.SIGTERM, previous_term)
         if "error" in outcome:
             raise outcome["error"]
+        stopped = preemption.preempted(folder.path)
+        if stopped:
+            raise Preempted(preemption.stop_message(folder.path, stopped))
         return folder.summary() or {}
 
 
@@ -111,6 +116,24 @@ def stop_private_ray(temp_dir: str) -> None:
 
     ray.shutdown()
     shutil.rmtree(temp_dir, ignore_errors=True)
+
+
+def _save_and_stop_on_term(folder: RunFolder, on_interrupt: Any) -> Any:
+    """A SIGTERM handler (a scheduler or a pod being stopped): the first asks every rank to save
+    at the next step boundary and stop (``launcher.preemption``), so ``ftl run --resume``
+    continues exactly; a second one stops at once, as Ctrl-C does."""
+    received = []
+
+    def handler(signum: int, frame: Any) -> None:
+        if received:
+            on_interrupt(signum, frame)
+        received.append(signum)
+        preemption.request_stop(folder.path, "SIGTERM")
+        sys.stderr.write("ftl: SIGTERM: saving at the next step boundary, then stopping "
+                         "(a second SIGTERM or Ctrl-C stops at once)\n")
+        sys.stderr.flush()
+
+    return handler
 
 
 def _interrupt_with_deadline(stacks: Path) -> Any:

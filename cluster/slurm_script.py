@@ -2,8 +2,18 @@
 
 Shape: Ray head on the batch host (the allocation's first node), one ``ray start`` per other
 node through ``srun``, a bounded wait (polling, never a fixed sleep) until every node has
-joined, the driver, then teardown of what the script started. Every value that reaches the
-shell is ``shlex.quote``d; ``#SBATCH`` values are checked against a safe character set,
+joined, the driver, then teardown of what the script started.
+
+Preemption (``launcher.preemption``): with ``requeue`` (the default) Slurm sends the batch shell
+USR1 ``warning_s`` seconds before the time limit; the trap writes the run's stop request, every
+rank saves at the next step boundary, the driver exits 75 and the script requeues its own job,
+which resumes from that checkpoint. The driver runs in the background because bash runs traps
+only between commands: ``wait`` returns on a signal, and the loop waits again until the driver
+has really exited. A SIGTERM (scancel, an admin's requeue, preemption) also writes the request,
+but Slurm signals every process of the job, so a requeued job usually resumes from the last
+periodic checkpoint instead; the losses are the same either way. Ray uses token auth with a
+token made in the job (never written to a file) and a ``mktemp`` temp dir. Every value that
+reaches the shell is ``shlex.quote``d; ``#SBATCH`` values are checked against a safe character set,
 since sbatch parses those lines itself and a newline or quote there cannot be escaped.
 """
 
@@ -52,6 +62,9 @@ def render_sbatch(cfg: Any, run_dir: str, job_dir: str) -> str:
         lines.append("#SBATCH --exclusive")
     if s.container_image:
         lines.append(_directive("container-image", s.container_image, "cluster.slurm.container_image"))
+    if s.requeue:  # the output file is appended to by the requeued job, not replaced
+        lines += [_directive("signal", f"B:USR1@{s.warning_s}", "cluster.slurm.warning_s"),
+                  "#SBATCH --requeue", "#SBATCH --open-mode=append"]
     if any(c in run_dir for c in "\n\r%"):
         raise UserError(Problem("checkpoint.dir", "the run folder path cannot contain newlines or '%'"))
     # --output is given on sbatch's command line (an argv item, no parsing), see cluster.slurm.
@@ -67,6 +80,14 @@ PY={py}
 NODES={s.nodes}
 JOIN_TIMEOUT={int(s.join_timeout_s)}
 cd "$JOB_DIR"
+REQUEUE=0
+ask_stop() {{
+  echo "ftl: $1: asking the run to save at the next step and stop"
+  mkdir -p "$RUN_DIR/logs" && echo "$1" > "$RUN_DIR/logs/.stop-request.$$" &&
+    mv -f "$RUN_DIR/logs/.stop-request.$$" "$RUN_DIR/logs/stop-request"
+}}
+trap 'ask_stop "Slurm time-limit warning (USR1)"; REQUEUE={1 if s.requeue else 0}' USR1
+trap 'ask_stop "SIGTERM from Slurm"' TERM
 # --- user setup (cluster.slurm.setup)
 {setup}
 # --- Ray head on this (the first) node, private temp dir, free ports
@@ -75,11 +96,18 @@ read -r PORT P_AGENT P_GRPC P_RTENV P_METRICS P_CLIENT < <("$PY" -c 'import sock
 ss = [socket.socket() for _ in range(6)]
 [s.bind(("", 0)) for s in ss]
 print(*[s.getsockname()[1] for s in ss])')
-export RAY_TMP="/tmp/ftl-ray-$SLURM_JOB_ID"
+# A private temp dir (mktemp: unpredictable name, mode 0700) and a per-job token: Ray refuses
+# every connection without it. srun hands the environment, token included, to the other nodes.
+export RAY_TMP=$(mktemp -d "/tmp/ftl-ray-$SLURM_JOB_ID.XXXXXX")
+export RAY_AUTH_MODE=token
+export RAY_AUTH_TOKEN=$("$PY" -c 'import secrets; print(secrets.token_hex(32))')
 export RAY_ADDRESS="$HEAD_IP:$PORT"
+echo "ftl: Ray head at $RAY_ADDRESS (token auth)"
 PIDS=()
 cleanup() {{ for p in "${{PIDS[@]}}"; do kill "$p" 2>/dev/null; done; wait; rm -rf "$RAY_TMP"; }}
 trap cleanup EXIT
+# No SIGTERM drain (Ray waits up to 30 s at teardown for it): ftl's stop request does the saving.
+export RAY_GRACEFUL_SHUTDOWN_DRAIN_TIMEOUT_S=0
 "$PY" -m ray.scripts.scripts start --head --block --node-ip-address="$HEAD_IP" --port="$PORT" \\
   --num-cpus="$SLURM_CPUS_PER_TASK" --num-gpus={s.gpus_per_node} --temp-dir="$RAY_TMP" \\
   --include-dashboard=false --dashboard-agent-listen-port="$P_AGENT" \\
@@ -117,7 +145,15 @@ while True:
     time.sleep(2)
 WAIT
 [ $? -eq 0 ] || exit 3
-# --- the driver
-"$PY" -m launcher.driver "$RUN_DIR" --seed ftl-run
+# --- the driver (in the background, so that the traps above run while it trains)
+"$PY" -m launcher.driver "$RUN_DIR" --seed ftl-run &
+DRIVER=$!
+while kill -0 "$DRIVER" 2>/dev/null; do wait "$DRIVER"; done
+wait "$DRIVER"; RC=$?
+if [ "$RC" -eq 75 ] && [ "$REQUEUE" -eq 1 ]; then
+  echo "ftl: the run saved and stopped before the time limit; requeueing job $SLURM_JOB_ID"
+  scontrol requeue "$SLURM_JOB_ID"
+fi
+exit "$RC"
 """
     return "\n".join(lines) + "\n" + body

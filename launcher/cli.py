@@ -2,7 +2,8 @@
 
 Only click, rich and pydantic are imported at start-up; torch, transformers and Ray are
 imported inside the commands that need them, so ``ftl --help`` and schema errors are instant.
-Exit codes: 0 ok, 1 the job failed, 2 bad input (nothing submitted), 130 interrupted.
+Exit codes: 0 ok, 1 the job failed, 2 bad input (nothing submitted), 75 stopped and saved on
+request (SIGTERM, a Slurm time-limit warning: resume it), 130 interrupted.
 """
 
 from __future__ import annotations
@@ -15,9 +16,9 @@ from typing import Any
 
 import click
 
-from launcher.errors import JobFailed, UserError
+from launcher.errors import JobFailed, Preempted, UserError
 
-EXIT_FAILED, EXIT_USER, EXIT_INTERRUPTED = 1, 2, 130
+EXIT_FAILED, EXIT_USER, EXIT_PREEMPTED, EXIT_INTERRUPTED = 1, 2, 75, 130
 
 
 def _err(text: str) -> None:
@@ -38,6 +39,9 @@ def _handle(fn):
         except JobFailed as exc:
             _err(f"job failed: {exc}")
             sys.exit(EXIT_FAILED)
+        except Preempted as exc:
+            _err(str(exc))
+            sys.exit(EXIT_PREEMPTED)
         except KeyboardInterrupt:
             _err("interrupted: stopped what this command started")
             sys.exit(EXIT_INTERRUPTED)

@@ -11,6 +11,7 @@ import sys
 from pathlib import Path
 from typing import Any
 
+from launcher import preemption
 from launcher.errors import JobFailed
 from launcher.rundir import RunFolder
 
@@ -20,7 +21,7 @@ WORKER_ENV = {"RAY_TRAIN_ENABLE_PRINT_PATCH": "0", "TOKENIZERS_PARALLELISM": "fa
 # Environment passed through to workers when set on the driver (secrets are never logged).
 PASS_THROUGH = ("WANDB_API_KEY", "WANDB_MODE", "HF_TOKEN", "HF_HOME", "HF_HUB_OFFLINE",
                 "HF_DATASETS_OFFLINE", "FTL_HOME", "FTL_FAILPOINT", "FTL_FAILPOINT_RANK",
-                "TORCH_EXTENSIONS_DIR", "PYTHONPATH")
+                "FTL_FAILPOINT_HOLD", "TORCH_EXTENSIONS_DIR", "PYTHONPATH")
 
 
 def _worker_entry(config: dict[str, Any]) -> None:
@@ -48,6 +49,7 @@ def run_trainer(folder: RunFolder) -> None:
     from ray.train.torch import TorchConfig, TorchTrainer
 
     cfg = folder.load_config()
+    preemption.clear(folder.path)  # a new launch: an earlier launch's stop request is done
     controller = _controller(cfg.method)
     if controller is not None:  # online RL: a controller drives its own Ray actor groups
         controller(folder)
@@ -130,6 +132,10 @@ def main() -> None:
     except JobFailed as exc:
         print(f"ftl: {exc}", file=sys.stderr)
         raise SystemExit(1) from None
+    stopped = preemption.preempted(folder.path)
+    if stopped:  # exit 75: Slurm's trap requeues, KubeRay's backoffLimit resubmits
+        print(f"ftl driver: {preemption.stop_message(folder.path, stopped)}", flush=True)
+        raise SystemExit(preemption.PREEMPTED_EXIT)
     print(f"ftl driver: done; summary in {folder.summary_file}", flush=True)
 
 

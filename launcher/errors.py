@@ -52,6 +52,11 @@ class HintedValueError(ValueError):
         self.hint = hint
 
 
+class Preempted(Exception):
+    """The run saved and stopped on request (SIGTERM, Slurm's warning, a pod's preStop): the CLI
+    exits 75 (``launcher.preemption.PREEMPTED_EXIT``) and says how to continue."""
+
+
 @dataclass
 class JobFailed(Exception):
     """The submitted job ran and failed. The CLI exits 1 and names the failed rank and its log."""

@@ -27,10 +27,10 @@ import numpy as np
 import torch
 import torch.distributed as dist
 
-from launcher import failpoints
+from launcher import failpoints, preemption
 from launcher.checkpoint import CheckpointManager
 from launcher.dist import RankContext, all_gather_objects, all_reduce_sum, barrier, init_distributed
-from launcher.guard import check_step
+from launcher.guard import StepGuard
 from launcher.lazy import load_object
 from launcher.memwatch import PeakAnon
 from launcher.metrics.sinks import MetricSinks
@@ -121,7 +121,7 @@ def _train(cfg: Any, ctx: RankContext, folder: RunFolder) -> dict[str, Any]:
     ckpts.clean_partial()
     launch_id = folder.launch_id()
     state: dict[str, Any] = {"step": 0, "tokens": 0, "train_time_s": 0.0, "restarts": 0,
-                             "initial": {}, "launch_id": launch_id}
+                             "initial": {}, "launch_id": launch_id, "skipped_steps": 0}
     latest = ckpts.latest()
     if latest is not None:
         backend.load(latest)
@@ -145,6 +145,8 @@ def _train(cfg: Any, ctx: RankContext, folder: RunFolder) -> dict[str, Any]:
 
     # Model-state bytes this rank holds, read around the first optimizer step (hooks, then gone).
     state_bytes = FirstStepProbe(backend)
+    guard = StepGuard(ctx, folder.path, cfg.train.skip_nonfinite, state["skipped_steps"], ckpts.latest)
+    stop_reason: str | None = None
     backend.model.train()
     logged_tokens, logged_time = 0.0, 0.0
     last_logged_step = start_step
@@ -175,7 +177,8 @@ def _train(cfg: Any, ctx: RankContext, folder: RunFolder) -> dict[str, Any]:
                     metric_totals[k] = metric_totals.get(k, 0.0) + v.detach().double()
             lr = backend.current_lr()
             grad_norm = backend.step()
-            check_step(step + 1, loss_total, grad_norm, backend.grad_norm_known, ctx, ckpts.latest)
+            verdict = guard.check(step + 1, loss_total, grad_norm, backend.grad_norm_known)
+            state["skipped_steps"] = guard.skipped
             watchdog.beat(step + 1)
             failpoints.hit("train.after_step", step + 1, ctx.rank)
             dt = time.perf_counter() - t0
@@ -185,7 +188,11 @@ def _train(cfg: Any, ctx: RankContext, folder: RunFolder) -> dict[str, Any]:
             logged_tokens += global_tokens
             logged_time += dt
             done = state["step"] == cfg.train.max_steps
-            if state["step"] % cfg.logging.every_steps == 0 or done or state["step"] == 1:
+            log_now = state["step"] % cfg.logging.every_steps == 0 or done or state["step"] == 1
+            if verdict.skipped:  # its loss is NaN: say so in the log, keep it out of the metrics
+                log.warning("step %d skipped: loss %s, gradient norm %s (train.skip_nonfinite: %d of %d)",
+                            state["step"], float(loss_total), grad_norm, guard.skipped, guard.skip_budget)
+            elif log_now:
                 names = sorted(k for k in metric_totals if not k.startswith("_"))
                 local = [float(loss_total)] + [float(metric_totals[k]) for k in names]
                 sums = all_reduce_sum(local, ctx.device)
@@ -198,14 +205,23 @@ def _train(cfg: Any, ctx: RankContext, folder: RunFolder) -> dict[str, Any]:
                     "train/tokens": state["tokens"],
                     **{f"train/{k}": s / max(global_items, 1.0) for k, s in zip(names, sums[1:])},
                 }
+                if cfg.train.skip_nonfinite:
+                    metrics["train/skipped_steps"] = guard.skipped
                 logged_tokens, logged_time = 0.0, 0.0
                 last_logged_step = state["step"]
                 sinks.emit(state["step"], metrics)
             with watchdog.paused():
                 if cfg.eval.every_steps and state["step"] % cfg.eval.every_steps == 0 and not done:
                     sinks.emit(state["step"], evaluate(backend, strategy, data.eval_sets, cfg))
-                if cfg.checkpoint.every_steps and state["step"] % cfg.checkpoint.every_steps == 0:
+                saved = cfg.checkpoint.every_steps and state["step"] % cfg.checkpoint.every_steps == 0
+                if saved or (verdict.stop_reason and not done):
                     ckpts.save(state["step"], backend.save, _state_for_save(state))
+            if verdict.stop_reason and not done:
+                stop_reason = verdict.stop_reason
+                break
+
+    if stop_reason is not None:
+        return _stop_saved(folder, ctx, sinks, state, stop_reason, ckpts.latest())
 
     final = evaluate(backend, strategy, data.eval_sets, cfg) if data.eval_sets else {}
     if final:
@@ -262,8 +278,21 @@ def _tokens(features: list[dict], batch: dict[str, torch.Tensor]) -> float:
 
 
 def _state_for_save(state: dict[str, Any]) -> dict[str, Any]:
-    keys = ("step", "tokens", "train_time_s", "restarts", "initial", "launch_id")
+    keys = ("step", "tokens", "train_time_s", "restarts", "initial", "launch_id", "skipped_steps")
     return {k: state[k] for k in keys}
+
+
+def _stop_saved(folder: RunFolder, ctx: RankContext, sinks: MetricSinks, state: dict[str, Any],
+                reason: str, checkpoint: Path | None) -> dict[str, Any]:
+    """Every rank saved this step on request (``launcher.preemption``): record it and return
+    without the final evaluation or export, so the launcher can exit and a later launch resume."""
+    log.warning("stopping at step %d on request (%s); checkpoint %s", state["step"], reason, checkpoint)
+    if ctx.is_main:
+        preemption.record_preempted(folder.path, state["step"], str(checkpoint) if checkpoint else None,
+                                    reason)
+        sinks.close({})
+    barrier()
+    return {"steps": state["step"], "preempted": reason}
 
 
 def _export_final(backend: Any, tokenizer: Any, folder: RunFolder, ctx: RankContext) -> None:

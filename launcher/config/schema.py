@@ -123,6 +123,9 @@ class TrainSection(Section):
     hang_timeout_s: float | None = Field(1800, gt=0, description="Fail the run when a rank makes no "
                                          "step progress for this long, writing every thread's stack "
                                          "to its log (evaluation and saving do not count); null: off.")
+    skip_nonfinite: int = Field(0, ge=0, description="Skip up to this many steps whose loss or gradient "
+                                "norm is NaN/Inf (parameters and optimizer untouched, counted as "
+                                "train/skipped_steps); 0: the first one stops the run.")
     freeze: FreezeSection | None = Field(None, description="Freeze parameters (transfer learning).")
 
 
@@ -219,6 +222,10 @@ class SlurmTarget(Section):
     )
     python: str = Field("python", description="Python on the nodes that has ftl's dependencies.")
     join_timeout_s: int = Field(300, gt=0, description="Wait for every node's Ray to join, then fail.")
+    requeue: bool = Field(True, description="Save and requeue the job when its time limit nears "
+                          "(--signal=B:USR1@warning_s, --requeue); the requeued job resumes exactly.")
+    warning_s: int = Field(300, gt=0, description="Seconds before the time limit at which Slurm sends the "
+                           "warning: long enough for one step plus a checkpoint save.")
 
 
 class SecretRef(Section):

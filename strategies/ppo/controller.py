@@ -35,6 +35,7 @@ from typing import Any
 
 import torch
 
+from launcher import preemption
 from launcher.errors import JobFailed, Problem, UserError
 from launcher.metrics.sinks import MetricSinks
 from launcher.rundir import RunFolder
@@ -212,7 +213,8 @@ class OnlineRL:
             if initial:
                 self.sinks.emit(start_step, initial)
             t_loop = time.perf_counter()
-            self._loop(start_step)
+            if self._loop(start_step):
+                return  # saved and stopped on request: no final evaluation, export or summary
             loop_s = time.perf_counter() - t_loop
             final = self._evaluate() if self.eval_prompts else {}
             if final:
@@ -226,10 +228,12 @@ class OnlineRL:
                 self.sinks.close({**{f"final/{k}": v for k, v in self.last.items()}})
             self._teardown()
 
-    def _loop(self, start: int) -> None:
+    def _loop(self, start: int) -> bool:
+        """Train to max_steps; True when a stop request (``launcher.preemption``) ended it early,
+        after a checkpoint of the step it stopped at."""
         steps = self.cfg.train.max_steps
         if start >= steps:
-            return
+            return False
         pending = self.pool.launch(self._rows(start), start, self.cfg.train.seed)
         for step in range(start, steps):
             t_step = time.perf_counter()
@@ -259,8 +263,15 @@ class OnlineRL:
             self._account(step, gen, stats, {**train_metrics, **sync_size}, t_gen, t_score, t_train,
                           t_sync, time.perf_counter() - t_step)
             every = self.cfg.checkpoint.every_steps
-            if every and (step + 1) % every == 0:
+            reason = preemption.stop_reason(self.folder.path) if step + 1 < steps else None
+            if (every and (step + 1) % every == 0) or reason:
                 self._checkpoint(step + 1)
+            if reason:
+                log.warning("stopping at step %d on request (%s)", step + 1, reason)
+                preemption.record_preempted(self.folder.path, step + 1,
+                                            str(self.folder.path / "checkpoints"), reason)
+                return True
+        return False
 
     # ------------------------------------------------------------------ one step's parts
     def _step_prompts(self, step: int) -> list[Prompt]:

@@ -122,6 +122,43 @@ def test_failed_rank_is_named_with_its_log(workdir):
     assert "Traceback" not in proc.stderr
 
 
+def test_sigterm_saves_at_the_next_step_and_resume_continues_exactly(reference_run, workdir):
+    """SIGTERM to `ftl run` (a scheduler or a pod stopping it): every rank saves at the next step
+    boundary, the command exits 75 naming the step, and `--resume` ends with the uninterrupted
+    run's losses at every step. The ranks hold after step 4 until the stop request exists (a
+    failpoint), so the signal lands mid-run however fast the steps are."""
+    path = write_config(workdir, base_config(logging={"every_steps": 1, "wandb": {"mode": "disabled"}}))
+    env = {**os.environ, "PYTHONUNBUFFERED": "1", "FTL_FAILPOINT": "train.after_step:4:hold",
+           "FTL_FAILPOINT_HOLD": str(workdir / "runs" / "*" / "logs" / "stop-request")}
+    proc = subprocess.Popen(FTL + ["run", str(path)], cwd=workdir, stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, text=True, env=env)
+    try:
+        deadline = time.time() + 240
+        while time.time() < deadline and proc.poll() is None:
+            runs = run_dirs(workdir)
+            if runs and max(losses(runs[0]), default=0) >= 3:
+                break
+            time.sleep(0.2)
+        proc.send_signal(signal.SIGTERM)
+        _, err = proc.communicate(timeout=180)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    assert proc.returncode == 75, err[-3000:]
+    (run,) = run_dirs(workdir)
+    record = json.loads((run / "logs" / "preempted.json").read_text())
+    stopped = record["step"]
+    assert stopped in (4, 5) and record["reason"] == "SIGTERM"  # 5 unless the signal beat step 4
+    assert f"stopped at step {stopped} (SIGTERM)" in err and "continue with: ftl run --resume" in err
+    assert (run / "checkpoints" / f"step-{stopped:08d}" / "state.json").exists()
+    assert max(losses(run)) == stopped and not (run / "summary.json").exists()
+    resumed = run_ftl(["run", "--resume", run], workdir)
+    assert resumed.returncode == 0, resumed.stderr[-3000:]
+    assert json.loads((run / "summary.json").read_text())["resumed_from_step"] == stopped
+    assert losses(run) == losses(reference_run)  # exact, every step
+    assert not (run / "logs" / "preempted.json").exists()
+
+
 @pytest.mark.parametrize("shutdown", ["clean", "hangs"])
 def test_ctrl_c_stops_everything_and_exits_130(workdir, shutdown):
     """Ctrl-C shuts the private Ray down; if that shutdown blocks (failpoint), a deadline kills

@@ -3,14 +3,18 @@
 from __future__ import annotations
 
 import json
+import os
+import re
+import subprocess
 import sys
 import time
 from pathlib import Path
 
 import psutil
 import pytest
+import yaml
 
-from tests.conftest import run_ftl, tiny_config, write_config
+from tests.conftest import FTL, run_ftl, tiny_config, write_config
 from tests.helpers.slurm_cluster import SlurmCluster, available
 
 pytestmark = pytest.mark.skipif(not available(),
@@ -40,19 +44,6 @@ def slurm_config(workdir: Path, **train) -> Path:
 def the_run(workdir: Path) -> Path:
     (run,) = [p for p in (workdir / HOSTILE).iterdir() if p.is_dir()]
     return run
-
-
-def test_slurm_job_completes_with_run_folder(slurm, workdir):
-    proc = run_ftl(["run", slurm_config(workdir)], workdir, env=slurm.env)
-    assert proc.returncode == 0, proc.stderr[-3000:]
-    run = the_run(workdir)
-    summary = json.loads((run / "summary.json").read_text())
-    assert summary["steps"] == 6 and summary["world_size"] == 2 and summary["launcher"] == "ray"
-    assert "submitted Slurm job" in proc.stderr and "ftl: 1/1 nodes joined" in proc.stderr
-    status = run_ftl(["status", run], workdir, env=slurm.env)
-    assert status.stdout.strip() == "COMPLETED"
-    job = json.loads((run / "submission.json").read_text())["job_id"]
-    assert (run / f"slurm-{job}.out").exists()
 
 
 def _job_processes(job_id: str) -> list[psutil.Process]:
@@ -95,3 +86,64 @@ def test_hostile_directive_value_is_refused(workdir):
     proc = run_ftl(["run", write_config(workdir, cfg), "--dry-run"], workdir)
     assert proc.returncode == 2
     assert "cluster.slurm.partition" in proc.stderr and "cannot be put in an #SBATCH line" in proc.stderr
+
+
+def test_job_saves_on_the_time_limit_warning_requeues_and_resumes_exactly(slurm, workdir):
+    """An attached `ftl run` on Slurm. Mid-run the batch shell gets Slurm's warning before the
+    time limit (what `--signal=B:USR1@warning_s` sends; here `scancel --signal=USR1 --batch`):
+    every rank saves at the next step, the script requeues its job, the requeued job resumes
+    from that step, and `ftl run` follows it to COMPLETED with an uninterrupted run's losses
+    (the same 2 ranks under torchrun), step for step. Its Ray head refuses a client without the
+    job's token."""
+    from launcher.metrics.jsonl import read_metrics
+    from tests.integration.test_guards import torchrun
+    from tests.integration.test_sharding import prepare
+
+    def losses(run: Path) -> dict[int, float]:
+        return {m["step"]: m["train/loss"] for m in read_metrics(run / "metrics.jsonl") if "train/loss" in m}
+
+    cfg = yaml.safe_load(slurm_config(workdir, max_steps=8).read_text())
+    cfg["checkpoint"]["every_steps"] = 100  # only the stop request saves
+    (workdir / "ref").mkdir()
+    reference = prepare(workdir / "ref", "ref", {**cfg, "cluster": {"target": "local"}})
+    assert torchrun(reference).returncode == 0
+    hold = {"FTL_FAILPOINT": "train.after_step:4:hold",  # ranks wait there for the stop request
+            # a glob around HOSTILE, not through it: Ray expands "$HOME" in a worker's env_vars
+            "FTL_FAILPOINT_HOLD": str(workdir / "*" / "*" / "logs" / "stop-request")}
+    proc = subprocess.Popen(FTL + ["run", str(write_config(workdir, cfg))], cwd=workdir, text=True,
+                            env={**os.environ, **slurm.env, **hold}, stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE)
+    job = None
+    try:
+        deadline = time.time() + 240
+        while time.time() < deadline and not ((workdir / HOSTILE).exists() and any(
+                max(losses(run), default=0) >= 3 for run in (workdir / HOSTILE).iterdir())):
+            assert proc.poll() is None, proc.communicate()[1][-3000:]
+            time.sleep(0.5)
+        run = the_run(workdir)
+        job = json.loads((run / "submission.json").read_text())["job_id"]
+        head = re.search(r"Ray head at (\S+) \(token auth\)", (run / f"slurm-{job}.out").read_text())
+        assert head, "the job's log does not name its Ray head"
+        for mode in ("disabled", "token"):  # no token at all, or a wrong one
+            refused = subprocess.run(
+                [sys.executable, "-c", f"import ray; ray.init(address={head.group(1)!r})"],
+                env={**os.environ, "RAY_AUTH_MODE": mode, "RAY_AUTH_TOKEN": "0" * 64},
+                capture_output=True, text=True, timeout=120)
+            assert refused.returncode != 0 and "auth" in refused.stderr.lower(), refused.stderr[-2000:]
+        warn = subprocess.run(["scancel", "--signal=USR1", "--batch", job], env={**os.environ, **slurm.env},
+                              capture_output=True, text=True)
+        assert warn.returncode == 0, warn.stderr
+        _, err = proc.communicate(timeout=420)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+        for p in _job_processes(job) if job else []:
+            p.kill()
+    assert proc.returncode == 0, err[-3000:]
+    assert f"submitted Slurm job {job}" in err and "ftl: 1/1 nodes joined" in err
+    assert "Slurm time-limit warning (USR1)" in err and f"requeueing job {job}" in err
+    summary = json.loads((run / "summary.json").read_text())
+    assert summary["steps"] == 8 and summary["world_size"] == 2 and summary["launcher"] == "ray"
+    assert summary["resumed_from_step"] == 5
+    assert losses(run) == losses(reference)  # exact, every step
+    assert run_ftl(["status", run], workdir, env=slurm.env).stdout.strip() == "COMPLETED"
