@@ -162,21 +162,30 @@ class KubernetesTarget(SubmittingTarget):
         return sub["namespace"], sub["name"]
 
     def _status(self, folder: RunFolder) -> dict[str, Any]:
-        """The RayJob's ``status``; a RayJob that ``ftl stop`` deleted reads as Suspended."""
+        """The RayJob's ``status``; a RayJob that ``ftl stop`` deleted reads as Suspended. A
+        RayJob of the same name that is not the one submitted (another uid) is an error, so
+        that ``ftl stop`` never acts on someone else's job."""
         from kubernetes.client.exceptions import ApiException
 
         ns, name = self._ref(folder)
+        sub = folder.read_json("submission.json")
         custom, _ = self._apis()
         try:
             obj = custom.get_namespaced_custom_object(GROUP, VERSION, ns, PLURAL, name)
         except ApiException as exc:
             if exc.status != 404:
                 raise
-            if (folder.read_json("submission.json") or {}).get("stopped"):
+            if sub.get("stopped"):
                 return {"jobDeploymentStatus": "Suspended", "message": "deleted by ftl stop"}
             raise UserError(Problem(str(folder.path), f"RayJob {ns}/{name} no longer exists",
                                     "it was deleted (by a person, or by KubeRay after it finished); "
                                     "the run folder on the PVC holds what the run wrote")) from None
+        uid = (obj.get("metadata") or {}).get("uid")
+        if sub.get("uid") and uid != sub["uid"]:
+            raise UserError(Problem(str(folder.path), f"RayJob {ns}/{name} is not the one this run "
+                                    f"submitted (uid {uid}, expected {sub['uid']})",
+                                    "the submitted RayJob was deleted and its name reused; ftl leaves "
+                                    "this one alone"))
         return obj.get("status") or {}
 
     def status(self, folder: RunFolder) -> str:
@@ -197,8 +206,8 @@ class KubernetesTarget(SubmittingTarget):
             status = self._status(folder) if follow else {}  # before the log: a final state's log is whole
             current = _submitter_pod(core, ns, name)
             if current is not None and current != pod:
-                if pod is not None:
-                    yield f"ftl: {ns}/{name} was resubmitted by KubeRay; submitter pod {current}:\n"
+                if pod is not None:  # a KubeRay retry (or the submitter Job's own)
+                    yield f"ftl: {ns}/{name} was resubmitted; the log of submitter pod {current}:\n"
                 pod, seen = current, 0
             text = _pod_log(core, ns, pod) if pod else ""
             if len(text) > seen:

@@ -4,8 +4,8 @@ KubeRay's RayJob controller (tests/helpers/fake_k8s.py), so ``ftl status``, ``ft
 and ``ftl stop`` meet the states the real operator writes: Suspended with no jobStatus after a
 suspend, Failed with jobStatus RUNNING past the deadline, Retrying between attempts.
 
-One test goes through the ``ftl`` executable; the others call the same Click command in this
-process (``CliRunner``), which keeps them fast."""
+A few commands go through the ``ftl`` executable; the others call the same Click command in
+this process (``CliRunner``), which keeps the tests fast."""
 
 from __future__ import annotations
 
@@ -79,9 +79,8 @@ def test_submit_status_logs_stop_through_the_api(kube, workdir):
     assert {"name": "ftl-run", "configMap": {"name": configmap["metadata"]["name"]}} in volumes
 
     kube.settle()
-    assert run_ftl(["status", run], workdir, env=env).stdout.strip() == "RUNNING"
-    logs = run_ftl(["logs", run], workdir, env=env)
-    assert "ftl driver: run folder" in logs.stdout
+    assert ftl("status", run)[:2] == (0, "RUNNING\n")
+    assert "ftl driver: run folder" in ftl("logs", run)[1]
     assert any(m == "GET" and "labelSelector=job-name%3D" + name in p for m, p, _ in kube.requests)
     stopped = run_ftl(["stop", run], workdir, env=env)
     assert stopped.stdout.strip() == "STOPPED"
@@ -135,7 +134,7 @@ def test_preempted_attempt_is_retried_and_followed_to_the_end(kube, workdir):
     (run,) = run_dirs(workdir)
     name = RunFolder(run).read_json("submission.json")["name"]
     first, second = err.index("ftl driver: attempt 0"), err.index("ftl driver: attempt 1")
-    assert first < err.index(f"ftl: ml/{name} was resubmitted by KubeRay") < second
+    assert first < err.index(f"ftl: ml/{name} was resubmitted; the log of submitter pod") < second
     assert err.endswith(f"ftl: RayJob ml/{name} SUCCEEDED after 1 failed attempt\n")
     assert kube.rayjob(name)["status"]["succeeded"] == 1
 
@@ -168,6 +167,16 @@ def test_a_launch_submitted_twice_is_a_clear_error(kube, workdir):
         KubernetesTarget().submit(RunFolder(run))
     assert f"RayJob ml/{name} already exists" in err.value.render()
     assert [r[1] for r in kube.requests if r[0] == "POST"] == [RAYJOBS, CONFIGMAPS, RAYJOBS]
+
+
+@pytest.mark.timeout(120)
+def test_a_reused_name_is_not_taken_for_the_submitted_rayjob(kube, workdir):
+    run, name = submit(workdir)
+    path = f"{RAYJOBS}/{name}"
+    kube.objects[path]["metadata"]["uid"] = "other"  # deleted, and the name reused by someone
+    code, _, err = ftl("stop", run)
+    assert code == 2 and f"RayJob ml/{name} is not the one this run submitted (uid other" in err
+    assert not [r for r in kube.requests if r[0] == "PATCH"]
 
 
 @pytest.mark.timeout(120)
