@@ -21,6 +21,10 @@ class Target:
     def preflight(self, cfg: Any) -> None:
         """Raise UserError when the target cannot take this config (before anything starts)."""
 
+    def check_run_folder(self, folder: RunFolder, cfg: Any) -> None:
+        """Raise UserError when the job could not reach this run folder (checked before the
+        folder is created, so a refused run leaves nothing behind)."""
+
     def check_reachable(self, cfg: Any) -> None:
         """Raise UserError when the cluster cannot be reached (skipped by --dry-run)."""
 

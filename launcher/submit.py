@@ -55,6 +55,7 @@ def prepare_run(config: str | None, resume_dir: str | None, overrides: tuple[str
         folder = RunFolder.planned(runs_dir or cfg.checkpoint.dir, cfg.name)
     target = _target(cfg)
     preflight(cfg, target, notes)
+    target.check_run_folder(folder, cfg)
     plan = make_plan(cfg)
     if dry_run:
         return folder, _DryRun(target, folder, cfg)

@@ -243,7 +243,16 @@ class KubernetesTarget(Section):
     head_cpus: str = "4"
     head_memory: str = "16Gi"
     shm_size: str = Field("32Gi", description="/dev/shm as a memory emptyDir (NCCL needs it)")
-    runs_pvc: str | None = Field(None, description="PVC holding checkpoint.dir, mounted on every pod.")
+    runs_pvc: str | None = Field(
+        None, pattern=r"^[a-z0-9]([-a-z0-9.]*[a-z0-9])?$",
+        description="PVC holding the run folders, mounted on every pod (required unless "
+                    "cluster_selector: without it the run folder lives on one pod's disk).")
+    runs_mount: str | None = Field(
+        None, pattern=r"^/", description="Where runs_pvc is mounted in the pods (default: "
+                                         "checkpoint.dir); every run folder must lie under it.")
+    termination_grace_s: int = Field(
+        120, ge=15, description="Pod terminationGracePeriodSeconds: the preStop hook asks the run "
+                                "to save a checkpoint and waits up to this minus 10 s.")
     node_selector: dict[str, str] = Field(default_factory=dict)
     tolerations: list[dict[str, Any]] = Field(default_factory=list)
     service_account: str | None = None
@@ -251,7 +260,10 @@ class KubernetesTarget(Section):
     hf_secret: SecretRef | None = Field(None, description="Secret key holding the HF token.")
     shutdown_after_job_finishes: bool = True
     ttl_seconds_after_finished: int = Field(3600, ge=0)
-    backoff_limit: int = Field(0, ge=0)
+    backoff_limit: int | None = Field(
+        None, ge=0, description="RayJob retries (each on a new RayCluster, resuming from the run "
+                                "folder) after a failure or preemption; default 2, 0 with "
+                                "cluster_selector (KubeRay cannot retry there).")
     active_deadline_seconds: int | None = Field(None, gt=0)
     cluster_selector: dict[str, str] = Field(
         default_factory=dict, description="Run on an existing RayCluster with these labels."

@@ -7,6 +7,7 @@ mimics the API server's strict field validation (unknown fields rejected).
 from __future__ import annotations
 
 import copy
+import functools
 from pathlib import Path
 
 import yaml
@@ -39,10 +40,15 @@ def rayjob_schema() -> dict:
 
 
 def validate_rayjob(manifest: dict) -> list[str]:
+    return [f"{'/'.join(map(str, e.absolute_path))}: {e.message}" for e in _validator().iter_errors(manifest)]
+
+
+@functools.cache
+def _validator():
+    """Built once per process: reading and compiling the CRD takes seconds."""
     import jsonschema
 
-    validator = jsonschema.Draft7Validator(rayjob_schema())
-    return [f"{'/'.join(map(str, e.absolute_path))}: {e.message}" for e in validator.iter_errors(manifest)]
+    return jsonschema.Draft7Validator(rayjob_schema())
 
 
 __all__ = ["Path", "crd_available", "validate_rayjob"]
