@@ -85,3 +85,137 @@ def test_the_cli_leaves_no_ds_accelerator_for_sbatch_and_workers_get_it_from_the
     assert worker_env(validate_config(tiny_config()))["DS_ACCELERATOR"] == "cpu"
     gpu = validate_config(tiny_config(resources={"num_workers": 2, "gpus_per_worker": 1}))
     assert "DS_ACCELERATOR" not in worker_env(gpu)
+
+
+# -- atomic writes (item 3 of #20)
+
+READER = """
+import json, sys, time
+path, seconds = sys.argv[1], float(sys.argv[2])
+reads = bad = 0
+end = time.time() + seconds
+while time.time() < end:
+    try:
+        text = open(path).read()
+    except FileNotFoundError:  # a rename is never observed as a missing file either
+        bad += 1
+        continue
+    reads += 1
+    try:
+        whole = json.loads(text)["last"] == "whole"
+    except ValueError:
+        whole = False
+    bad += not whole
+print(reads, bad)
+"""
+
+
+def _big_plan(i: int) -> dict:
+    """~2 MB, so a write in place takes long enough for a reader to land inside it."""
+    return {"version": i, "rows": ["x" * 100] * 20_000, "last": "whole"}
+
+
+def test_a_reader_never_sees_a_record_being_written(tmp_path):
+    """A real second process reads plan.json as fast as it can while it is rewritten: with
+    ``write_text`` it sees empty and cut-off files; replaced by rename, it never does."""
+    import subprocess
+    import sys
+
+    from launcher.rundir import RunFolder
+
+    folder = RunFolder(tmp_path)
+    folder.write_json("plan.json", _big_plan(0))
+    reader = subprocess.Popen([sys.executable, "-c", READER, str(tmp_path / "plan.json"), "4"],
+                              stdout=subprocess.PIPE, text=True)
+    inodes = set()
+    writes = 0
+    while reader.poll() is None:
+        writes += 1
+        folder.write_json("plan.json", _big_plan(writes))
+        inodes.add((tmp_path / "plan.json").stat().st_ino)
+    reads, bad = map(int, reader.communicate()[0].split())
+    assert reader.returncode == 0
+    assert writes > 20 and reads > 20, (writes, reads)  # both really ran side by side
+    assert bad == 0, f"{bad} of {reads} reads saw a partial or missing plan.json"
+    assert len(inodes) > 1  # each write is a new file renamed over the old one
+    assert [p.name for p in tmp_path.iterdir()] == ["plan.json"]  # no temp file left
+
+
+def test_config_yaml_is_replaced_not_rewritten_in_place(tmp_path):
+    from launcher.rundir import RunFolder
+
+    folder = RunFolder(tmp_path)
+    folder.write_config({"name": "a"})
+    first = folder.config_file.stat().st_ino
+    with folder.config_file.open() as old:  # a reader that opened the old file keeps it whole
+        folder.write_config({"name": "b"})
+        assert old.read() == "name: a\n"
+    assert folder.config_file.stat().st_ino != first
+    assert folder.raw_config() == {"name": "b"}
+
+
+def test_a_writer_killed_before_its_rename_leaves_the_previous_record(tmp_path):
+    """A real process is SIGKILLed in the middle of write_json (its new plan.json fully written
+    to the temp file, not yet renamed): plan.json still holds the previous plan, whole."""
+    import signal
+    import subprocess
+    import sys
+
+    from launcher.rundir import RunFolder
+
+    folder = RunFolder(tmp_path)
+    folder.write_json("plan.json", {"workers": 2})
+    before = (tmp_path / "plan.json").read_bytes()
+    child = ("import os, sys, time\n"
+             "from launcher.rundir import RunFolder\n"
+             "def stuck(src, dst):\n"
+             "    print('renaming', flush=True); time.sleep(600)\n"
+             "os.replace = stuck\n"
+             "RunFolder(sys.argv[1]).write_json('plan.json', {'workers': 64, 'pad': 'x' * 100000})\n")
+    proc = subprocess.Popen([sys.executable, "-c", child, str(tmp_path)], stdout=subprocess.PIPE, text=True)
+    try:
+        assert proc.stdout.readline().strip() == "renaming"
+        temps = [p for p in tmp_path.iterdir() if p.name.startswith(".plan.json.")]
+        assert len(temps) == 1 and temps[0].stat().st_size > 100000  # the new plan was written...
+    finally:
+        proc.send_signal(signal.SIGKILL)
+        proc.wait(timeout=30)
+    assert (tmp_path / "plan.json").read_bytes() == before  # ...and the record is the old one
+    assert folder.read_json("plan.json") == {"workers": 2}
+
+
+def test_a_failed_write_keeps_the_old_file_and_removes_its_temp(tmp_path, monkeypatch):
+    """A full disk surfaces at fsync: the error reaches the caller, the previous config stays."""
+    import errno
+
+    from launcher.rundir import RunFolder
+
+    folder = RunFolder(tmp_path)
+    folder.write_config({"name": "before"})
+    before = folder.config_file.read_bytes()
+
+    def full(fd: int) -> None:
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    monkeypatch.setattr(os, "fsync", full)
+    try:
+        folder.write_config({"name": "after"})
+    except OSError as exc:
+        assert exc.errno == errno.ENOSPC
+    else:
+        raise AssertionError("the write did not fail")
+    assert folder.config_file.read_bytes() == before
+    assert [p.name for p in tmp_path.iterdir()] == ["config.yaml"]
+
+
+def test_records_keep_the_permissions_a_plain_write_would_give(tmp_path):
+    """Temp files are not 0600 (mkstemp's mode): others who could read a shared run folder still can."""
+    from launcher.rundir import RunFolder
+
+    umask = os.umask(0o022)
+    try:
+        RunFolder(tmp_path).write_json("summary.json", {"steps": 1})
+    finally:
+        os.umask(umask)
+    assert (tmp_path / "summary.json").stat().st_mode & 0o777 == 0o644
+
