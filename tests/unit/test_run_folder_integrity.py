@@ -219,3 +219,97 @@ def test_records_keep_the_permissions_a_plain_write_would_give(tmp_path):
         os.umask(umask)
     assert (tmp_path / "summary.json").stat().st_mode & 0o777 == 0o644
 
+
+# -- one writer per run folder (item 1 of #20)
+
+HOLDER = ("import sys\n"
+          "from launcher.rundir import RunFolder\n"
+          "folder = RunFolder(sys.argv[1])\n"
+          "folder.hold_writer_lock()\n"
+          "print('held', flush=True)\n"
+          "sys.stdin.read()\n")
+
+
+def test_a_second_writer_is_refused_naming_the_holder_until_the_holder_dies(tmp_path):
+    """A real process holds the run folder; `ftl run --resume` on it exits 2 naming that pid and
+    host and changes nothing. SIGKILL the holder (a crash): the lock is free at once."""
+    import signal
+    import socket
+    import subprocess
+    import sys
+
+    from launcher.rundir import RunFolder
+    from tests.conftest import run_ftl, tiny_config, write_config
+
+    run = tmp_path / "runs" / "t-1"
+    run.mkdir(parents=True)
+    write_config(run, tiny_config(), name="config.yaml")
+    holder = subprocess.Popen([sys.executable, "-c", HOLDER, str(run)], stdin=subprocess.PIPE,
+                              stdout=subprocess.PIPE, text=True)
+    try:
+        assert holder.stdout.readline().strip() == "held"
+        files = {p.name: p.read_bytes() for p in run.iterdir()}
+        proc = run_ftl(["run", "--resume", run], tmp_path)
+        assert proc.returncode == 2, proc.stderr
+        assert f"{run}: this run folder is in use: held by pid {holder.pid} on host " \
+               f"{socket.gethostname()} since " in proc.stderr
+        assert "Traceback" not in proc.stderr
+        assert {p.name: p.read_bytes() for p in run.iterdir()} == files  # nothing written
+        try:
+            RunFolder(run).hold_writer_lock()  # this process too, while the holder lives
+        except Exception as exc:
+            assert f"pid {holder.pid}" in str(exc)
+        else:
+            raise AssertionError("a second lock was granted")
+    finally:
+        holder.send_signal(signal.SIGKILL)
+        holder.wait(timeout=30)
+    folder = RunFolder(run)
+    lock = folder.hold_writer_lock()  # no stale lock after a crash
+    assert json.loads((run / ".lock").read_text())["pid"] == os.getpid()
+    lock.release()
+    RunFolder(run).hold_writer_lock().release()  # released means free for the next one
+
+
+def test_resume_is_refused_while_the_submitted_cluster_job_runs(tmp_path, monkeypatch):
+    """The writer of a cluster run is its remote driver: a resume asks the target the folder was
+    submitted to (here Kubernetes, through the stand-in API server) whether that job still runs,
+    whichever target the resume names."""
+    from launcher.errors import UserError
+    from launcher.rundir import RunFolder
+    from launcher.submit import refuse_while_job_active
+    from tests.conftest import run_ftl, tiny_config, write_config
+    from tests.helpers.fake_k8s import FakeKube
+
+    kube = FakeKube()
+    try:
+        monkeypatch.setenv("KUBECONFIG", str(kube.kubeconfig(tmp_path)))
+        run = tmp_path / "runs" / "t-1"
+        run.mkdir(parents=True)
+        write_config(run, tiny_config(), name="config.yaml")
+        folder = RunFolder(run)
+        folder.write_json("submission.json", {"target": "kubernetes", "namespace": "ml", "name": "t-1"})
+        kube.objects["/apis/ray.io/v1/namespaces/ml/rayjobs/t-1"] = {"metadata": {"name": "t-1"}}
+        files = {p.name: p.read_bytes() for p in run.iterdir()}
+
+        proc = run_ftl(["run", "--resume", run, "--target", "local"], tmp_path)
+        assert proc.returncode == 2, proc.stderr
+        assert f"{run}: RayJob ml/t-1 is RUNNING: it writes this run folder" in proc.stderr
+        assert f"`ftl stop {run}`" in proc.stderr
+        assert {p.name: p.read_bytes() for p in run.iterdir() if p.name != ".lock"} == files
+
+        kube.job_status = "SUCCEEDED"
+        refuse_while_job_active(folder)  # ended: the resume may go on
+        kube.job_status = "STOPPED"
+        refuse_while_job_active(folder)
+        del kube.objects["/apis/ray.io/v1/namespaces/ml/rayjobs/t-1"]  # deleted: state unknown
+        try:
+            refuse_while_job_active(folder)
+        except UserError as exc:
+            text = exc.render()
+        else:
+            raise AssertionError("a job whose state is unknown did not stop the resume")
+        assert "cannot tell whether RayJob ml/t-1, which this folder was submitted to, still runs" in text
+        assert f"remove {run / 'submission.json'}" in text
+    finally:
+        kube.close()
