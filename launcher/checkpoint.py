@@ -223,13 +223,20 @@ def legacy_writer(ckpt: Path, folder_cfg: Any) -> dict[str, Any]:
 def writer_changes(old: dict[str, Any], new: dict[str, Any]) -> list[str]:
     """'<field>: <old> -> <new>' for each field that differs (a None ZeRO stage is unknown)."""
     out = []
-    for key, label in WRITER_FIELDS.items():
-        before, after = old.get(key), new.get(key)
-        if key == "zero_stage" and (before is None or after is None):
-            continue
-        if before != after:
-            out.append(f"{label}: {_show(before)} -> {_show(after)}")
+    stages = old.get("zero_stage"), new.get("zero_stage")
+    if old.get("backend") != new.get("backend"):  # the stage goes with it: 'ddp -> deepspeed ZeRO-3'
+        out.append(f"{WRITER_FIELDS['backend']}: {_backend(old)} -> {_backend(new)}")
+    elif None not in stages and stages[0] != stages[1]:
+        out.append(f"{WRITER_FIELDS['zero_stage']}: {stages[0]} -> {stages[1]}")
+    for key in ("model", "adapters"):
+        if old.get(key) != new.get(key):
+            out.append(f"{WRITER_FIELDS[key]}: {_show(old.get(key))} -> {_show(new.get(key))}")
     return out
+
+
+def _backend(record: dict[str, Any]) -> str:
+    stage = record.get("zero_stage")
+    return str(record.get("backend")) + (f" ZeRO-{stage}" if stage is not None else "")
 
 
 def _show(value: Any) -> str:

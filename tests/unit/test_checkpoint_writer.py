@@ -82,7 +82,10 @@ def test_zero_stages_are_told_apart(tmp_path):
     zero2 = cfg_with(sharding={"backend": "zero2"})
     (ckpt / "writer.json").write_text(json.dumps(checkpoint_writer(zero2)))
     refuse_changed_writer(folder.path, cfg_with(sharding={"backend": "deepspeed", "zero_stage": 2}))
-    assert "ZeRO stage: 2 -> 3" in refusal(folder, cfg_with(sharding={"backend": "zero3"}))
+    text = refusal(folder, cfg_with(sharding={"backend": "zero3"}))
+    assert "(ZeRO stage: 2 -> 3)" in text and "sharding backend" not in text
+    text = refusal(folder, cfg_with(sharding={"backend": "ddp"}))
+    assert "(sharding backend: deepspeed ZeRO-2 -> ddp)" in text
 
 
 def test_checkpoints_without_a_record_still_resume_and_are_judged_by_their_files(tmp_path):
