@@ -99,7 +99,11 @@ class WriterLock:
     def acquire(cls, folder: Path) -> WriterLock:
         """Take the lock or raise UserError naming the holder (exit 2: nothing was written)."""
         path = Path(folder) / LOCK_FILE
-        fh = os.fdopen(os.open(path, os.O_RDWR | os.O_CREAT, 0o666), "r+b")  # open while held
+        try:
+            fh = os.fdopen(os.open(path, os.O_RDWR | os.O_CREAT, 0o666), "r+b")  # open while held
+        except OSError as exc:
+            raise UserError(Problem(str(path), f"cannot open the run folder's lock: {exc.strerror}",
+                                    "a run writes its folder: run as a user who may write there")) from None
         try:
             fcntl.flock(fh.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:
@@ -108,6 +112,9 @@ class WriterLock:
                                     "one process writes a run folder at a time (two would delete each "
                                     "other's checkpoints): wait for that run to end, or stop it "
                                     "(Ctrl-C in its terminal, or kill its pid on that host)")) from None
+        except OSError as exc:  # ENOLCK, EOPNOTSUPP: a filesystem without locks (some FUSE mounts)
+            print(f"warning: {folder}: this filesystem cannot lock files ({exc.strerror}): nothing "
+                  "stops a second `ftl run --resume` of this folder while this one runs", file=sys.stderr)
         holder = {"pid": os.getpid(), "host": socket.gethostname(), "since": time.time(),
                   "command": _command_line()}
         fh.seek(0)
@@ -179,6 +186,13 @@ class RunFolder:
         if self._writer_lock is None:
             self._writer_lock = WriterLock.acquire(self.path)
         return self._writer_lock
+
+    def remove_partial_writes(self) -> None:
+        """Temp files of record writes a crash cut off (``.<name>.<pid>.<id>.tmp``). Only the
+        folder's one writer may call this: another writer's temp file would vanish mid-write."""
+        for tmp in self.path.glob(".*.tmp"):
+            with contextlib.suppress(OSError):
+                tmp.unlink()
 
     def release_writer_lock(self) -> None:
         if self._writer_lock is not None:

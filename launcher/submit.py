@@ -80,6 +80,7 @@ def prepare_run(config: str | None, resume_dir: str | None, overrides: tuple[str
     if resume_dir:
         folder.hold_writer_lock()  # first: a second resume now waits for our submission below
         refuse_while_job_active(folder)
+        folder.remove_partial_writes()  # no other writer is left to own them
     else:
         folder = RunFolder.create(runs_dir or cfg.checkpoint.dir, cfg.name)  # locked
         ship(cfg.method_options().code_references(), Path(config).parent, folder.path)

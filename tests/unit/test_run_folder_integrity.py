@@ -182,6 +182,10 @@ def test_a_writer_killed_before_its_rename_leaves_the_previous_record(tmp_path):
         proc.wait(timeout=30)
     assert (tmp_path / "plan.json").read_bytes() == before  # ...and the record is the old one
     assert folder.read_json("plan.json") == {"workers": 2}
+    folder.hold_writer_lock()  # the next writer (a resume) drops the cut-off temp file
+    folder.remove_partial_writes()
+    assert sorted(p.name for p in tmp_path.iterdir()) == [".lock", "plan.json"]
+    folder.release_writer_lock()
 
 
 def test_a_failed_write_keeps_the_old_file_and_removes_its_temp(tmp_path, monkeypatch):
