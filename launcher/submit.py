@@ -112,9 +112,10 @@ def _job_name(sub: dict[str, Any]) -> str:
 def refuse_while_job_active(folder: RunFolder) -> None:
     """Raise UserError while the job in ``submission.json`` may still write the folder.
 
-    A state the target cannot tell (cluster unreachable, job unknown: Slurm's UNKNOWN, a
-    deleted RayJob) is refused too: resuming next to a job that does run would corrupt the
-    folder, whereas waiting costs nothing; the hint says how to go on once it surely ended."""
+    A state the target cannot tell (cluster unreachable, a job the scheduler no longer knows:
+    Slurm's UNKNOWN, a deleted RayJob) is refused too: resuming next to a job that does run
+    would corrupt the folder, whereas waiting costs nothing; the hint says how to go on once
+    the job surely ended."""
     sub = folder.read_json("submission.json")
     if not sub:
         return
@@ -125,11 +126,15 @@ def refuse_while_job_active(folder: RunFolder) -> None:
         state = target.status(folder)
     except Exception as exc:  # UserError (unreachable) or the client's own errors
         detail = exc.render() if isinstance(exc, UserError) else f"{type(exc).__name__}: {exc}"
+        state, unknown = None, detail.splitlines()[0] if detail else type(exc).__name__
+    else:
+        unknown = f"its state is {state}" if state == "UNKNOWN" else None
+    if unknown is not None:
         raise UserError(Problem(
             str(folder.path), f"cannot tell whether {job}, which this folder was submitted to, "
-            f"still runs: {detail.splitlines()[0] if detail else ''}",
+            f"still runs: {unknown}",
             f"resume once {check} answers; if that job is gone for good, remove "
-            f"{folder.path / 'submission.json'} and resume")) from None
+            f"{folder.path / 'submission.json'} and resume"))
     if state in _ended_states(target):
         return
     raise UserError(Problem(

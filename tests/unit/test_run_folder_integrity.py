@@ -275,11 +275,21 @@ def test_a_second_writer_is_refused_naming_the_holder_until_the_holder_dies(tmp_
     RunFolder(run).hold_writer_lock().release()  # released means free for the next one
 
 
+def refused(folder) -> str:
+    from launcher.errors import UserError
+    from launcher.submit import refuse_while_job_active
+
+    try:
+        refuse_while_job_active(folder)
+    except UserError as exc:
+        return exc.render()
+    raise AssertionError("the resume was not refused")
+
+
 def test_resume_is_refused_while_the_submitted_cluster_job_runs(tmp_path, monkeypatch):
     """The writer of a cluster run is its remote driver: a resume asks the target the folder was
     submitted to (here Kubernetes, through the stand-in API server) whether that job still runs,
     whichever target the resume names."""
-    from launcher.errors import UserError
     from launcher.rundir import RunFolder
     from launcher.submit import refuse_while_job_active
     from tests.conftest import run_ftl, tiny_config, write_config
@@ -306,14 +316,12 @@ def test_resume_is_refused_while_the_submitted_cluster_job_runs(tmp_path, monkey
         refuse_while_job_active(folder)  # ended: the resume may go on
         kube.job_status = "STOPPED"
         refuse_while_job_active(folder)
+        kube.job_status = "UNKNOWN"
+        assert "still runs: its state is UNKNOWN" in refused(folder)
         del kube.objects["/apis/ray.io/v1/namespaces/ml/rayjobs/t-1"]  # deleted: state unknown
-        try:
-            refuse_while_job_active(folder)
-        except UserError as exc:
-            text = exc.render()
-        else:
-            raise AssertionError("a job whose state is unknown did not stop the resume")
-        assert "cannot tell whether RayJob ml/t-1, which this folder was submitted to, still runs" in text
+        text = refused(folder)
+        assert "cannot tell whether RayJob ml/t-1, which this folder was submitted to, still runs: " \
+               "NotFoundException: (404)" in text
         assert f"remove {run / 'submission.json'}" in text
     finally:
         kube.close()
