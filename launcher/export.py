@@ -2,8 +2,10 @@
 
 Runs in a single process with no process group: DDP checkpoints hold the state dict;
 DeepSpeed ZeRO shards are consolidated with ``zero_to_fp32``; FSDP2's distributed checkpoint
-is read with ``dcp_to_torch_save``. The state dict is loaded strictly into the model the
-config describes (adapters included), so a mismatch fails instead of exporting garbage.
+is read with ``dcp_to_torch_save``. Which of those applies is read from the checkpoint itself
+(its ``writer.json``, or the files it holds), not from config.yaml, which a later edit may have
+changed. The state dict is loaded strictly into the model the config describes (adapters
+included), so a mismatch fails instead of exporting garbage.
 """
 
 from __future__ import annotations
@@ -15,7 +17,14 @@ from typing import Any
 
 import torch
 
-from launcher.checkpoint import checkpoint_step, complete_checkpoints
+from launcher.checkpoint import (
+    backend_of_files,
+    checkpoint_step,
+    checkpoint_writer,
+    complete_checkpoints,
+    recorded_writer,
+    writer_changes,
+)
 from launcher.errors import Problem, UserError
 from launcher.rundir import RunFolder
 
@@ -29,6 +38,21 @@ def pick_checkpoint(folder: RunFolder, step: int | None) -> Path:
         raise UserError(Problem(str(root), "no complete checkpoint" + (f" at step {step}" if step else ""),
                                 "checkpoints are written every checkpoint.every_steps"))
     return found[-1]
+
+
+def checkpoint_backend(ckpt: Path, cfg: Any) -> str | None:
+    """The backend that wrote ``ckpt``; UserError when its record names another model or
+    adapter set than config.yaml (the state dict could not fit the model built from it)."""
+    recorded = recorded_writer(ckpt)
+    if recorded is None:
+        return backend_of_files(ckpt)
+    sharding = {"backend": recorded["backend"], "zero_stage": recorded.get("zero_stage")}
+    changes = writer_changes(recorded, {**checkpoint_writer(cfg), **sharding})  # model, adapters
+    if changes:
+        raise UserError(Problem(str(ckpt), "written for another model than config.yaml describes ("
+                                + "; ".join(changes) + ")",
+                                "restore model.path and peft in config.yaml to what this run trained"))
+    return recorded["backend"]
 
 
 def consolidated_state_dict(ckpt: Path, kind: str) -> dict[str, torch.Tensor]:
@@ -71,7 +95,7 @@ def export_run(run_dir: str, to: str, *, merge_lora: bool = False, step: int | N
     if merge_lora and cfg.peft is None:
         raise UserError(Problem("--merge-lora", "this run has no LoRA adapters to merge"))
     ckpt = pick_checkpoint(folder, step)
-    kind = resolve_sharding(cfg.sharding, cfg).kind  # auto: what it chose
+    kind = checkpoint_backend(ckpt, cfg) or resolve_sharding(cfg.sharding, cfg).kind  # auto: its choice
     state_dict = consolidated_state_dict(ckpt, kind)
     tokenizer = load_tokenizer(cfg)
     strategy = build_strategy(cfg, tokenizer)
