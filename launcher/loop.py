@@ -28,7 +28,7 @@ import torch
 import torch.distributed as dist
 
 from launcher import failpoints, preemption
-from launcher.checkpoint import CheckpointManager
+from launcher.checkpoint import CheckpointManager, checkpoint_writer
 from launcher.dist import RankContext, all_gather_objects, all_reduce_sum, barrier, init_distributed
 from launcher.guard import StepGuard
 from launcher.lazy import load_object
@@ -117,13 +117,14 @@ def _train(cfg: Any, ctx: RankContext, folder: RunFolder) -> dict[str, Any]:
                   lambda o: make_scheduler(o, cfg.train))
     strategy.on_setup(backend, data)
 
-    ckpts = CheckpointManager(folder.path, cfg.checkpoint.keep, ctx)
+    ckpts = CheckpointManager(folder.path, cfg.checkpoint.keep, ctx, writer=checkpoint_writer(cfg))
     ckpts.clean_partial()
     launch_id = folder.launch_id()
     state: dict[str, Any] = {"step": 0, "tokens": 0, "train_time_s": 0.0, "restarts": 0,
                              "initial": {}, "launch_id": launch_id, "skipped_steps": 0}
     latest = ckpts.latest()
     if latest is not None:
+        ckpts.check_writer(latest)  # a clear error instead of a shape mismatch inside load
         backend.load(latest)
         state.update(ckpts.load_state(latest))
         if state.get("launch_id") == launch_id:  # same launch: Ray restarted the worker group

@@ -303,7 +303,9 @@ def test_resume_is_refused_while_the_submitted_cluster_job_runs(tmp_path, monkey
         write_config(run, tiny_config(), name="config.yaml")
         folder = RunFolder(run)
         folder.write_json("submission.json", {"target": "kubernetes", "namespace": "ml", "name": "t-1"})
-        kube.objects["/apis/ray.io/v1/namespaces/ml/rayjobs/t-1"] = {"metadata": {"name": "t-1"}}
+        path = "/apis/ray.io/v1/namespaces/ml/rayjobs/t-1"
+        kube.objects[path] = {"metadata": {"name": "t-1"}, "spec": {"shutdownAfterJobFinishes": True},
+                              "status": {"jobDeploymentStatus": "Running", "jobStatus": "RUNNING"}}
         files = {p.name: p.read_bytes() for p in run.iterdir()}
 
         proc = run_ftl(["run", "--resume", run, "--target", "local"], tmp_path)
@@ -312,16 +314,17 @@ def test_resume_is_refused_while_the_submitted_cluster_job_runs(tmp_path, monkey
         assert f"`ftl stop {run}`" in proc.stderr
         assert {p.name: p.read_bytes() for p in run.iterdir() if p.name != ".lock"} == files
 
-        kube.job_status = "SUCCEEDED"
+        kube.objects[path]["status"] = {"jobDeploymentStatus": "Complete", "jobStatus": "SUCCEEDED"}
         refuse_while_job_active(folder)  # ended: the resume may go on
-        kube.job_status = "STOPPED"
+        kube.objects[path]["spec"]["suspend"] = True
+        kube.objects[path]["status"] = {"jobDeploymentStatus": "Suspended"}
         refuse_while_job_active(folder)
-        kube.job_status = "UNKNOWN"
+        kube.objects[path]["status"] = {"jobDeploymentStatus": "Unknown"}
         assert "still runs: its state is UNKNOWN" in refused(folder)
-        del kube.objects["/apis/ray.io/v1/namespaces/ml/rayjobs/t-1"]  # deleted: state unknown
+        del kube.objects[path]  # deleted: refused too (its pods may still be terminating)
         text = refused(folder)
         assert "cannot tell whether RayJob ml/t-1, which this folder was submitted to, still runs: " \
-               "NotFoundException: (404)" in text
+               f"{run}: RayJob ml/t-1 no longer exists" in text
         assert f"remove {run / 'submission.json'}" in text
     finally:
         kube.close()
