@@ -3,8 +3,11 @@
 The job's entrypoint is ftl's driver (``python -m launcher.driver RUN_DIR --seed ftl-run``)
 in a staged working directory (code, config, small local data; see ``cluster.staging``).
 Token auth: Ray's own client reads ``RAY_AUTH_TOKEN``/``RAY_AUTH_TOKEN_PATH`` from the
-environment; ftl never reads, prints or stores the token. W&B/HF secrets are forwarded in the
-job's env only when ``cluster.ray.forward_secrets`` is on, and are masked in ``--dry-run``.
+environment; ftl never reads, prints or stores the token.
+Secrets (``WANDB_API_KEY``, ``HF_TOKEN``) are never sent with the job: its ``runtime_env`` is
+shown by the dashboard, ``ray job list`` and the job info to anyone who can reach the cluster.
+Workers get them from the cluster's own environment (set where ``ray start`` runs, or a
+Kubernetes Secret for KubeRay pods): see README, Secrets.
 State is read from the Jobs API (``ray job status`` exits 0 even for failed jobs).
 """
 
@@ -24,7 +27,6 @@ from cluster.staging import SEED_DIR, stage
 from launcher.errors import Problem, UserError
 from launcher.rundir import RunFolder
 
-SECRETS = ("WANDB_API_KEY", "HF_TOKEN")
 PLAIN_ENV = ("WANDB_MODE", "HF_HUB_OFFLINE", "HF_DATASETS_OFFLINE", "FTL_FAILPOINT", "FTL_FAILPOINT_RANK")
 TERMINAL = {"SUCCEEDED", "FAILED", "STOPPED"}
 
@@ -57,16 +59,19 @@ class RayJobsTarget(SubmittingTarget):
 
     def preflight(self, cfg: Any) -> None:
         _address(cfg)
+        if cfg.cluster.ray.forward_secrets:
+            raise UserError(Problem(
+                "cluster.ray.forward_secrets", "secrets are no longer sent in the job's runtime_env: "
+                "Ray shows it in the dashboard and job info",
+                "remove it, and set WANDB_API_KEY/HF_TOKEN in the cluster's environment (README: Secrets)"))
 
     def check_reachable(self, cfg: Any) -> None:
         self._client(_address(cfg))
 
     # -- what is submitted
-    def job_spec(self, folder: RunFolder, cfg: Any, working_dir: str, *, mask: bool) -> dict[str, Any]:
+    def job_spec(self, folder: RunFolder, cfg: Any, working_dir: str) -> dict[str, Any]:
         env = {k: os.environ[k] for k in PLAIN_ENV if k in os.environ}
         env.update({"RAY_TRAIN_ENABLE_PRINT_PATCH": "0", "TOKENIZERS_PARALLELISM": "false"})
-        if cfg.cluster.ray.forward_secrets:
-            env.update({k: ("***" if mask else os.environ[k]) for k in SECRETS if k in os.environ})
         runtime_env: dict[str, Any] = {"working_dir": working_dir, "env_vars": env}
         if cfg.cluster.ray.pip:
             runtime_env["pip"] = list(cfg.cluster.ray.pip)
@@ -79,8 +84,7 @@ class RayJobsTarget(SubmittingTarget):
         }
 
     def render(self, folder: RunFolder, cfg: Any) -> str:
-        spec = self.job_spec(folder, cfg, "<staged: launcher/ strategies/ cluster/ ftl-run/ ftl-data/>",
-                             mask=True)
+        spec = self.job_spec(folder, cfg, "<staged: launcher/ strategies/ cluster/ ftl-run/ ftl-data/>")
         return json.dumps(spec, indent=2)
 
     # -- lifecycle
@@ -88,7 +92,7 @@ class RayJobsTarget(SubmittingTarget):
         cfg = folder.load_config()
         staged = stage(folder)
         try:
-            spec = self.job_spec(folder, cfg, str(staged), mask=False)
+            spec = self.job_spec(folder, cfg, str(staged))
             client = self._client(spec["address"])
             client.submit_job(entrypoint=spec["entrypoint"], runtime_env=spec["runtime_env"],
                               submission_id=spec["submission_id"])

@@ -17,10 +17,11 @@ from launcher.rundir import RunFolder
 # Worker environment: no per-line print patching (pages of noise from datasets.map), no
 # tokenizer thread pools fighting the training threads.
 WORKER_ENV = {"RAY_TRAIN_ENABLE_PRINT_PATCH": "0", "TOKENIZERS_PARALLELISM": "false"}
-# Environment passed through to workers when set on the driver (secrets are never logged).
-PASS_THROUGH = ("WANDB_API_KEY", "WANDB_MODE", "HF_TOKEN", "HF_HOME", "HF_HUB_OFFLINE",
-                "HF_DATASETS_OFFLINE", "FTL_HOME", "FTL_FAILPOINT", "FTL_FAILPOINT_RANK",
-                "TORCH_EXTENSIONS_DIR", "PYTHONPATH")
+# Environment passed through to workers when set on the driver. This becomes the workers'
+# Ray runtime_env, which Ray shows in its dashboard, state API and logs: never a secret here.
+# WANDB_API_KEY and HF_TOKEN reach workers from the node's own environment (README, Secrets).
+PASS_THROUGH = ("WANDB_MODE", "HF_HOME", "HF_HUB_OFFLINE", "HF_DATASETS_OFFLINE", "FTL_HOME",
+                "FTL_FAILPOINT", "FTL_FAILPOINT_RANK", "TORCH_EXTENSIONS_DIR", "PYTHONPATH")
 
 
 def _worker_entry(config: dict[str, Any]) -> None:
@@ -34,6 +35,9 @@ def _worker_entry(config: dict[str, Any]) -> None:
 
 
 def worker_env(cfg: Any) -> dict[str, str]:
+    """The workers' ``runtime_env`` variables: settings only. Secrets are inherited from the
+    node environment (the raylet's), never passed here: a runtime_env is visible to anyone who
+    can read the Ray dashboard."""
     threads = cfg.resources.threads_per_worker or max(1, int(cfg.resources.cpus_per_worker))
     env = {**WORKER_ENV, "OMP_NUM_THREADS": str(threads)}
     if not cfg.resources.gpus_per_worker:  # from the config, not from the submitting host

@@ -196,7 +196,9 @@ class RayTarget(Section):
         None, description="Ray dashboard URL, e.g. http://head:8265 (default: RAY_ADDRESS)."
     )
     forward_secrets: bool = Field(
-        True, description="Pass WANDB_API_KEY/HF_TOKEN from this shell to the job's env."
+        False, description="Removed; must stay false. Secrets never go into the job's runtime_env "
+        "(Ray shows it in the dashboard and job info): set WANDB_API_KEY/HF_TOKEN in the "
+        "cluster's own environment (README: Secrets)."
     )
     pip: list[str] = Field(default_factory=list, description="Extra pip packages for the job.")
 
