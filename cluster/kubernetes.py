@@ -27,12 +27,26 @@ class KubernetesTarget(SubmittingTarget):
     job_label = "RayJob"
 
     def preflight(self, cfg: Any) -> None:
+        """Data visible to pods, and worker pods (as rendered) that can hold the run's workers:
+        a RayJob whose workers do not fit its own RayCluster would wait until its deadline."""
+        problems: list[Problem] = []
         for section in ("train", "eval"):
             for i, src in enumerate(getattr(cfg.data, section)):
                 path = src.path or ""
                 if not path.startswith(("builtin:", "/")) and Path(path).exists():
-                    raise UserError(Problem(f"data.{section}.{i}.path", "a local file is not visible to pods",
+                    problems.append(Problem(f"data.{section}.{i}.path", "a local file is not visible to pods",
                                             "copy it to the runs PVC and use its absolute path"))
+        from launcher.placement import kuberay_problem
+
+        try:
+            manifests = render_manifests(cfg, f"{cfg.checkpoint.dir}/ftl-preflight", {})
+        except UserError as exc:  # the manifests cannot be rendered: say why now
+            problems += exc.problems
+        else:
+            problem = kuberay_problem(cfg, manifests)
+            problems += [problem] if problem is not None else []
+        if problems:
+            raise UserError(problems)
 
     def check_reachable(self, cfg: Any) -> None:
         self._apis()

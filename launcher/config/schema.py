@@ -185,6 +185,11 @@ class ResourcesSection(Section):
         None, gt=0, description="GPUs per node, for per-node host RAM and node counts; default: "
         "cluster.slurm.gpus_per_node when set, else 8."
     )
+    placement_timeout_s: float | None = Field(
+        600, gt=0, description="Fail the run when Ray cannot place every worker within this many "
+        "seconds (more CPUs/GPUs asked for than the cluster has, a busy cluster, a lost node); "
+        "null: wait for ever (an autoscaler that adds nodes slowly)."
+    )
 
 
 class LocalTarget(Section):
@@ -201,6 +206,10 @@ class RayTarget(Section):
         "cluster's own environment (README: Secrets)."
     )
     pip: list[str] = Field(default_factory=list, description="Extra pip packages for the job.")
+    autoscaling: bool = Field(
+        False, description="The cluster adds nodes on demand: do not refuse a run that needs more "
+        "than its current nodes have (resources.placement_timeout_s still bounds the wait)."
+    )
 
 
 class SlurmTarget(Section):

@@ -125,6 +125,17 @@ def test_failed_job_exits_1_naming_the_rank(head, workdir):
     assert "rank 1 failed: FailpointError" in proc.stderr
 
 
+def test_more_workers_than_the_cluster_has_is_refused_before_submitting(head, workdir):
+    """The head has 3 CPUs; 4 workers x 1 CPU could never be placed: exit 2, nothing submitted."""
+    path = ray_config(workdir, head)
+    proc = run_ftl(["run", path, "--set", "resources.num_workers=4"], workdir, env=client_env(head))
+    assert proc.returncode == 2, proc.stderr[-2000:]
+    assert ("resources.cpus_per_worker: 4 workers x (1 CPU) need 4 CPUs; 3 offered: the Ray cluster has "
+            "1 node x (3 CPU, 0 GPU)") in proc.stderr
+    assert "cluster.ray.autoscaling: true" in proc.stderr  # the way out for clusters that grow
+    assert run_dirs(workdir) == []
+
+
 def test_unreachable_cluster_is_a_user_error(workdir):
     cfg = tiny_config(cluster={"target": "ray", "ray": {"address": "http://127.0.0.1:9"}})
     proc = run_ftl(["run", write_config(workdir, cfg)], workdir, timeout=120)
