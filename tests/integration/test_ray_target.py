@@ -55,7 +55,8 @@ def no_secret_anywhere(texts: list[str], run: Path) -> None:
 
 def what_ray_shows(head, submission_id: str) -> list[str]:
     """The job as Ray shows it to anyone who can reach the dashboard: the SDK's job info (with
-    its runtime_env), the dashboard's jobs list, and the job's own log."""
+    its runtime_env), the dashboard's jobs list, its task list (each task's and Train worker
+    actor's runtime_env) and the runtime envs it has set up, and the job's own log."""
     import urllib.request
 
     from ray.job_submission import JobSubmissionClient
@@ -64,11 +65,18 @@ def what_ray_shows(head, submission_id: str) -> list[str]:
     client = JobSubmissionClient(head.address, headers=auth)
     info = client.get_job_info(submission_id)
     assert info.runtime_env and "env_vars" in info.runtime_env  # the runtime_env is really there
-    with urllib.request.urlopen(urllib.request.Request(f"{head.address}/api/jobs/", headers=auth),
-                                timeout=30) as response:
-        jobs = response.read().decode()
+
+    def get(path: str) -> str:
+        request = urllib.request.Request(f"{head.address}{path}", headers=auth)
+        with urllib.request.urlopen(request, timeout=60) as response:
+            return response.read().decode()
+
+    jobs, tasks = get("/api/jobs/"), get("/api/v0/tasks?detail=true&limit=1000")
     assert submission_id in jobs
-    return [json.dumps(info.runtime_env), repr(info), jobs, client.get_job_logs(submission_id)]
+    # The workers' runtime_env (launcher.driver.worker_env) is in the task list: searched for real.
+    assert "RAY_TRAIN_ENABLE_PRINT_PATCH" in tasks and "OMP_NUM_THREADS" in tasks
+    return [json.dumps(info.runtime_env), repr(info), jobs, tasks,
+            get("/api/v0/runtime_envs?detail=true&limit=1000"), client.get_job_logs(submission_id)]
 
 
 def test_attached_run_on_existing_cluster(head, workdir):
