@@ -56,3 +56,36 @@ def test_unplaceable_worker_group_fails_within_the_timeout(private_ray, tmp_path
     # Ray's own default would retry every 60 s for ever; 4 s plus controller start-up here.
     assert elapsed < 45
     assert START_TIMEOUT_ENV not in os.environ  # the driver's environment is restored
+
+
+def _run_trainer_bounds_placement() -> bool:
+    import inspect
+
+    from launcher.driver import run_trainer
+
+    return "bounded_placement" in inspect.getsource(run_trainer)
+
+
+@pytest.mark.skipif(not _run_trainer_bounds_placement(),
+                    reason="launcher.driver.run_trainer does not call launcher.placement yet (lead-owned)")
+def test_run_trainer_fails_an_unplaceable_run_in_bounded_time(workdir, monkeypatch):
+    """Through ftl's own driver: preflight saw 4 CPUs (cluster.local.num_cpus), the Ray it runs
+    on has 2, and 2 workers x 2 CPUs cannot be placed there."""
+    from cluster.local import start_private_ray, stop_private_ray
+    from launcher.driver import run_trainer
+    from launcher.submit import prepare_run
+    from tests.conftest import write_config
+
+    cfg = tiny_config(resources={"num_workers": 2, "cpus_per_worker": 2, "placement_timeout_s": 4},
+                      cluster={"local": {"num_cpus": 4}})
+    monkeypatch.chdir(workdir)
+    folder, _ = prepare_run(str(write_config(workdir, cfg)), None, ())
+    temp_dir = start_private_ray(2)
+    start = time.monotonic()
+    try:
+        with pytest.raises(JobFailed) as failed:
+            run_trainer(folder)
+    finally:
+        stop_private_ray(temp_dir)
+    assert "2 workers x (2 CPU) = {CPU: 4}" in str(failed.value)
+    assert time.monotonic() - start < 60
