@@ -33,7 +33,6 @@ import contextlib
 import math
 import os
 import re
-import threading
 from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import Any
@@ -42,7 +41,6 @@ from launcher.errors import JobFailed, Problem
 
 START_TIMEOUT_ENV = "RAY_TRAIN_WORKER_GROUP_START_TIMEOUT_S"
 _EPS = 1e-9
-_env_lock = threading.Lock()
 
 
 @dataclass(frozen=True)
@@ -58,7 +56,7 @@ class WorkerDemand:
 
     def describe(self) -> str:
         gpus = f", {self.gpus:g} GPU" if self.gpus else ""
-        return f"{self.workers} workers x ({self.cpus:g} CPU{gpus})"
+        return f"{self.workers} worker{'s' if self.workers != 1 else ''} x ({self.cpus:g} CPU{gpus})"
 
 
 @dataclass(frozen=True)
@@ -202,34 +200,25 @@ def bounded_placement(cfg: Any) -> Iterator[None]:
     asked for and what the cluster has.
 
     Ray reads the timeout only from the driver's ``os.environ`` (module docstring), so it is set
-    for the duration of ``fit`` and restored after; the driver process is ftl's own (``python -m
-    launcher.driver``, a sweep trial, or ``ftl run`` on the local target, where nothing else is
-    submitted from that process meanwhile). A variable the user set is left as it is."""
-    timeout = cfg.resources.placement_timeout_s
-    if not timeout or START_TIMEOUT_ENV in os.environ:
-        with _translate_timeout(cfg, float(os.environ.get(START_TIMEOUT_ENV, timeout or 0))):
-            yield
-        return
-    with _env_lock:
-        os.environ[START_TIMEOUT_ENV] = f"{timeout:g}"
-    try:
-        with _translate_timeout(cfg, timeout):
-            yield
-    finally:
-        with _env_lock:
-            os.environ.pop(START_TIMEOUT_ENV, None)
-
-
-@contextlib.contextmanager
-def _translate_timeout(cfg: Any, timeout: float) -> Iterator[None]:
+    for the duration of ``fit`` and removed after. The driver process runs one trainer at a time
+    (``python -m launcher.driver``, a sweep trial, ``ftl run`` on the local target) and submits
+    nothing else meanwhile. A value the user exported is left as it is, and used."""
     from ray.train import ControllerError
 
+    timeout = cfg.resources.placement_timeout_s
+    exported = os.environ.get(START_TIMEOUT_ENV)
+    ours = bool(timeout) and exported is None
+    if ours:
+        os.environ[START_TIMEOUT_ENV] = f"{timeout:g}"
     try:
         yield
     except ControllerError as exc:
         if not is_placement_timeout(exc):
             raise
-        raise JobFailed(placement_message(cfg, timeout)) from None
+        raise JobFailed(placement_message(cfg, float(exported or timeout or 0))) from None
+    finally:
+        if ours:
+            os.environ.pop(START_TIMEOUT_ENV, None)
 
 
 def is_placement_timeout(exc: BaseException) -> bool:

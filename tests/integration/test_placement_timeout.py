@@ -51,7 +51,7 @@ def test_unplaceable_worker_group_fails_within_the_timeout(private_ray, tmp_path
     message = str(failed.value)
     print(f"\nfailed after {elapsed:.1f} s: {message}")
     assert "could not place the workers within 4 s (resources.placement_timeout_s)" in message
-    assert "1 workers x (64 CPU) = {CPU: 64}" in message
+    assert "1 worker x (64 CPU) = {CPU: 64}" in message
     assert "the cluster has {CPU: 2, GPU: 0} in total" in message
     # Ray's own default would retry every 60 s for ever; 4 s plus controller start-up here.
     assert elapsed < 45

@@ -73,6 +73,35 @@ def test_failure_limit_follows_the_timeout():
     assert failure_limits(never) == {"controller_failure_limit": -1}
 
 
+def test_bounded_placement_sets_only_its_own_timeout_and_names_the_request(monkeypatch):
+    """Without a cluster: the env var is there during ``fit`` and gone after; a value the user
+    exported is kept and quoted; Ray's placement timeout becomes a JobFailed, other errors pass."""
+    import os
+
+    from ray.train import ControllerError
+    from ray.train.v2._internal.exceptions import WorkerGroupStartupTimeoutError
+
+    from launcher.errors import JobFailed
+    from launcher.placement import START_TIMEOUT_ENV, bounded_placement
+
+    cfg = validate_config(tiny_config(resources={"num_workers": 2, "cpus_per_worker": 3,
+                                                 "placement_timeout_s": 90}))
+    monkeypatch.delenv(START_TIMEOUT_ENV, raising=False)
+    with bounded_placement(cfg):
+        assert os.environ[START_TIMEOUT_ENV] == "90"
+    assert START_TIMEOUT_ENV not in os.environ
+    named = r"within 90 s .* waited for 2 workers x \(3 CPU\) = \{CPU: 6\}"
+    with pytest.raises(JobFailed, match=named), bounded_placement(cfg):
+        raise ControllerError(WorkerGroupStartupTimeoutError(num_workers=2))
+    with pytest.raises(ControllerError), bounded_placement(cfg):
+        raise ControllerError(RuntimeError("not a placement problem"))
+    monkeypatch.setenv(START_TIMEOUT_ENV, "30")
+    with pytest.raises(JobFailed, match="within 30 s"), bounded_placement(cfg):
+        assert os.environ[START_TIMEOUT_ENV] == "30"
+        raise ControllerError(WorkerGroupStartupTimeoutError(num_workers=2))
+    assert os.environ[START_TIMEOUT_ENV] == "30"
+
+
 # ---------------------------------------------------------------- slurm
 
 
