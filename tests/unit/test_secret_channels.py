@@ -36,3 +36,22 @@ def test_ray_job_spec_carries_no_secret(secrets_in_env, tmp_path):
     text = json.dumps(spec)
     assert spec["runtime_env"]["env_vars"]["WANDB_MODE"] == "offline"
     assert not any(name in text or value in text for name, value in SECRETS.items())
+
+
+def test_sbatch_script_and_kubernetes_manifests_carry_no_secret(secrets_in_env):
+    """What the other targets write or submit: the sbatch script (the job gets the secrets from
+    the exported environment) and the ConfigMap + RayJob (secretKeyRef names, never values)."""
+    import yaml
+
+    from cluster.k8s_manifest import render_manifests
+    from cluster.slurm_script import render_sbatch
+
+    slurm = validate_config(tiny_config(cluster={"target": "slurm"}))
+    script = render_sbatch(slurm, "/shared/runs/t", "/shared/runs/t/job")
+    refs = {"wandb_secret": {"name": "wandb", "key": "api-key"}, "hf_secret": {"name": "hf", "key": "token"}}
+    k8s = validate_config(tiny_config(checkpoint={"dir": "/runs"},
+                                      cluster={"target": "kubernetes", "kubernetes": refs}))
+    manifests = yaml.safe_dump_all(render_manifests(k8s, "/runs/t", {"config.yaml": "name: t\n"}))
+    assert manifests.count("secretKeyRef") == 4  # both secrets, head and worker pods
+    for text in (script, manifests):
+        assert not any(value in text for value in SECRETS.values())
