@@ -92,6 +92,9 @@ class KubernetesTarget(SubmittingTarget):
     job_label = "RayJob"
 
     def preflight(self, cfg: Any) -> None:
+        """Config the manifests need, data visible to pods, and worker pods (as rendered) that
+        can hold the run's workers: a RayJob whose workers do not fit its own RayCluster would
+        wait until its deadline."""
         problems = k8s_manifest.config_problems(cfg)
         for section in ("train", "eval"):
             for i, src in enumerate(getattr(cfg.data, section)):
@@ -99,6 +102,16 @@ class KubernetesTarget(SubmittingTarget):
                 if not path.startswith(("builtin:", "/")) and Path(path).exists():
                     problems.append(Problem(f"data.{section}.{i}.path", "a local file is not visible to pods",
                                             "copy it to the runs PVC and use its absolute path"))
+        if not problems:
+            from launcher.placement import kuberay_problem
+
+            try:
+                manifests = render_manifests(cfg, f"{cfg.checkpoint.dir}/ftl-preflight", {})
+            except UserError as exc:  # the manifests cannot be rendered: say why now
+                problems += exc.problems
+            else:
+                problem = kuberay_problem(cfg, manifests)
+                problems += [problem] if problem is not None else []
         if problems:
             raise UserError(problems)
 

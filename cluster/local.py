@@ -36,6 +36,8 @@ class LocalTarget(Target):
         return cfg.cluster.local.num_cpus or os.cpu_count() or 1
 
     def preflight(self, cfg: Any) -> None:
+        """The embedded Ray offers ``num_cpus`` CPUs and this machine's CUDA devices; a request
+        beyond them would wait in Ray instead of running."""
         need = cfg.resources.num_workers * cfg.resources.cpus_per_worker
         have = self.num_cpus(cfg)
         if need > have:
@@ -51,6 +53,14 @@ class LocalTarget(Target):
                 raise UserError(Problem("resources.gpus_per_worker",
                                         "GPUs requested but this machine has no CUDA device",
                                         "set resources.gpus_per_worker: 0 to train on CPU"))
+            from launcher.placement import NodeOffer, offer_problem, worker_demand
+
+            problem = offer_problem(worker_demand(cfg), [NodeOffer(have, torch.cuda.device_count())],
+                                    {"CPU": "resources", "GPU": "resources.gpus_per_worker"},
+                                    f"this machine has {torch.cuda.device_count()} CUDA devices",
+                                    "lower resources.num_workers or gpus_per_worker")
+            if problem is not None:
+                raise UserError(problem)
 
     def render(self, folder: RunFolder, cfg: Any) -> str:
         return (f"local: embedded Ray with {self.num_cpus(cfg)} CPUs; TorchTrainer with "

@@ -3,8 +3,13 @@
 The job's entrypoint is ftl's driver (``python -m launcher.driver RUN_DIR --seed ftl-run``)
 in a staged working directory (code, config, small local data; see ``cluster.staging``).
 Token auth: Ray's own client reads ``RAY_AUTH_TOKEN``/``RAY_AUTH_TOKEN_PATH`` from the
-environment; ftl never reads, prints or stores the token. W&B/HF secrets are forwarded in the
-job's env only when ``cluster.ray.forward_secrets`` is on, and are masked in ``--dry-run``.
+environment; ftl never reads, prints or stores the token.
+Secrets (``WANDB_API_KEY``, ``HF_TOKEN``) are never sent with the job: its ``runtime_env`` is
+shown by the dashboard, ``ray job list`` and the job info to anyone who can reach the cluster.
+Workers get them from the cluster's own environment (set where ``ray start`` runs, or a
+Kubernetes Secret for KubeRay pods): see README, Secrets. Before submitting, the run's worker
+request is compared with the cluster's live nodes, so a run that can never be placed is
+refused (exit 2) instead of waiting in Ray for ever.
 State is read from the Jobs API (``ray job status`` exits 0 even for failed jobs).
 """
 
@@ -22,9 +27,9 @@ from typing import Any
 from cluster.base import SubmittingTarget
 from cluster.staging import SEED_DIR, stage
 from launcher.errors import Problem, UserError
+from launcher.placement import NodeOffer, describe_nodes, offer_problem, worker_demand
 from launcher.rundir import RunFolder
 
-SECRETS = ("WANDB_API_KEY", "HF_TOKEN")
 PLAIN_ENV = ("WANDB_MODE", "HF_HUB_OFFLINE", "HF_DATASETS_OFFLINE", "FTL_FAILPOINT", "FTL_FAILPOINT_RANK")
 TERMINAL = {"SUCCEEDED", "FAILED", "STOPPED"}
 
@@ -57,16 +62,59 @@ class RayJobsTarget(SubmittingTarget):
 
     def preflight(self, cfg: Any) -> None:
         _address(cfg)
+        if cfg.cluster.ray.forward_secrets:
+            raise UserError(Problem(
+                "cluster.ray.forward_secrets", "secrets are no longer sent in the job's runtime_env: "
+                "Ray shows it in the dashboard and job info",
+                "remove it, and set WANDB_API_KEY/HF_TOKEN in the cluster's environment (README: Secrets)"))
 
     def check_reachable(self, cfg: Any) -> None:
-        self._client(_address(cfg))
+        """Reach the dashboard, then compare the run's workers with the cluster's live nodes."""
+        address = _address(cfg)
+        self._client(address)
+        if cfg.cluster.ray.autoscaling:
+            return
+        problem = self.resource_problem(cfg, self.live_nodes(address))
+        if problem is not None:
+            raise UserError(problem)
+
+    def live_nodes(self, address: str) -> list[NodeOffer]:
+        """CPUs and GPUs of every alive node, from the dashboard's state API (one HTTP call)."""
+        from ray.util.state import list_nodes
+
+        try:
+            nodes = list_nodes(address=address, detail=True, limit=10_000, timeout=30,
+                               raise_on_missing_output=False)
+        except Exception as exc:  # the SDK raises RayStateApiException, ConnectionError, ...
+            first = (str(exc).strip().splitlines() or [repr(exc)])[0]
+            raise UserError(Problem("cluster.ray.address", f"cannot list the Ray cluster's nodes at "
+                                    f"{address}: {first}",
+                                    "set cluster.ray.autoscaling: true to skip this check")) from None
+        return [NodeOffer(float(n.resources_total.get("CPU", 0)), float(n.resources_total.get("GPU", 0)))
+                for n in nodes if n.state == "ALIVE"]
+
+    @staticmethod
+    def resource_problem(cfg: Any, nodes: list[NodeOffer]) -> Problem | None:
+        """The run's request against the cluster's nodes; online RL compares GPUs in total."""
+        offered = f"the Ray cluster has {describe_nodes(nodes)}"
+        hint = ("lower resources.num_workers / cpus_per_worker / gpus_per_worker, add nodes, or set "
+                "cluster.ray.autoscaling: true if the cluster adds nodes on demand")
+        from launcher.plan_roles import has_roles
+
+        if has_roles(cfg):
+            from launcher.plan_roles import rl_gpus
+
+            need, have = rl_gpus(cfg), sum(n.gpus for n in nodes)
+            if need > have + 1e-9:
+                return Problem("resources", f"the roles need {need:g} GPUs; {offered}", hint)
+            return None
+        fields = {"CPU": "resources.cpus_per_worker", "GPU": "resources.gpus_per_worker"}
+        return offer_problem(worker_demand(cfg), nodes, fields, offered, hint)
 
     # -- what is submitted
-    def job_spec(self, folder: RunFolder, cfg: Any, working_dir: str, *, mask: bool) -> dict[str, Any]:
+    def job_spec(self, folder: RunFolder, cfg: Any, working_dir: str) -> dict[str, Any]:
         env = {k: os.environ[k] for k in PLAIN_ENV if k in os.environ}
         env.update({"RAY_TRAIN_ENABLE_PRINT_PATCH": "0", "TOKENIZERS_PARALLELISM": "false"})
-        if cfg.cluster.ray.forward_secrets:
-            env.update({k: ("***" if mask else os.environ[k]) for k in SECRETS if k in os.environ})
         runtime_env: dict[str, Any] = {"working_dir": working_dir, "env_vars": env}
         if cfg.cluster.ray.pip:
             runtime_env["pip"] = list(cfg.cluster.ray.pip)
@@ -79,8 +127,7 @@ class RayJobsTarget(SubmittingTarget):
         }
 
     def render(self, folder: RunFolder, cfg: Any) -> str:
-        spec = self.job_spec(folder, cfg, "<staged: launcher/ strategies/ cluster/ ftl-run/ ftl-data/>",
-                             mask=True)
+        spec = self.job_spec(folder, cfg, "<staged: launcher/ strategies/ cluster/ ftl-run/ ftl-data/>")
         return json.dumps(spec, indent=2)
 
     # -- lifecycle
@@ -88,7 +135,7 @@ class RayJobsTarget(SubmittingTarget):
         cfg = folder.load_config()
         staged = stage(folder)
         try:
-            spec = self.job_spec(folder, cfg, str(staged), mask=False)
+            spec = self.job_spec(folder, cfg, str(staged))
             client = self._client(spec["address"])
             client.submit_job(entrypoint=spec["entrypoint"], runtime_env=spec["runtime_env"],
                               submission_id=spec["submission_id"])

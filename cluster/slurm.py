@@ -59,9 +59,9 @@ class ByteFollower:
         return self.path.exists() and self.path.stat().st_size > self.offset
 
 
-def _run(cmd: list[str]) -> subprocess.CompletedProcess:
+def _run(cmd: list[str], env: dict[str, str] | None = None) -> subprocess.CompletedProcess:
     try:
-        return subprocess.run(cmd, capture_output=True, text=True, timeout=60)
+        return subprocess.run(cmd, capture_output=True, text=True, timeout=60, env=env)
     except FileNotFoundError:
         raise UserError(Problem("cluster.target", f"{cmd[0]} not found: Slurm's client tools are not "
                                 "installed here", "run ftl on a Slurm login node")) from None
@@ -76,8 +76,12 @@ class SlurmTarget(SubmittingTarget):
         return f"see {self.log_file(folder)}"
 
     def preflight(self, cfg: Any) -> None:
+        """sbatch is here, and the allocation the script asks for can hold the run's workers: Ray
+        inside the job offers each node ``--cpus-per-task`` CPUs and ``gpus_per_node`` GPUs, and a
+        request beyond that would wait in Ray until the time limit. Every problem at once."""
+        problems: list[Problem] = []
         if shutil.which("sbatch") is None:
-            raise UserError(Problem("cluster.target", "sbatch not found: this machine is not a Slurm "
+            problems.append(Problem("cluster.target", "sbatch not found: this machine is not a Slurm "
                                     "login node", "run ftl where sbatch works, or use --dry-run"))
         from launcher.plan_roles import has_roles, rl_gpus
 
@@ -86,13 +90,30 @@ class SlurmTarget(SubmittingTarget):
             have = nodes * cfg.cluster.slurm.gpus_per_node
             need = rl_gpus(cfg)
             if need > have:
-                raise UserError(Problem("cluster.slurm.nodes", f"the roles need {need:g} GPUs; {nodes} "
+                problems.append(Problem("cluster.slurm.nodes", f"the roles need {need:g} GPUs; {nodes} "
                                         f"nodes x {cfg.cluster.slurm.gpus_per_node} GPUs have {have}",
                                         "add nodes, or fewer/smaller roles (ftl plan shows them)"))
         elif cfg.resources.num_workers % nodes:
-            raise UserError(Problem("resources.num_workers", f"{cfg.resources.num_workers} workers do "
+            problems.append(Problem("resources.num_workers", f"{cfg.resources.num_workers} workers do "
                                     f"not spread evenly over {nodes} nodes",
                                     "use a multiple of cluster.slurm.nodes"))
+        else:
+            from launcher.placement import describe_nodes, offer_problem, slurm_allocation, worker_demand
+
+            try:
+                allocation = slurm_allocation(render_sbatch(cfg, "/ftl-preflight", "/ftl-preflight/job"))
+            except UserError as exc:  # a value that cannot be put in the script: say so now
+                problems += exc.problems
+            else:
+                problem = offer_problem(
+                    worker_demand(cfg), allocation,
+                    {"CPU": "cluster.slurm.cpus_per_node", "GPU": "cluster.slurm.gpus_per_node"},
+                    f"the sbatch job asks for {describe_nodes(allocation)}",
+                    "raise cluster.slurm.gpus_per_node / cpus_per_node or nodes to what the run needs, "
+                    "or lower resources.num_workers / gpus_per_worker / cpus_per_worker")
+                problems += [problem] if problem is not None else []
+        if problems:
+            raise UserError(problems)
 
     def script(self, folder: RunFolder, cfg: Any) -> str:
         run_dir = str(folder.path.resolve())
@@ -116,7 +137,9 @@ class SlurmTarget(SubmittingTarget):
         shutil.rmtree(staged, ignore_errors=True)
         script = folder.path / "job.sbatch"
         script.write_text(self.script(folder, cfg))
-        proc = _run(self.sbatch_command(folder))
+        from launcher.submit_env import launch_environment
+
+        proc = _run(self.sbatch_command(folder), env=launch_environment())  # the user's, not ours
         if proc.returncode != 0:
             raise UserError(Problem("cluster.slurm", f"sbatch refused the job: {proc.stderr.strip()}",
                                     f"the script is {script}"))

@@ -18,10 +18,12 @@ from launcher.rundir import RunFolder
 # Worker environment: no per-line print patching (pages of noise from datasets.map), no
 # tokenizer thread pools fighting the training threads.
 WORKER_ENV = {"RAY_TRAIN_ENABLE_PRINT_PATCH": "0", "TOKENIZERS_PARALLELISM": "false"}
-# Environment passed through to workers when set on the driver (secrets are never logged).
-PASS_THROUGH = ("WANDB_API_KEY", "WANDB_MODE", "HF_TOKEN", "HF_HOME", "HF_HUB_OFFLINE",
-                "HF_DATASETS_OFFLINE", "FTL_HOME", "FTL_FAILPOINT", "FTL_FAILPOINT_RANK",
-                "FTL_FAILPOINT_HOLD", "TORCH_EXTENSIONS_DIR", "PYTHONPATH")
+# Environment passed through to workers when set on the driver. This becomes the workers'
+# Ray runtime_env, which Ray shows in its dashboard, state API and logs: never a secret here.
+# WANDB_API_KEY and HF_TOKEN reach workers from the node's own environment (README, Secrets).
+PASS_THROUGH = ("WANDB_MODE", "HF_HOME", "HF_HUB_OFFLINE", "HF_DATASETS_OFFLINE", "FTL_HOME",
+                "FTL_FAILPOINT", "FTL_FAILPOINT_RANK", "FTL_FAILPOINT_HOLD", "TORCH_EXTENSIONS_DIR",
+                "PYTHONPATH")
 
 
 def _worker_entry(config: dict[str, Any]) -> None:
@@ -35,6 +37,9 @@ def _worker_entry(config: dict[str, Any]) -> None:
 
 
 def worker_env(cfg: Any) -> dict[str, str]:
+    """The workers' ``runtime_env`` variables: settings only. Secrets are inherited from the
+    node environment (the raylet's), never passed here: a runtime_env is visible to anyone who
+    can read the Ray dashboard."""
     threads = cfg.resources.threads_per_worker or max(1, int(cfg.resources.cpus_per_worker))
     env = {**WORKER_ENV, "OMP_NUM_THREADS": str(threads)}
     if not cfg.resources.gpus_per_worker:  # from the config, not from the submitting host
@@ -47,6 +52,8 @@ def run_trainer(folder: RunFolder) -> None:
     """Run the job to completion on the connected Ray cluster; raise JobFailed on failure."""
     from ray.train import FailureConfig, RunConfig, ScalingConfig, TrainingFailedError
     from ray.train.torch import TorchConfig, TorchTrainer
+
+    from launcher.placement import bounded_placement, failure_limits
 
     cfg = folder.load_config()
     preemption.clear(folder.path)  # a new launch: an earlier launch's stop request is done
@@ -71,12 +78,13 @@ def run_trainer(folder: RunFolder) -> None:
         run_config=RunConfig(
             name=f"{folder.path.name}-{launch_id}",  # unique: Ray resumes same-named runs
             storage_path=str((folder.path / "ray").resolve()),
-            failure_config=FailureConfig(max_failures=cfg.train.max_failures),
+            failure_config=FailureConfig(max_failures=cfg.train.max_failures, **failure_limits(cfg)),
             worker_runtime_env={"env_vars": worker_env(cfg)},
         ),
     )
     try:
-        trainer.fit()
+        with bounded_placement(cfg):  # fails naming the resources instead of waiting for ever
+            trainer.fit()
     except TrainingFailedError as exc:
         raise job_failure(folder, exc) from None
 

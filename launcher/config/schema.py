@@ -188,6 +188,11 @@ class ResourcesSection(Section):
         None, gt=0, description="GPUs per node, for per-node host RAM and node counts; default: "
         "cluster.slurm.gpus_per_node when set, else 8."
     )
+    placement_timeout_s: float | None = Field(
+        600, gt=0, description="Fail the run when Ray cannot place every worker within this many "
+        "seconds (more CPUs/GPUs asked for than the cluster has, a busy cluster, a lost node); "
+        "null: wait for ever (an autoscaler that adds nodes slowly)."
+    )
 
 
 class LocalTarget(Section):
@@ -199,9 +204,15 @@ class RayTarget(Section):
         None, description="Ray dashboard URL, e.g. http://head:8265 (default: RAY_ADDRESS)."
     )
     forward_secrets: bool = Field(
-        True, description="Pass WANDB_API_KEY/HF_TOKEN from this shell to the job's env."
+        False, description="Removed; must stay false. Secrets never go into the job's runtime_env "
+        "(Ray shows it in the dashboard and job info): set WANDB_API_KEY/HF_TOKEN in the "
+        "cluster's own environment (README: Secrets)."
     )
     pip: list[str] = Field(default_factory=list, description="Extra pip packages for the job.")
+    autoscaling: bool = Field(
+        False, description="The cluster adds nodes on demand: do not refuse a run that needs more "
+        "than its current nodes have (resources.placement_timeout_s still bounds the wait)."
+    )
 
 
 class SlurmTarget(Section):

@@ -16,6 +16,7 @@ import pytest
 from launcher.metrics.jsonl import read_metrics
 from tests.conftest import FTL, run_dirs, run_ftl, tiny_config, write_config
 from tests.helpers.wandb_file import find_wandb_file, history
+from tests.integration.test_secrets import SECRETS, assert_searched, files_holding_a_secret
 
 STEPS = 8
 
@@ -35,15 +36,29 @@ def base_config(**overrides) -> dict:
     return cfg
 
 
+REFERENCE_OUTPUT: list[str] = []
+
+
 @pytest.fixture(scope="module")
 def reference_run(tmp_path_factory) -> Path:
-    """One uninterrupted run, W&B offline, shared by the tests that compare against it."""
+    """One uninterrupted run, W&B offline, shared by the tests that compare against it. Started
+    with (fake) secrets in its environment, as a user's shell would have them."""
     work = tmp_path_factory.mktemp("ref")
     cfg = base_config(logging={"every_steps": 1, "wandb": {"mode": "offline", "project": "t"}})
-    proc = run_ftl(["run", write_config(work, cfg)], work)
+    proc = run_ftl(["run", write_config(work, cfg)], work, env=SECRETS)
     assert proc.returncode == 0, proc.stderr
+    REFERENCE_OUTPUT[:] = [proc.stdout, proc.stderr]
     (run,) = run_dirs(work)
     return run
+
+
+def test_no_secret_in_anything_the_run_wrote(reference_run):
+    """The workers inherit WANDB_API_KEY/HF_TOKEN from the ftl process's environment (see
+    test_secrets.py); no file of the run folder (config, plan, logs, W&B offline files, Ray
+    Train's storage, checkpoints) and no output line holds their values."""
+    assert_searched(reference_run)
+    assert files_holding_a_secret(reference_run) == []
+    assert not any(value in text for value in SECRETS.values() for text in REFERENCE_OUTPUT)
 
 
 def test_run_folder_contents(reference_run):

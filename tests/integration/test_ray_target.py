@@ -25,8 +25,11 @@ def head():
         h.close()
 
 
+SECRETS = {"WANDB_API_KEY": "wandb-secret-0123456789", "HF_TOKEN": "hf_secret-9876543210"}
+
+
 def client_env(head) -> dict:
-    return {"RAY_AUTH_MODE": "token", "RAY_AUTH_TOKEN": TOKEN, "WANDB_API_KEY": "wandb-secret-0123456789"}
+    return {"RAY_AUTH_MODE": "token", "RAY_AUTH_TOKEN": TOKEN, **SECRETS}
 
 
 def ray_config(workdir: Path, head, **train) -> Path:
@@ -42,11 +45,38 @@ def ray_config(workdir: Path, head, **train) -> Path:
 
 def no_secret_anywhere(texts: list[str], run: Path) -> None:
     for text in texts:
-        assert TOKEN not in text and "wandb-secret-0123456789" not in text
+        assert TOKEN not in text and not any(v in text for v in SECRETS.values())
     for f in run.rglob("*"):
         if f.is_file() and f.stat().st_size < 5_000_000:
             data = f.read_bytes()
-            assert TOKEN.encode() not in data and b"wandb-secret-0123456789" not in data, f
+            assert TOKEN.encode() not in data, f
+            assert not any(v.encode() in data for v in SECRETS.values()), f
+
+
+def what_ray_shows(head, submission_id: str) -> list[str]:
+    """The job as Ray shows it to anyone who can reach the dashboard: the SDK's job info (with
+    its runtime_env), the dashboard's jobs list, its task list (each task's and Train worker
+    actor's runtime_env) and the runtime envs it has set up, and the job's own log."""
+    import urllib.request
+
+    from ray.job_submission import JobSubmissionClient
+
+    auth = {"Authorization": f"Bearer {TOKEN}"}  # this process's Ray SDK runs with auth disabled
+    client = JobSubmissionClient(head.address, headers=auth)
+    info = client.get_job_info(submission_id)
+    assert info.runtime_env and "env_vars" in info.runtime_env  # the runtime_env is really there
+
+    def get(path: str) -> str:
+        request = urllib.request.Request(f"{head.address}{path}", headers=auth)
+        with urllib.request.urlopen(request, timeout=60) as response:
+            return response.read().decode()
+
+    jobs, tasks = get("/api/jobs/"), get("/api/v0/tasks?detail=true&limit=1000")
+    assert submission_id in jobs
+    # The workers' runtime_env (launcher.driver.worker_env) is in the task list: searched for real.
+    assert "RAY_TRAIN_ENABLE_PRINT_PATCH" in tasks and "OMP_NUM_THREADS" in tasks
+    return [json.dumps(info.runtime_env), repr(info), jobs, tasks,
+            get("/api/v0/runtime_envs?detail=true&limit=1000"), client.get_job_logs(submission_id)]
 
 
 def test_attached_run_on_existing_cluster(head, workdir):
@@ -58,15 +88,17 @@ def test_attached_run_on_existing_cluster(head, workdir):
     assert "submitted Ray job ftl-" in proc.stderr and "ftl driver: done" in proc.stderr
     staged = json.loads(json.dumps(__import__("yaml").safe_load((run / "config.yaml").read_text())))
     assert staged["data"]["train"][0]["path"].startswith("ftl-data/")  # the local file was uploaded
-    no_secret_anywhere([proc.stdout, proc.stderr], run)
+    submission_id = json.loads((run / "submission.json").read_text())["submission_id"]
+    no_secret_anywhere([proc.stdout, proc.stderr, *what_ray_shows(head, submission_id)], run)
 
 
-def test_dry_run_masks_secrets_and_submits_nothing(head, workdir):
+def test_dry_run_has_no_secrets_and_submits_nothing(head, workdir):
     proc = run_ftl(["run", ray_config(workdir, head), "--dry-run"], workdir, env=client_env(head))
     assert proc.returncode == 0, proc.stderr
     spec = json.loads(proc.stdout)
     assert spec["entrypoint"].startswith("python -m launcher.driver ")
-    assert spec["runtime_env"]["env_vars"]["WANDB_API_KEY"] == "***"
+    env_vars = spec["runtime_env"]["env_vars"]
+    assert env_vars["TOKENIZERS_PARALLELISM"] == "false" and not set(SECRETS) & set(env_vars)
     assert run_dirs(workdir) == []
     no_secret_anywhere([proc.stdout, proc.stderr], workdir)
 
@@ -99,6 +131,17 @@ def test_failed_job_exits_1_naming_the_rank(head, workdir):
     proc = run_ftl(["run", ray_config(workdir, head)], workdir, env=env)
     assert proc.returncode == 1, proc.stderr[-2000:]
     assert "rank 1 failed: FailpointError" in proc.stderr
+
+
+def test_more_workers_than_the_cluster_has_is_refused_before_submitting(head, workdir):
+    """The head has 3 CPUs; 4 workers x 1 CPU could never be placed: exit 2, nothing submitted."""
+    path = ray_config(workdir, head)
+    proc = run_ftl(["run", path, "--set", "resources.num_workers=4"], workdir, env=client_env(head))
+    assert proc.returncode == 2, proc.stderr[-2000:]
+    assert ("resources.cpus_per_worker: 4 workers x (1 CPU) need 4 CPUs; 3 offered: the Ray cluster has "
+            "1 node x (3 CPU, 0 GPU)") in proc.stderr
+    assert "cluster.ray.autoscaling: true" in proc.stderr  # the way out for clusters that grow
+    assert run_dirs(workdir) == []
 
 
 def test_unreachable_cluster_is_a_user_error(workdir):

@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import os
 import re
+import shlex
 import subprocess
 import sys
 import time
@@ -94,9 +95,11 @@ def test_job_saves_on_the_time_limit_warning_requeues_and_resumes_exactly(slurm,
     every rank saves at the next step, the script requeues its job, the requeued job resumes
     from that step, and `ftl run` follows it to COMPLETED with an uninterrupted run's losses
     (the same 2 ranks under torchrun), step for step. Its Ray head refuses a client without the
-    job's token."""
+    job's token. Submitted with (fake) secrets in the environment: they reach the node, no
+    file ftl writes holds them, and the job's environment is the submitting one (test_secrets.py)."""
     from launcher.metrics.jsonl import read_metrics
     from tests.integration.test_guards import torchrun
+    from tests.integration.test_secrets import SECRETS, files_holding_a_secret, job_env_additions, read_env
     from tests.integration.test_sharding import prepare
 
     def losses(run: Path) -> dict[int, float]:
@@ -104,15 +107,19 @@ def test_job_saves_on_the_time_limit_warning_requeues_and_resumes_exactly(slurm,
 
     cfg = yaml.safe_load(slurm_config(workdir, max_steps=8).read_text())
     cfg["checkpoint"]["every_steps"] = 100  # only the stop request saves
+    job_env_file = workdir / "job-env.bin"  # outside the run folder: it holds the secrets
+    cfg["cluster"]["slurm"]["setup"] += [
+        f"env -0 > {shlex.quote(str(job_env_file))}",
+        'echo "ftl-test: WANDB_API_KEY ${WANDB_API_KEY:+is set}, HF_TOKEN ${HF_TOKEN:+is set}"']
     (workdir / "ref").mkdir()
     reference = prepare(workdir / "ref", "ref", {**cfg, "cluster": {"target": "local"}})
     assert torchrun(reference).returncode == 0
     hold = {"FTL_FAILPOINT": "train.after_step:4:hold",  # ranks wait there for the stop request
             # a glob around HOSTILE, not through it: Ray expands "$HOME" in a worker's env_vars
             "FTL_FAILPOINT_HOLD": str(workdir / "*" / "*" / "logs" / "stop-request")}
+    submitted = {**os.environ, **slurm.env, **hold, **SECRETS}
     proc = subprocess.Popen(FTL + ["run", str(write_config(workdir, cfg))], cwd=workdir, text=True,
-                            env={**os.environ, **slurm.env, **hold}, stdout=subprocess.PIPE,
-                            stderr=subprocess.PIPE)
+                            env=submitted, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
     job = None
     try:
         deadline = time.time() + 240
@@ -147,3 +154,10 @@ def test_job_saves_on_the_time_limit_warning_requeues_and_resumes_exactly(slurm,
     assert summary["resumed_from_step"] == 5
     assert losses(run) == losses(reference)  # exact, every step
     assert run_ftl(["status", run], workdir, env=slurm.env).stdout.strip() == "COMPLETED"
+    log = (run / f"slurm-{job}.out").read_text()
+    assert "ftl-test: WANDB_API_KEY is set, HF_TOKEN is set" in log  # they reached the node
+    assert (run / "job.sbatch").exists() and (run / "job").is_dir()
+    assert files_holding_a_secret(run) == [] and not any(v in err for v in SECRETS.values())
+    in_job = read_env(job_env_file)
+    assert job_env_additions(submitted, in_job) == {}, "ftl changed the job's environment"
+    assert {k for k in submitted if k not in in_job} == set()
