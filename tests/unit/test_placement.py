@@ -181,6 +181,8 @@ def test_forward_secrets_true_is_refused():
 
 
 def k8s(**fields) -> dict:
+    if "cluster_selector" not in fields:  # a RayCluster ftl creates needs the runs PVC
+        fields = {"runs_pvc": "runs", **fields}
     return {"target": "kubernetes", "kubernetes": fields}
 
 

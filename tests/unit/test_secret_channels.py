@@ -48,7 +48,8 @@ def test_sbatch_script_and_kubernetes_manifests_carry_no_secret(secrets_in_env):
 
     slurm = validate_config(tiny_config(cluster={"target": "slurm"}))
     script = render_sbatch(slurm, "/shared/runs/t", "/shared/runs/t/job")
-    refs = {"wandb_secret": {"name": "wandb", "key": "api-key"}, "hf_secret": {"name": "hf", "key": "token"}}
+    refs = {"wandb_secret": {"name": "wandb", "key": "api-key"}, "hf_secret": {"name": "hf", "key": "token"},
+            "runs_pvc": "runs"}
     k8s = validate_config(tiny_config(checkpoint={"dir": "/runs"},
                                       cluster={"target": "kubernetes", "kubernetes": refs}))
     manifests = yaml.safe_dump_all(render_manifests(k8s, "/runs/t", {"config.yaml": "name: t\n"}))
