@@ -38,11 +38,12 @@ class LocalTarget(Target):
     def preflight(self, cfg: Any) -> None:
         """The embedded Ray offers ``num_cpus`` CPUs and this machine's CUDA devices; a request
         beyond them would wait in Ray instead of running."""
-        need = cfg.resources.num_workers * cfg.resources.cpus_per_worker
+        workers = cfg.resources.min_workers or cfg.resources.num_workers  # elastic: the fewest
+        need = workers * cfg.resources.cpus_per_worker
         have = self.num_cpus(cfg)
         if need > have:
             raise UserError(Problem(
-                "resources", f"{cfg.resources.num_workers} workers x {cfg.resources.cpus_per_worker:g} "
+                "resources", f"{workers} workers x {cfg.resources.cpus_per_worker:g} "
                 f"CPUs need {need:g} CPUs; the local Ray has {have}",
                 "lower resources.num_workers/cpus_per_worker, or set cluster.local.num_cpus "
                 "to oversubscribe on purpose"))

@@ -73,7 +73,8 @@ def run_trainer(folder: RunFolder) -> None:
         torch_config=TorchConfig(backend="nccl" if use_gpu else "gloo",
                                  timeout_s=cfg.train.collective_timeout_s),
         scaling_config=ScalingConfig(
-            num_workers=cfg.resources.num_workers, use_gpu=use_gpu, resources_per_worker=resources
+            num_workers=_worker_count(cfg), use_gpu=use_gpu, resources_per_worker=resources,
+            elastic_resize_monitor_interval_s=float(os.environ.get("FTL_ELASTIC_RESIZE_CHECK_S", "60")),
         ),
         run_config=RunConfig(
             name=f"{folder.path.name}-{launch_id}",  # unique: Ray resumes same-named runs
@@ -87,6 +88,13 @@ def run_trainer(folder: RunFolder) -> None:
             trainer.fit()
     except TrainingFailedError as exc:
         raise job_failure(folder, exc) from None
+
+
+def _worker_count(cfg: Any) -> int | tuple[int, int]:
+    """Ray Train's ``num_workers``: fixed, or ``(min, max)`` for its elastic mode, which starts
+    with what fits, restarts on fewer after a loss and grows back when resources return."""
+    low = cfg.resources.min_workers
+    return (low, cfg.resources.num_workers) if low is not None else cfg.resources.num_workers
 
 
 def _controller(method: str) -> Any:

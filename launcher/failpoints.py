@@ -5,8 +5,9 @@ step), which a timer cannot hit reliably. ``action`` is ``kill`` (SIGKILL, the d
 an OOM killer or a lost node does), ``raise`` (a Python exception in the training code) or
 ``hang`` (a call that never returns, like a stuck shutdown), ``skip`` (``hit`` returns True
 and the caller leaves out what it was about to do, e.g. a weight sync that silently never lands)
-or ``hold`` (wait until a file matching the glob ``FTL_FAILPOINT_HOLD`` exists, at most 120 s:
-lets a test act at an exact step, e.g. send SIGTERM, however fast the steps are).
+or ``hold`` (wait until a file matching the glob ``FTL_FAILPOINT_HOLD`` exists, ``{step}`` in
+it replaced by the step, at most 120 s: lets a test act at an exact step, e.g. send SIGTERM or
+remove a node, however fast the steps are). A name may be armed for several steps.
 ``FTL_FAILPOINT_RANK`` limits it to one rank. Unarmed, a failpoint costs one env lookup.
 """
 
@@ -22,14 +23,14 @@ class FailpointError(RuntimeError):
     """Raised by a failpoint armed with the ``raise`` action."""
 
 
-def _armed() -> dict[str, tuple[int, str]]:
-    spec = os.environ.get("FTL_FAILPOINT", "")
-    out: dict[str, tuple[int, str]] = {}
-    for item in filter(None, (s.strip() for s in spec.split(","))):
-        name, _, rest = item.partition(":")
-        step, _, action = rest.partition(":")
-        out[name] = (int(step) if step else -1, action or "kill")
-    return out
+def _armed(name: str, step: int) -> str | None:
+    """The action armed for ``name`` at ``step`` (an entry without a step: every step)."""
+    for item in filter(None, (s.strip() for s in os.environ.get("FTL_FAILPOINT", "").split(","))):
+        armed_name, _, rest = item.partition(":")
+        armed_step, _, action = rest.partition(":")
+        if armed_name == name and (int(armed_step) if armed_step else -1) in (step, -1):
+            return action or "kill"
+    return None
 
 
 def hit(name: str, step: int, rank: int | None = None) -> bool:
@@ -37,22 +38,23 @@ def hit(name: str, step: int, rank: int | None = None) -> bool:
     armed with ``skip``."""
     if "FTL_FAILPOINT" not in os.environ:
         return False
-    armed = _armed()
-    if name not in armed or armed[name][0] not in (step, -1):
+    action = _armed(name, step)
+    if action is None:
         return False
     only_rank = os.environ.get("FTL_FAILPOINT_RANK")
     if only_rank is not None and rank is not None and int(only_rank) != rank:
         return False
-    if armed[name][1] == "skip":
+    if action == "skip":
         return True
-    if armed[name][1] == "raise":
+    if action == "raise":
         raise FailpointError(f"failpoint {name} at step {step}")
-    if armed[name][1] == "hold":
+    if action == "hold":
+        pattern = os.environ.get("FTL_FAILPOINT_HOLD", "").replace("{step}", str(step))
         deadline = time.monotonic() + 120
-        while not glob.glob(os.environ.get("FTL_FAILPOINT_HOLD", "")) and time.monotonic() < deadline:
+        while not glob.glob(pattern) and time.monotonic() < deadline:
             time.sleep(0.1)
         return False
-    if armed[name][1] == "hang":
+    if action == "hang":
         while True:
             time.sleep(3600)
     os.kill(os.getpid(), signal.SIGKILL)

@@ -135,7 +135,7 @@ def _train(cfg: Any, ctx: RankContext, folder: RunFolder) -> dict[str, Any]:
 
     sinks = MetricSinks(cfg, folder, start_step, log, writes=ctx.is_main)
     sampler = StepSampler(data.source_sizes, data.weights, cfg.train.seed)
-    accum = cfg.grad_accum
+    accum = cfg.grad_accum_for(ctx.world_size)  # elastic runs: the same global batch on any size
     micro = cfg.train.micro_batch_size
 
     if start_step == 0 and data.eval_sets and cfg.eval.at_start:

@@ -187,10 +187,30 @@ def cpu_quantity(text: str | int | float) -> float:
 # ---------------------------------------------------------------- at run time
 
 
+#: one start attempt of an elastic run's worker group: longer than the 20 s between two looks
+#: of Ray's autoscaling coordinator at the cluster, so that the next attempt sizes the group by
+#: the cluster as it is now (right after a node is lost, the coordinator still counts it)
+ELASTIC_START_ATTEMPT_S = 30.0
+
+
+def start_timeout(cfg: Any) -> float | None:
+    """How long one worker-group start waits for placement (None: Ray's default)."""
+    timeout = cfg.resources.placement_timeout_s
+    if not timeout:
+        return None
+    return min(timeout, ELASTIC_START_ATTEMPT_S) if cfg.resources.min_workers else timeout
+
+
 def failure_limits(cfg: Any) -> dict[str, int]:
     """Keyword arguments for ``ray.train.FailureConfig``: with a placement timeout, a worker
-    group that cannot start is not retried (Ray's default -1 retries it for ever)."""
-    return {"controller_failure_limit": 0 if cfg.resources.placement_timeout_s else -1}
+    group that cannot start is not retried (Ray's default -1 retries it for ever); an elastic
+    run retries short attempts until the whole timeout is spent."""
+    timeout = cfg.resources.placement_timeout_s
+    if not timeout:
+        return {"controller_failure_limit": -1}
+    if cfg.resources.min_workers:
+        return {"controller_failure_limit": max(1, math.ceil(timeout / ELASTIC_START_ATTEMPT_S) - 1)}
+    return {"controller_failure_limit": 0}
 
 
 @contextlib.contextmanager
@@ -209,7 +229,7 @@ def bounded_placement(cfg: Any) -> Iterator[None]:
     exported = os.environ.get(START_TIMEOUT_ENV)
     ours = bool(timeout) and exported is None
     if ours:
-        os.environ[START_TIMEOUT_ENV] = f"{timeout:g}"
+        os.environ[START_TIMEOUT_ENV] = f"{start_timeout(cfg):g}"
     try:
         yield
     except ControllerError as exc:

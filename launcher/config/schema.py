@@ -170,7 +170,12 @@ class ShardingSection(Section):
 
 
 class ResourcesSection(Section):
-    num_workers: int = Field(1, gt=0)
+    num_workers: int = Field(1, gt=0, description="Workers (ranks); with min_workers, the most.")
+    min_workers: int | None = Field(
+        None, gt=0, description="Elastic: start with as few as this many workers when no more fit, "
+        "keep going on fewer after losing some, and grow back to num_workers (Ray Train's elastic "
+        "mode; each resize restarts from the newest checkpoint). The global batch stays the same: "
+        "accumulation makes up for the missing workers. ddp and fsdp2 only.")
     gpus_per_worker: float = Field(0, ge=0)
     cpus_per_worker: float = Field(1, gt=0)
     threads_per_worker: int | None = Field(
@@ -331,6 +336,10 @@ class EvalSection(Section):
 
 
 
+#: backends whose checkpoints load on any number of ranks (an elastic run resizes from them)
+ELASTIC_BACKENDS = ("ddp", "fsdp2", "fsdp2_offload")
+
+
 class RunConfigBase(Section):
     name: str = Field(pattern=r"^[A-Za-z0-9][A-Za-z0-9._-]*$", max_length=100)
     method: str
@@ -361,10 +370,41 @@ class RunConfigBase(Section):
             )
         return self
 
+    @model_validator(mode="after")
+    def _elastic_runs_keep_their_batch(self) -> RunConfigBase:
+        from launcher.errors import HintedValueError
+
+        low, high = self.resources.min_workers, self.resources.num_workers
+        if low is None:
+            return self
+        if low > high:
+            raise HintedValueError(f"resources.min_workers ({low}) is more than resources.num_workers "
+                                   f"({high})", "num_workers is the most workers an elastic run uses")
+        if self.sharding.backend not in ELASTIC_BACKENDS:
+            raise HintedValueError(
+                f"resources.min_workers: an elastic run needs sharding.backend ddp, fsdp2 or "
+                f"fsdp2_offload, not {self.sharding.backend!r}",
+                "DeepSpeed's ZeRO checkpoints are tied to the number of ranks that wrote them; "
+                "FSDP2's (torch.distributed.checkpoint) and DDP's load on any number")
+        micro = self.train.micro_batch_size
+        uneven = [w for w in range(low, high + 1) if self.global_batch % (micro * w)]
+        if uneven:
+            raise HintedValueError(
+                f"resources.min_workers: the global batch ({self.global_batch}) does not split over "
+                f"{uneven[0]} workers x train.micro_batch_size {micro}",
+                f"set train.global_batch_size to a multiple of micro_batch_size x every worker count "
+                f"from {low} to {high}")
+        return self
+
     @property
     def grad_accum(self) -> int:
         per_step = self.train.micro_batch_size * self.resources.num_workers
         return (self.train.global_batch_size or per_step) // per_step
+
+    def grad_accum_for(self, world_size: int) -> int:
+        """Accumulation steps on ``world_size`` ranks for the configured global batch (an elastic
+        run's world size changes; the global batch does not)."""
+        return self.global_batch // (self.train.micro_batch_size * world_size)
 
     @property
     def global_batch(self) -> int:

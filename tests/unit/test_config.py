@@ -66,6 +66,23 @@ def test_global_batch_must_divide(tmp_path):
     assert "must be a multiple of" in problems(err.value)[0]
 
 
+@pytest.mark.parametrize("change, needle", [
+    ({"resources": {"num_workers": 2, "min_workers": 3}}, "resources.min_workers (3) is more than"),
+    ({"sharding": {"backend": "zero2"}}, "an elastic run needs sharding.backend ddp, fsdp2 or fsdp2_offload"),
+    ({"resources": {"num_workers": 3, "min_workers": 2}, "train": {"global_batch_size": 12}},
+     "the global batch (12) does not split over 2 workers x train.micro_batch_size 4"),
+])
+def test_elastic_workers_need_a_resharding_backend_and_an_even_batch(tmp_path, change, needle):
+    cfg = tiny_config(resources={"num_workers": 2, "min_workers": 1})
+    for section, values in change.items():
+        cfg[section] = {**cfg.get(section, {}), **values}
+    with pytest.raises(UserError) as err:
+        load_config(write_config(tmp_path, cfg))
+    assert needle in problems(err.value)[0], problems(err.value)
+    cfg = tiny_config(resources={"num_workers": 4, "min_workers": 2}, train={"global_batch_size": 48})
+    assert load_config(write_config(tmp_path, cfg)).grad_accum_for(3) == 4  # 48 = 4 x 3 workers x 4
+
+
 def test_overrides_are_typed_by_schema(tmp_path):
     path = write_config(tmp_path, tiny_config())
     cfg = load_config(path, ["train.lr=1e-5", "data.train.0.num_rows=64", "train.max_grad_norm=null",
