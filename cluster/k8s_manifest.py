@@ -237,6 +237,11 @@ def _cluster_spec(cfg: Any, run_dir: str, seed_cm: str) -> dict[str, Any]:
                 "limits": {"cpu": k.head_cpus, "memory": k.head_memory}}
     return {
         "rayVersion": k.ray_version,
+        # Ray's token auth: KubeRay makes a Secret with a token per RayCluster and puts it in
+        # every Ray pod and the submitter (raycluster_types.go AuthOptions; rayjob_controller.go
+        # SetContainerTokenAuthEnvVars). The dashboard listens on every interface because the
+        # submitter pod reaches it through a Service; without the token it answers nothing.
+        "authOptions": {"mode": "token"},
         "headGroupSpec": {
             "rayStartParams": {"num-cpus": "0", "dashboard-host": "0.0.0.0"},
             "template": _pod_template(cfg, "ray-head", head_res, run_dir, seed_cm),

@@ -72,6 +72,7 @@ def test_70b_rayjob_validates_and_is_pinned():
         assert env["HF_TOKEN"] == {"name": "HF_TOKEN",
                                    "valueFrom": {"secretKeyRef": {"name": "hf", "key": "token"}}}
     assert rayjob["metadata"]["labels"]["kueue.x-k8s.io/queue-name"] == "gpu-queue"
+    assert rayjob["spec"]["rayClusterSpec"]["authOptions"] == {"mode": "token"}  # KubeRay makes the token
     assert configmap["data"] == SEED
     assert configmap["metadata"]["name"] == f"{rayjob['metadata']['name']}-seed"
     check_golden("rayjob_70b.yaml", yaml.safe_dump_all([configmap, rayjob], sort_keys=False))
