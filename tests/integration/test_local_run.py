@@ -99,54 +99,19 @@ def test_final_folder_loads_and_generates(reference_run):
         torch.testing.assert_close(tensor, ckpt[name], rtol=0, atol=0)
 
 
-def test_resumed_runs_extend_and_survive_a_kill_mid_checkpoint(reference_run, workdir):
-    """k steps, then `--resume --set train.max_steps=2k` killed while step 6's checkpoint is
-    written, then `--resume` again: the cut-off save leaves the step-4 checkpoint whole, and
-    the run ends with exactly the uninterrupted 2k-step run's losses at every step."""
-    cfg = base_config()
-    cfg["logging"]["every_steps"] = 1
-    half = run_ftl(["run", write_config(workdir, cfg), "--set", f"train.max_steps={STEPS // 2}"], workdir)
-    assert half.returncode == 0, half.stderr
-    (run,) = run_dirs(workdir)
-    assert sorted(losses(run)) == list(range(1, STEPS // 2 + 1))
-    more = run_ftl(["run", "--resume", run, "--set", f"train.max_steps={STEPS}"], workdir,
-                   env={"FTL_FAILPOINT": "checkpoint.before_rename:6"})
-    assert more.returncode == 1, more.stderr
-    assert max(losses(run)) == 6
-    ckpt_dir = run / "checkpoints"
-    assert (ckpt_dir / ".tmp-step-00000006").is_dir()  # the save was cut off mid-way...
-    assert not (ckpt_dir / "step-00000006").exists()
-    assert (ckpt_dir / "step-00000004" / "state.json").exists()  # ...the previous one is whole
-    proc = run_ftl(["run", "--resume", run], workdir)
-    assert proc.returncode == 0, proc.stderr
-    assert json.loads((run / "summary.json").read_text())["resumed_from_step"] == 4
-    assert sorted(losses(run)) == list(range(1, STEPS + 1))
-    assert losses(run) == losses(reference_run)  # exact, every step
-    assert not (ckpt_dir / ".tmp-step-00000006").exists()
-
-
-def test_failed_rank_is_named_with_its_log(workdir):
-    proc = run_ftl(["run", write_config(workdir, base_config())], workdir,
-                   env={"FTL_FAILPOINT": "train.after_step:2:raise", "FTL_FAILPOINT_RANK": "1"})
-    assert proc.returncode == 1, proc.stderr
-    (run,) = run_dirs(workdir)
-    log = run / "logs" / "rank-1.log"
-    assert "rank 1 failed: FailpointError: failpoint train.after_step at step 2" in proc.stderr
-    assert f"log: {log.relative_to(workdir)}" in proc.stderr
-    assert "Traceback" in log.read_text()
-    assert "Traceback" not in proc.stderr
-
-
-def test_sigterm_saves_at_the_next_step_and_resume_continues_exactly(reference_run, workdir):
-    """SIGTERM to `ftl run` (a scheduler or a pod stopping it): every rank saves at the next step
-    boundary, the command exits 75 naming the step, and `--resume` ends with the uninterrupted
-    run's losses at every step. The ranks hold after step 4 until the stop request exists (a
-    failpoint), so the signal lands mid-run however fast the steps are."""
-    path = write_config(workdir, base_config(logging={"every_steps": 1, "wandb": {"mode": "disabled"}}))
+def test_sigterm_saves_then_resumes_extend_and_survive_a_kill_mid_checkpoint(reference_run, workdir):
+    """A run of k=5 steps gets SIGTERM (a scheduler or a pod stopping `ftl run`): every rank
+    saves at the next step boundary and the command exits 75 naming the step. Then `--resume
+    --set train.max_steps=8` is killed while step 6's checkpoint is written, then `--resume`
+    again: the cut-off save leaves the stop's checkpoint whole, and the run ends with exactly
+    the uninterrupted 8-step run's losses at every step. The ranks hold after step 4 until the
+    stop request exists (a failpoint), so the signal lands mid-run however fast the steps are."""
+    cfg = base_config(logging={"every_steps": 1, "wandb": {"mode": "disabled"}})
+    path = write_config(workdir, cfg)
     env = {**os.environ, "PYTHONUNBUFFERED": "1", "FTL_FAILPOINT": "train.after_step:4:hold",
            "FTL_FAILPOINT_HOLD": str(workdir / "runs" / "*" / "logs" / "stop-request")}
-    proc = subprocess.Popen(FTL + ["run", str(path)], cwd=workdir, stdout=subprocess.PIPE,
-                            stderr=subprocess.PIPE, text=True, env=env)
+    proc = subprocess.Popen(FTL + ["run", str(path), "--set", "train.max_steps=6"], cwd=workdir,
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env)
     try:
         deadline = time.time() + 240
         while time.time() < deadline and proc.poll() is None:
@@ -165,13 +130,35 @@ def test_sigterm_saves_at_the_next_step_and_resume_continues_exactly(reference_r
     stopped = record["step"]
     assert stopped in (4, 5) and record["reason"] == "SIGTERM"  # 5 unless the signal beat step 4
     assert f"stopped at step {stopped} (SIGTERM)" in err and "continue with: ftl run --resume" in err
-    assert (run / "checkpoints" / f"step-{stopped:08d}" / "state.json").exists()
-    assert max(losses(run)) == stopped and not (run / "summary.json").exists()
-    resumed = run_ftl(["run", "--resume", run], workdir)
-    assert resumed.returncode == 0, resumed.stderr[-3000:]
+    ckpt_dir = run / "checkpoints"
+    assert (ckpt_dir / f"step-{stopped:08d}" / "state.json").exists()
+    assert sorted(losses(run)) == list(range(1, stopped + 1)) and not (run / "summary.json").exists()
+
+    more = run_ftl(["run", "--resume", run, "--set", f"train.max_steps={STEPS}"], workdir,
+                   env={"FTL_FAILPOINT": "checkpoint.before_rename:6"})
+    assert more.returncode == 1, more.stderr
+    assert max(losses(run)) == 6 and not (run / "logs" / "preempted.json").exists()
+    assert (ckpt_dir / ".tmp-step-00000006").is_dir()  # the save was cut off mid-way...
+    assert not (ckpt_dir / "step-00000006").exists()
+    assert (ckpt_dir / f"step-{stopped:08d}" / "state.json").exists()  # ...the previous one is whole
+    proc = run_ftl(["run", "--resume", run], workdir)
+    assert proc.returncode == 0, proc.stderr
     assert json.loads((run / "summary.json").read_text())["resumed_from_step"] == stopped
+    assert sorted(losses(run)) == list(range(1, STEPS + 1))
     assert losses(run) == losses(reference_run)  # exact, every step
-    assert not (run / "logs" / "preempted.json").exists()
+    assert not (ckpt_dir / ".tmp-step-00000006").exists()
+
+
+def test_failed_rank_is_named_with_its_log(workdir):
+    proc = run_ftl(["run", write_config(workdir, base_config())], workdir,
+                   env={"FTL_FAILPOINT": "train.after_step:2:raise", "FTL_FAILPOINT_RANK": "1"})
+    assert proc.returncode == 1, proc.stderr
+    (run,) = run_dirs(workdir)
+    log = run / "logs" / "rank-1.log"
+    assert "rank 1 failed: FailpointError: failpoint train.after_step at step 2" in proc.stderr
+    assert f"log: {log.relative_to(workdir)}" in proc.stderr
+    assert "Traceback" in log.read_text()
+    assert "Traceback" not in proc.stderr
 
 
 @pytest.mark.parametrize("shutdown", ["clean", "hangs"])
