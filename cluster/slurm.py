@@ -20,9 +20,12 @@ from typing import Any
 from cluster.base import SubmittingTarget
 from cluster.slurm_script import render_sbatch
 from cluster.staging import stage
+from launcher import preemption
 from launcher.errors import Problem, UserError
 from launcher.rundir import RunFolder
 
+#: how long a job that saved and stopped on request may take to show up requeued
+REQUEUE_WAIT_S = 30
 TERMINAL = {"COMPLETED", "FAILED", "CANCELLED", "TIMEOUT", "NODE_FAIL", "PREEMPTED", "OUT_OF_MEMORY",
             "BOOT_FAIL", "DEADLINE"}
 
@@ -180,11 +183,24 @@ class SlurmTarget(SubmittingTarget):
                 yield chunk
             if not follow:
                 return
-            if self.status(folder) in TERMINAL:
+            if self.status(folder) in TERMINAL and not self._requeue_pending(folder):
                 if follower.behind():
                     continue
                 return
             time.sleep(1)
+
+    def _requeue_pending(self, folder: RunFolder) -> bool:
+        """A job that stopped on request with ``requeue`` on is requeued by its own script; while
+        Slurm moves it back to PENDING, squeue/scontrol/sacct can show the first run's end
+        (FAILED, exit 75) for a moment. Wait up to ``REQUEUE_WAIT_S`` for it to come back."""
+        if not preemption.preempted(folder.path) or not folder.load_config().cluster.slurm.requeue:
+            return False
+        deadline = time.monotonic() + REQUEUE_WAIT_S
+        while time.monotonic() < deadline:
+            if self.status(folder) not in TERMINAL:
+                return True
+            time.sleep(1)
+        return False
 
     def stop(self, folder: RunFolder) -> str:
         _run(["scancel", self._job_id(folder)])
