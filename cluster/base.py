@@ -72,9 +72,9 @@ class SubmittingTarget(Target):
             self.stop(folder)  # Ctrl-C stops what this command started
             raise
         state = self.status(folder)
-        stopped = preemption.preempted(folder.path)
+        stopped = preemption.stopped_message(folder.path)
         if state != self.success_state and stopped:
-            raise Preempted(f"{job} {state}: {preemption.stop_message(folder.path, stopped)}")
+            raise Preempted(f"{job} {state}: {stopped}")
         if state != self.success_state:
             from launcher.driver import job_failure
 

@@ -99,9 +99,9 @@ class LocalTarget(Target):
             signal.signal(signal.SIGTERM, previous_term)
         if "error" in outcome:
             raise outcome["error"]
-        stopped = preemption.preempted(folder.path)
+        stopped = preemption.stopped_message(folder.path)
         if stopped:
-            raise Preempted(preemption.stop_message(folder.path, stopped))
+            raise Preempted(stopped)
         return folder.summary() or {}
 
 

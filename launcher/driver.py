@@ -148,9 +148,9 @@ def main() -> None:
     except JobFailed as exc:
         print(f"ftl: {exc}", file=sys.stderr)
         raise SystemExit(1) from None
-    stopped = preemption.preempted(folder.path)
+    stopped = preemption.stopped_message(folder.path)
     if stopped:  # exit 75: Slurm's trap requeues, KubeRay's backoffLimit resubmits
-        print(f"ftl driver: {preemption.stop_message(folder.path, stopped)}", flush=True)
+        print(f"ftl driver: {stopped}", flush=True)
         raise SystemExit(preemption.PREEMPTED_EXIT)
     print(f"ftl driver: done; summary in {folder.summary_file}", flush=True)
 

@@ -214,8 +214,8 @@ def _train(cfg: Any, ctx: RankContext, folder: RunFolder) -> dict[str, Any]:
             with watchdog.paused():
                 if cfg.eval.every_steps and state["step"] % cfg.eval.every_steps == 0 and not done:
                     sinks.emit(state["step"], evaluate(backend, strategy, data.eval_sets, cfg))
-                saved = cfg.checkpoint.every_steps and state["step"] % cfg.checkpoint.every_steps == 0
-                if saved or (verdict.stop_reason and not done):
+                due = cfg.checkpoint.every_steps and state["step"] % cfg.checkpoint.every_steps == 0
+                if due or (verdict.stop_reason and not done):
                     ckpts.save(state["step"], backend.save, _state_for_save(state))
             if verdict.stop_reason and not done:
                 stop_reason = verdict.stop_reason

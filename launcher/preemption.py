@@ -67,6 +67,11 @@ def clear(run_dir: str | Path) -> None:
         (Path(run_dir) / "logs" / name).unlink(missing_ok=True)
 
 
-def stop_message(run_dir: str | Path, record: dict[str, Any]) -> str:
+def stopped_message(run_dir: str | Path) -> str | None:
+    """What the launcher tells the user when the last launch saved and stopped on request
+    (step, reason, checkpoint, how to continue), or None when it did not."""
+    record = preempted(run_dir)
+    if record is None:
+        return None
     return (f"stopped at step {record['step']} ({record['reason']}); checkpoint "
             f"{record.get('checkpoint') or '-'} saved; continue with: ftl run --resume {run_dir}")
