@@ -3,11 +3,10 @@ status, logs and stop."""
 
 from __future__ import annotations
 
-import sys
 from collections.abc import Iterator
 from typing import Any
 
-from launcher import preemption
+from launcher import preemption, terminal
 from launcher.errors import JobFailed, Preempted
 from launcher.rundir import RunFolder
 
@@ -63,11 +62,12 @@ class SubmittingTarget(Target):
 
     def run(self, folder: RunFolder, *, progress: bool = True) -> dict[str, Any]:
         job = f"{self.job_label} {self.submit(folder)}"
-        print(f"submitted {job}", file=sys.stderr)
+        say = terminal.err()
+        print(f"submitted {job}", file=say)
         try:
             for chunk in self.logs(folder, follow=True):
-                sys.stderr.write(chunk)
-                sys.stderr.flush()
+                say.write(chunk)
+                say.flush()
         except KeyboardInterrupt:
             self.stop(folder)  # Ctrl-C stops what this command started
             raise

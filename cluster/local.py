@@ -14,7 +14,6 @@ import contextlib
 import os
 import shutil
 import signal
-import sys
 import tempfile
 import threading
 import time
@@ -24,7 +23,7 @@ from typing import Any
 from rich.console import Console
 
 from cluster.base import Target
-from launcher import failpoints, preemption
+from launcher import failpoints, preemption, terminal
 from launcher.errors import Preempted, Problem, UserError
 from launcher.rundir import RunFolder
 
@@ -90,7 +89,7 @@ class LocalTarget(Target):
         previous_term = signal.signal(signal.SIGTERM, _save_and_stop_on_term(folder, on_interrupt))
         try:
             thread.start()
-            follow(folder.metrics, cfg.train.max_steps, done, Console(stderr=True), enabled=progress)
+            follow(folder.metrics, cfg.train.max_steps, done, Console(file=terminal.err()), enabled=progress)
             thread.join()
         finally:
             failpoints.hit("local.shutdown", 0)
@@ -140,9 +139,9 @@ def _save_and_stop_on_term(folder: RunFolder, on_interrupt: Any) -> Any:
             on_interrupt(signum, frame)
         received.append(signum)
         preemption.request_stop(folder.path, "SIGTERM")
-        sys.stderr.write("ftl: SIGTERM: saving at the next step boundary, then stopping "
+        terminal.err().write("ftl: SIGTERM: saving at the next step boundary, then stopping "
                          "(a second SIGTERM or Ctrl-C stops at once)\n")
-        sys.stderr.flush()
+        terminal.err().flush()
 
     return handler
 
@@ -178,7 +177,7 @@ def _kill_tree_after(grace_s: float, stacks: Path) -> None:
         with contextlib.suppress(psutil.Error):
             proc.kill()
     psutil.wait_procs(tree, timeout=10)
-    sys.stderr.write(f"interrupted: Ray did not shut down within {grace_s:g} s of Ctrl-C; killed the "
+    terminal.err().write(f"interrupted: Ray did not shut down within {grace_s:g} s of Ctrl-C; killed the "
                      f"{len(tree)} processes this command started (thread stacks: {stacks})\n")
-    sys.stderr.flush()
+    terminal.err().flush()
     os._exit(130)

@@ -16,13 +16,18 @@ from typing import Any
 
 import click
 
+from launcher import terminal
 from launcher.errors import JobFailed, Preempted, UserError
 
 EXIT_FAILED, EXIT_USER, EXIT_PREEMPTED, EXIT_INTERRUPTED = 1, 2, 75, 130
 
 
 def _err(text: str) -> None:
-    click.echo(text, err=True)
+    click.echo(text, file=terminal.err())
+
+
+def _out(text: str) -> None:
+    click.echo(text, file=terminal.out())
 
 
 def _handle(fn):
@@ -166,9 +171,12 @@ def plan(config: str, overrides: tuple[str, ...], as_json: bool, gpu_memory: flo
 @click.option("--detach", is_flag=True, help="Submit and return (cluster targets); see ftl status/logs/stop.")
 @click.option("--smoke", is_flag=True, help="Run this config here first: a tiny model of the same "
               "architecture, a few steps, same method, data format, sharding, checkpoint and export.")
+@click.option("--verbose", "-v", is_flag=True, help="Show library output (progress bars, warnings) here "
+              "too; by default it goes to the run's logs/launcher.log.")
 @_handle
 def run(config: str | None, overrides: tuple[str, ...], resume_dir: str | None, dry_run: bool,
-        no_progress: bool, runs_dir: str | None, target: str | None, detach: bool, smoke: bool) -> None:
+        no_progress: bool, runs_dir: str | None, target: str | None, detach: bool, smoke: bool,
+        verbose: bool) -> None:
     """Validate, plan and run a config; or resume a run folder.
 
     \b
@@ -187,26 +195,29 @@ def run(config: str | None, overrides: tuple[str, ...], resume_dir: str | None, 
         raise UserError("--smoke runs a fresh config here: no --resume, --target or --detach")
     if target:
         overrides = (*overrides, f"cluster.target={target}")
-    notes = Notes()
-    folder, chosen = prepare_run(config, resume_dir, overrides, runs_dir=runs_dir, dry_run=dry_run,
-                                 smoke=smoke, notes=notes)
-    for warning in notes.warnings:
-        _err(f"warning: {warning}")
-    if smoke and not dry_run:
-        for change in json.loads((folder.path / "smoke.json").read_text())["changes"]:
-            _err(f"smoke: {change}")
-    if dry_run:
-        click.echo(chosen.render(folder))
-        return
-    _err(f"run folder: {folder.path}")
-    if detach:
-        if not hasattr(chosen, "submit"):
-            raise UserError(f"target {chosen.name!r} runs attached only (no --detach)")
-        job = chosen.submit(folder)
-        click.echo(f"submitted {job}\n  ftl status {folder.path}\n  ftl logs {folder.path} --follow"
-                   f"\n  ftl stop {folder.path}")
-        return
-    summary = start_run(folder, chosen, progress=not no_progress and sys.stderr.isatty())
+    with terminal.library_output_to_log(enabled=not verbose) as library_log:
+        notes = Notes()
+        folder, chosen = prepare_run(config, resume_dir, overrides, runs_dir=runs_dir, dry_run=dry_run,
+                                     smoke=smoke, notes=notes)
+        if library_log and not dry_run:
+            library_log.move_to(folder.logs / "launcher.log")
+        for warning in notes.warnings:
+            _err(f"warning: {warning}")
+        if smoke and not dry_run:
+            for change in json.loads((folder.path / "smoke.json").read_text())["changes"]:
+                _err(f"smoke: {change}")
+        if dry_run:
+            _out(chosen.render(folder))
+            return
+        _err(f"run folder: {folder.path}")
+        if detach:
+            if not hasattr(chosen, "submit"):
+                raise UserError(f"target {chosen.name!r} runs attached only (no --detach)")
+            job = chosen.submit(folder)
+            _out(f"submitted {job}\n  ftl status {folder.path}\n  ftl logs {folder.path} --follow"
+                 f"\n  ftl stop {folder.path}")
+            return
+        summary = start_run(folder, chosen, progress=not no_progress and terminal.err().isatty())
     _print_summary(folder.path, summary)
 
 

@@ -35,6 +35,7 @@ from typing import Any
 
 import yaml
 
+from launcher import terminal
 from launcher.errors import Problem, UserError
 
 LOCK_FILE = ".lock"
@@ -114,7 +115,7 @@ class WriterLock:
                                     "(Ctrl-C in its terminal, or kill its pid on that host)")) from None
         except OSError as exc:  # ENOLCK, EOPNOTSUPP: a filesystem without locks (some FUSE mounts)
             print(f"warning: {folder}: this filesystem cannot lock files ({exc.strerror}): nothing "
-                  "stops a second `ftl run --resume` of this folder while this one runs", file=sys.stderr)
+                  "stops a second `ftl run --resume` of this folder while this one runs", file=terminal.err())
         holder = {"pid": os.getpid(), "host": socket.gethostname(), "since": time.time(),
                   "command": _command_line()}
         fh.seek(0)

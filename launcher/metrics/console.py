@@ -65,6 +65,6 @@ def follow(metrics_path: Path, total_steps: int, done: threading.Event, console:
                     if any(k.startswith("train/") for k in row):
                         progress.update(task, info=_fmt(row))
                     elif any(k.startswith("eval/") for k in row):
-                        progress.console.print(f"step {step}: {_fmt(row)}")
+                        progress.console.print(f"step {step}: {_fmt(row)}", soft_wrap=True)
             if finished:
                 break
