@@ -256,7 +256,8 @@ def _train(cfg: Any, ctx: RankContext, folder: RunFolder) -> dict[str, Any]:
     if ctx.is_main:
         folder.write_summary(summary)
         sinks.close(final)
-        write_run_report_safely(folder.path)  # <run>/report/: curves + index.html; never fails the run
+        if cfg.logging.report:  # <run>/report/: curves + index.html; never fails the run
+            write_run_report_safely(folder.path)
     barrier()
     backend.close()
     return summary

@@ -30,6 +30,9 @@ TITLES = {
     "response/length_mean": "Response length (mean tokens)",
 }
 FIGSIZE, DPI = (6.0, 3.4), 100
+# Fixed margins, not a layout engine: "constrained" layout measures every text twice and made
+# each figure ~40% slower to draw (0.6 s vs 0.35 s here), which the end of every run pays.
+MARGINS = {"left": 0.14, "right": 0.97, "top": 0.9, "bottom": 0.15}
 # PNGs carry no text chunk: matplotlib's default "Software" entry holds a URL, and the page
 # promises to reference nothing outside itself.
 PNG_METADATA = {"Software": None}
@@ -80,8 +83,9 @@ def curve_figure(runs: list[RunData], key: str, colors: dict[str, Any] | None = 
     from matplotlib.ticker import MaxNLocator
 
     colors = colors or run_colors(runs)
-    fig = Figure(figsize=FIGSIZE, dpi=DPI, layout="constrained")
+    fig = Figure(figsize=FIGSIZE, dpi=DPI)
     FigureCanvasAgg(fig)
+    fig.subplots_adjust(**MARGINS)
     ax = fig.add_subplot()
     drawn = 0
     for run in runs:

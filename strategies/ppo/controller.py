@@ -224,7 +224,8 @@ class OnlineRL:
                 final_dir = str(self.folder.path / "final")
                 self._get(self.groups["policy"].async_call("export", final_dir), "policy")
             self._write_summary(wall0, startup, loop_s, start_step, initial, final)
-            write_run_report_safely(self.folder.path)  # <run>/report/; a warning if it cannot be drawn
+            if self.cfg.logging.report:  # <run>/report/; a warning if it cannot be drawn
+                write_run_report_safely(self.folder.path)
         finally:
             if self.sinks is not None:
                 self.sinks.close({**{f"final/{k}": v for k, v in self.last.items()}})

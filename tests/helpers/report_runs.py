@@ -27,8 +27,9 @@ def make_run(parent: Path, name: str, *, start: float = 4.0, end: float = 0.5, r
              gpus: int = 1) -> Path:
     """A finished run folder under ``parent``: config, plan (GPU plan when ``gpus``), metrics of
     ``STEPS`` steps with eval at 0, 10 and the end, and summary.json."""
-    cfg = validate_config(tiny_config(name=name, resources={"num_workers": 1, "cpus_per_worker": 1,
-                                                            "gpus_per_worker": gpus}), f"{name}.yaml")
+    resources = {"num_workers": 1, "cpus_per_worker": 1, "gpus_per_worker": gpus}
+    raw = tiny_config(name=name, resources=resources, train={"max_steps": STEPS})
+    cfg = validate_config(raw, f"{name}.yaml")
     folder = RunFolder.create(parent, name)
     try:
         folder.write_config(config_to_dict(cfg))
