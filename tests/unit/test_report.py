@@ -115,6 +115,20 @@ def test_plan_chart_stacks_terms_under_the_gpu_capacity(runs):
     assert top(1) == pytest.approx(memory["per_gpu"]["total_bytes"] / GB)  # + the CUDA/NCCL reserve
 
 
+def test_plan_chart_of_a_cpu_run_has_no_gpu_line():
+    from launcher.config.load import validate_config
+    from launcher.planner import make_plan
+    from tests.conftest import tiny_config
+
+    plan = make_plan(validate_config(tiny_config()))  # 2 CPU workers, no GPU
+    ax = plan_figure(plan).axes[0]
+    assert not [line for line in ax.get_lines() if "GPU capacity" in line.get_label()]
+    assert [t.get_text() for t in ax.get_xticklabels()] == ["policy"]
+    assert "host RAM" in ax.get_title()
+    assert max(p.get_y() + p.get_height() for p in ax.patches) == pytest.approx(
+        plan["memory"]["roles"]["policy"]["total_gpu_bytes"] / GB)
+
+
 def test_sparkline_follows_the_series(runs):
     falling = sparkline([4.0, 3.0, 2.0, 1.5, 1.0, 0.5])
     assert BLOCKS.index(falling[0]) > BLOCKS.index(falling[-1])
