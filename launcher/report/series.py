@@ -18,7 +18,8 @@ from launcher.rundir import RunFolder, list_runs
 
 # Series drawn first, in this order (what people look at first); every other numeric series of
 # the metrics file follows: eval/* then the rest (RL: reward/*, kl/*, response/*, rollout/*...).
-HEADLINE = ("train/loss", "policy/loss", "train/lr", "train/tokens_per_s", "reward/mean")
+HEADLINE = ("train/loss", "policy/loss", "train/lr", "policy/lr", "train/tokens_per_s", "reward/mean",
+            "eval/reward_mean")
 # Bookkeeping counters that only ever grow with the step: a line that says nothing.
 SKIPPED = frozenset({"step", "train/tokens"})
 
