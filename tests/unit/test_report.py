@@ -165,3 +165,14 @@ def test_a_report_that_cannot_be_written_is_a_warning(runs, tmp_path, caplog):
     with caplog.at_level(logging.WARNING, logger="ftl.report"):
         assert write_run_report_safely(run) is None
     assert "no report written" in caplog.text and str(run) in caplog.text
+
+
+def test_the_cli_and_ftl_list_do_not_import_matplotlib():
+    import subprocess
+    import sys
+
+    code = ("import sys, launcher.cli, launcher.run_list, launcher.report.series, launcher.report.build; "
+            "print(sorted(m for m in sys.modules if m.split('.')[0] == 'matplotlib'))")
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 0, proc.stderr
+    assert proc.stdout.strip() == "[]"
