@@ -27,6 +27,11 @@ def _unique_names(runs: list) -> None:
     for run in runs:
         if counts[run.name] > 1:
             run.name = f"{run.path.parent.name}/{run.name}"
+    seen: Counter = Counter()
+    for run in runs:  # still the same (same parent name too): number them
+        seen[run.name] += 1
+        if seen[run.name] > 1:
+            run.name = f"{run.name} #{seen[run.name]}"
 
 
 def write_report(run_dirs: list[str | Path], out_dir: str | Path | None = None) -> Path:
@@ -39,7 +44,10 @@ def write_report(run_dirs: list[str | Path], out_dir: str | Path | None = None) 
 
     if not run_dirs:
         raise UserError("no run given: name one or more run folders")
-    runs = [read_run(p) for p in run_dirs]
+    unique: dict[Path, Path] = {}
+    for p in run_dirs:  # a run named twice (by name and by path) is one run
+        unique.setdefault(Path(p).resolve(), Path(p))
+    runs = [read_run(p) for p in unique.values()]
     if out_dir is None:
         if len(runs) > 1:
             raise UserError(Problem("-o", "several runs are compared in one page: say where it goes",

@@ -98,6 +98,8 @@ def test_two_runs_are_overlaid_one_line_per_run(runs, tmp_path):
     assert (tmp_path / "compare" / "plan-memory-2.png").exists()
     with pytest.raises(UserError, match="-o"):
         write_report([alpha, beta])  # several runs: the page needs a place of its own
+    same = write_report([alpha, alpha.parent / ".." / alpha.parent.name / alpha.name], tmp_path / "same")
+    assert f"<title>ftl report: {alpha.name}</title>" in same.read_text()  # one run named twice
 
 
 def test_plan_chart_stacks_terms_under_the_gpu_capacity(runs):
