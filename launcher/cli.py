@@ -134,8 +134,11 @@ def schema(method: str | None) -> None:
 @click.option("--json", "as_json", is_flag=True, help="Print the plan as JSON.")
 @click.option("--gpu-memory", type=click.FloatRange(min=0, min_open=True), default=None, metavar="GB",
               help="Memory of one GPU in GB (same as --set resources.gpu_memory_gb=GB).")
+@click.option("--png", "png", type=click.Path(dir_okay=False), default=None, metavar="FILE",
+              help="Also draw each role's memory per GPU (terms stacked) against the GPU's capacity.")
 @_handle
-def plan(config: str, overrides: tuple[str, ...], as_json: bool, gpu_memory: float | None) -> None:
+def plan(config: str, overrides: tuple[str, ...], as_json: bool, gpu_memory: float | None,
+         png: str | None) -> None:
     """Show workers, placement, batch arithmetic, exact parameter counts and the predicted
     memory of every rank (per role, per GPU, per node), with what would fit if it does not.
 
@@ -143,14 +146,23 @@ def plan(config: str, overrides: tuple[str, ...], as_json: bool, gpu_memory: flo
     Example:
       ftl plan configs/quickstart.yaml --json
       ftl plan llama-70b.yaml --gpu-memory 141 --set resources.num_workers=16
+      ftl plan configs/examples/llama-3.1-70b/ppo.yaml --png ppo-memory.png
     """
     from launcher.config.load import load_config
     from launcher.planner import make_plan
 
     if gpu_memory is not None:
         overrides = (*overrides, f"resources.gpu_memory_gb={gpu_memory!r}")
+    if png:
+        from launcher.report.curves import require_matplotlib
+
+        require_matplotlib()  # before the (slow) plan, not after
     cfg = load_config(config, overrides)
     result = make_plan(cfg)
+    if png:
+        from launcher.report.plan_chart import write_plan_png
+
+        _err(f"memory chart: {write_plan_png(result, png)}")
     if as_json:
         click.echo(json.dumps(result, indent=2))
         return
@@ -324,6 +336,33 @@ def list_runs_cmd(runs_dir: str, as_json: bool) -> None:
         click.echo(json.dumps(rows, indent=2))
     else:
         render_runs(rows)
+
+
+@cli.command()
+@click.argument("runs", nargs=-1, required=True, metavar="RUN...")
+@click.option("-o", "--out", "out_dir", type=click.Path(file_okay=False), default=None,
+              help="Folder of the page and its PNGs (default: RUN/report; needed for several runs).")
+@click.option("--runs-dir", default="runs", show_default=True, help="Where run names are looked up.")
+@_handle
+def report(runs: tuple[str, ...], out_dir: str | None, runs_dir: str) -> None:
+    """Draw runs' curves (every logged series over steps) into PNGs and one self-contained HTML
+    page with the config, plan and summary; several runs are overlaid, one line per run.
+
+    RUN is a run folder, or a run's name as `ftl list` shows it (or the unique start of one).
+
+    \b
+    Examples:
+      ftl report runs/quickstart-20260101-120000
+      ftl report quickstart-20260101-120000 quickstart-20260102-090000 -o runs/compare
+    """
+    from launcher.report.curves import require_matplotlib
+    from launcher.report.series import resolve_run
+
+    require_matplotlib()
+    paths = [resolve_run(r, runs_dir) for r in runs]
+    from launcher.report.build import write_report
+
+    click.echo(f"report: {write_report(paths, out_dir)}")
 
 
 @cli.command(name="eval")

@@ -35,6 +35,7 @@ from launcher.lazy import load_object
 from launcher.memwatch import PeakAnon
 from launcher.metrics.sinks import MetricSinks
 from launcher.paths import ftl_home
+from launcher.report.build import write_run_report_safely
 from launcher.rundir import RunFolder
 from launcher.watchdog import StepWatchdog
 
@@ -255,6 +256,8 @@ def _train(cfg: Any, ctx: RankContext, folder: RunFolder) -> dict[str, Any]:
     if ctx.is_main:
         folder.write_summary(summary)
         sinks.close(final)
+        if cfg.logging.report:  # <run>/report/: curves + index.html; never fails the run
+            write_run_report_safely(folder.path)
     barrier()
     backend.close()
     return summary

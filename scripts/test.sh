@@ -12,6 +12,14 @@ if ! command -v slurmctld >/dev/null || ! command -v munged >/dev/null; then
       || echo "test.sh: could not install Slurm; its tests will be skipped" >&2
   fi
 fi
+# Headless Chromium renders the HTML run report in its browser test (Debian package; root and apt).
+if ! command -v chromium >/dev/null && ! command -v chromium-headless-shell >/dev/null; then
+  if [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null; then
+    (apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq \
+      --no-install-recommends chromium) >/dev/null \
+      || echo "test.sh: could not install chromium; the report's browser test will be skipped" >&2
+  fi
+fi
 export FTL_HOME="${FTL_HOME:-$PWD/.cache/ftl}"          # builtin models, compiled ops
 export TORCH_EXTENSIONS_DIR="${TORCH_EXTENSIONS_DIR:-$FTL_HOME/torch_extensions}"
 export HF_HUB_OFFLINE=1 HF_DATASETS_OFFLINE=1 RAY_AUTH_MODE=disabled

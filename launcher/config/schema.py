@@ -320,6 +320,9 @@ class LoggingSection(Section):
     every_steps: int = Field(10, gt=0)
     wandb: WandbSection = Field(default_factory=WandbSection)
     progress: bool = True
+    report: bool = Field(True, description="When the run ends, write <run>/report/: PNG curves of every "
+                         "logged series and one self-contained index.html (`ftl report RUN` draws it "
+                         "any time). A report that cannot be drawn is a warning, never a failed run.")
 
 
 class EvalSection(Section):

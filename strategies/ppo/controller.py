@@ -38,6 +38,7 @@ import torch
 from launcher import preemption
 from launcher.errors import JobFailed, Problem, UserError
 from launcher.metrics.sinks import MetricSinks
+from launcher.report.build import write_run_report_safely
 from launcher.rundir import RunFolder
 from strategies.ppo.advantages import batch_stats, ppo_targets
 from strategies.ppo.artifacts import Checkpoints, close_log, controller_log
@@ -223,6 +224,8 @@ class OnlineRL:
                 final_dir = str(self.folder.path / "final")
                 self._get(self.groups["policy"].async_call("export", final_dir), "policy")
             self._write_summary(wall0, startup, loop_s, start_step, initial, final)
+            if self.cfg.logging.report:  # <run>/report/; a warning if it cannot be drawn
+                write_run_report_safely(self.folder.path)
         finally:
             if self.sinks is not None:
                 self.sinks.close({**{f"final/{k}": v for k, v in self.last.items()}})

@@ -31,6 +31,9 @@ def test_packed_run_learns_and_counts_real_tokens(workdir):
     assert proc.returncode == 0, proc.stderr[-3000:]
     summary = json.loads((folder.path / "summary.json").read_text())
     assert summary["final"]["eval/loss"] < summary["initial"]["eval/loss"]
+    report = folder.path / "report"  # written by the run's end
+    assert f"{summary['final']['eval/loss']:.4f}" in (report / "index.html").read_text()
+    assert (report / "train-loss.png").read_bytes().startswith(b"\x89PNG")
 
     rows = [row for step in replayed_rows(folder.path, STEPS) for row in step]  # the sampler's picks
     real = sum(len(r["input_ids"]) for r in rows)
