@@ -8,7 +8,7 @@ from rich.console import Console
 from rich.table import Table
 
 # Display order of memory terms; unknown terms (future roles) follow in their own order.
-_TERM_ORDER = ["parameters", "gradients", "optimizer_states", "gathered_layers", "comm_buffers",
+TERM_ORDER = ["parameters", "gradients", "optimizer_states", "gathered_layers", "comm_buffers",
                "autocast_weight_copies", "activations", "logits", "kv_cache"]
 
 
@@ -54,7 +54,7 @@ def _sharding(sharding: dict[str, Any]) -> str:
     return text
 
 
-def _size(n: int) -> str:
+def size_text(n: int) -> str:
     """Bytes in the largest decimal unit that keeps a digit before the point (GB = 10^9)."""
     for unit, scale in (("GB", 1e9), ("MB", 1e6), ("KB", 1e3)):
         if abs(n) >= scale:
@@ -77,21 +77,21 @@ def render_memory(memory: dict[str, Any], console: Console) -> None:
     table.add_column("term", style="bold")
     for name in roles:
         table.add_column(name, justify="right")
-    terms = [t for t in _TERM_ORDER if any(t in r["gpu"] for r in roles.values())]
+    terms = [t for t in TERM_ORDER if any(t in r["gpu"] for r in roles.values())]
     terms += [t for r in roles.values() for t in r["gpu"] if t not in terms]
     for term in terms:
-        table.add_row(term, *(_size(r["gpu"][term]) if term in r["gpu"] else "" for r in roles.values()))
-    totals = (_size(r["total_gpu_bytes"]) for r in roles.values())
+        table.add_row(term, *(size_text(r["gpu"][term]) if term in r["gpu"] else "" for r in roles.values()))
+    totals = (size_text(r["total_gpu_bytes"]) for r in roles.values())
     table.add_row(f"total per {'GPU' if on_gpu else 'rank'}", *totals, style="bold")
     cpu_terms = sorted({t for r in roles.values() for t in r["cpu"]})
     for term in cpu_terms:
-        table.add_row(f"host: {term}", *(_size(r["cpu"].get(term, 0)) for r in roles.values()))
-    table.add_row("host RAM per node", *(_size(r["cpu_bytes"]) for r in roles.values()), style="bold")
+        table.add_row(f"host: {term}", *(size_text(r["cpu"].get(term, 0)) for r in roles.values()))
+    table.add_row("host RAM per node", *(size_text(r["cpu_bytes"]) for r in roles.values()), style="bold")
     console.print(table)
     if on_gpu:
         g = memory["per_gpu"]
         console.print(_verdict("per GPU", g["total_bytes"], g["limit_bytes"], g["fits"],
-                               f" (incl. {_size(g['reserve_bytes'])} CUDA/NCCL reserve)"))
+                               f" (incl. {size_text(g['reserve_bytes'])} CUDA/NCCL reserve)"))
     c = memory["per_node_cpu"]
     console.print(_verdict("host RAM per node", c["total_bytes"], c["limit_bytes"], c["fits"], ""))
     for warning in memory.get("warnings", []):
@@ -100,4 +100,5 @@ def render_memory(memory: dict[str, Any], console: Console) -> None:
 
 def _verdict(what: str, total: int, limit: int, fits: bool, extra: str) -> str:
     mark = "[green]fits[/green]" if fits else "[red]does not fit[/red]"
-    return f"{what}: {_size(total)} of {_size(limit)}{extra}: {mark} (headroom {_size(limit - total)})"
+    headroom = size_text(limit - total)
+    return f"{what}: {size_text(total)} of {size_text(limit)}{extra}: {mark} (headroom {headroom})"

@@ -36,7 +36,8 @@ def tiny_config(name: str = "t", **sections) -> dict:
         "train": {"max_steps": 6, "micro_batch_size": 4, "lr": 3e-3, "schedule": "constant"},
         "resources": {"num_workers": 2, "cpus_per_worker": 1},
         "checkpoint": {"dir": "runs"},
-        "logging": {"every_steps": 1, "wandb": {"mode": "disabled"}},
+        # Reports (matplotlib, a few seconds a run) are drawn by the runs that check them.
+        "logging": {"every_steps": 1, "wandb": {"mode": "disabled"}, "report": False},
         "eval": {"max_generate": 16, "max_new_tokens": 12},
     }
     for key, value in sections.items():
@@ -67,3 +68,13 @@ def run_dirs(cwd: Path) -> list[Path]:
 @pytest.fixture
 def workdir(tmp_path: Path) -> Path:
     return tmp_path
+
+
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    """The fast tier is tests/unit (config, planning, rendering, math: no Ray, Slurm, torchrun or
+    training run). Everything else starts real processes and is marked ``slow``, so
+    ``./scripts/test.sh -m "not slow"`` runs the fast tier alone."""
+    unit = ROOT / "tests" / "unit"
+    for item in items:
+        if unit not in Path(str(item.fspath)).parents:
+            item.add_marker(pytest.mark.slow)

@@ -13,7 +13,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-from launcher.plan_view import _TERM_ORDER, _size
+from launcher.plan_view import TERM_ORDER, size_text
 from launcher.report.curves import DPI, PNG_METADATA
 
 GB = 1e9
@@ -21,7 +21,7 @@ RESERVE = "CUDA/NCCL reserve"
 
 
 def _terms(roles: dict[str, Any]) -> list[str]:
-    terms = [t for t in _TERM_ORDER if any(t in r["gpu"] for r in roles.values())]
+    terms = [t for t in TERM_ORDER if any(t in r["gpu"] for r in roles.values())]
     return terms + [t for r in roles.values() for t in r["gpu"] if t not in terms]
 
 
@@ -88,7 +88,7 @@ def plan_figure(plan: dict[str, Any]) -> Any:
     if on_gpu:
         totals.append(memory["per_gpu"]["total_bytes"])
     for i, total in enumerate(totals):  # the number on top: small roles are invisible next to 80 GB
-        ax.annotate(_size(int(total)), (i, total / GB), xytext=(0, 3), textcoords="offset points",
+        ax.annotate(size_text(int(total)), (i, total / GB), xytext=(0, 3), textcoords="offset points",
                     ha="center", va="bottom", fontsize=8)
     ax.set_xticks(list(x), labels)
     ax.grid(True, axis="y", alpha=0.3)

@@ -23,7 +23,7 @@ def test_packed_run_learns_and_counts_real_tokens(workdir):
     cfg = tiny_config(data={"packing": True, "max_length": MAX_LENGTH},
                       train={"max_steps": STEPS, "micro_batch_size": MICRO, "lr": 3e-3,
                              "schedule": "constant"},
-                      resources={"num_workers": 1, "cpus_per_worker": 1})
+                      resources={"num_workers": 1, "cpus_per_worker": 1}, logging={"report": True})
     os.chdir(workdir)
     folder, _ = prepare_run(str(write_config(workdir, cfg)), None, ())
     proc = subprocess.run([sys.executable, "-m", "launcher.loop", str(folder.path)], capture_output=True,

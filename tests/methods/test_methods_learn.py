@@ -37,7 +37,7 @@ def method_config(name: str, method: str, *, steps: int, lr: float, backend: str
     cfg = tiny_config(
         name=name, method=method, sharding={"backend": backend},
         train={"max_steps": steps, "micro_batch_size": 8, "lr": lr, "schedule": "constant"},
-        eval={"batch_size": 32}, logging={"every_steps": 1, "wandb": {"mode": "disabled"}},
+        eval={"batch_size": 32}, logging={"every_steps": 1, "wandb": {"mode": "disabled"}, "report": False},
         checkpoint={"dir": "runs", "save_final": False})
     cfg["data"] = {"train": {"path": f"builtin:{task}", "num_rows": 2000},
                    "eval": {"path": f"builtin:{task}", "num_rows": eval_rows}, "max_length": 48}

@@ -46,7 +46,7 @@ def letters_config(method: str, name: str, **section) -> dict:
         "resources": {"num_workers": 1, "cpus_per_worker": 1},
         "cluster": {"target": "local", "local": {"num_cpus": 8}},
         "checkpoint": {"dir": "runs"},
-        "logging": {"every_steps": 1, "wandb": {"mode": "disabled"}},
+        "logging": {"every_steps": 1, "wandb": {"mode": "disabled"}, "report": False},
     }
 
 
