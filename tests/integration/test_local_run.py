@@ -201,13 +201,13 @@ def test_ctrl_c_stops_everything_and_exits_130(workdir, shutdown):
             proc.kill()
 
 
-def test_same_loop_under_torchrun_and_single_process(reference_run, workdir):
+def test_same_loop_under_torchrun_and_single_process(reference_run, workdir, monkeypatch):
     """The per-rank loop gives Ray's exact losses under torchrun (2 ranks), and the same
     math in one process with 2 accumulation steps (same global batch)."""
     from launcher.submit import prepare_run
 
     cfg_path = write_config(workdir, base_config(logging={"every_steps": 1, "wandb": {"mode": "disabled"}}))
-    os.chdir(workdir)
+    monkeypatch.chdir(workdir)
     folder, _ = prepare_run(str(cfg_path), None, ())
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
     torchrun = subprocess.run(

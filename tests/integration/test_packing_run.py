@@ -17,14 +17,14 @@ from bench_common import replayed_rows  # noqa: E402  (rebuilds rows independent
 STEPS, MICRO, MAX_LENGTH = 6, 2, 128
 
 
-def test_packed_run_learns_and_counts_real_tokens(workdir):
+def test_packed_run_learns_and_counts_real_tokens(workdir, monkeypatch):
     from launcher.submit import prepare_run
 
     cfg = tiny_config(data={"packing": True, "max_length": MAX_LENGTH},
                       train={"max_steps": STEPS, "micro_batch_size": MICRO, "lr": 3e-3,
                              "schedule": "constant"},
                       resources={"num_workers": 1, "cpus_per_worker": 1}, logging={"report": True})
-    os.chdir(workdir)
+    monkeypatch.chdir(workdir)
     folder, _ = prepare_run(str(write_config(workdir, cfg)), None, ())
     proc = subprocess.run([sys.executable, "-m", "launcher.loop", str(folder.path)], capture_output=True,
                           text=True, timeout=600, env={**os.environ, "OMP_NUM_THREADS": "1"})

@@ -152,7 +152,7 @@ def test_unreachable_cluster_is_a_user_error(workdir):
     assert run_dirs(workdir) == []
 
 
-def test_two_node_cluster_places_workers_on_both_nodes(workdir):
+def test_two_node_cluster_places_workers_on_both_nodes(workdir, monkeypatch):
     """ray.cluster_utils.Cluster: two raylets on this machine, 1 CPU each, 2 workers."""
     import ray
     from ray.cluster_utils import Cluster
@@ -162,9 +162,8 @@ def test_two_node_cluster_places_workers_on_both_nodes(workdir):
 
     cfg = tiny_config(train={"max_steps": 3}, logging={"every_steps": 1, "wandb": {"mode": "disabled"}})
     path = write_config(workdir, cfg)
-    import os
 
-    os.chdir(workdir)
+    monkeypatch.chdir(workdir)
     folder, _ = prepare_run(str(path), None, ())
     cluster = Cluster(initialize_head=True, head_node_args={"num_cpus": 1})
     cluster.add_node(num_cpus=1)

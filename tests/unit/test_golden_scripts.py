@@ -26,9 +26,11 @@ def check_golden(name: str, text: str) -> None:
         syntax = subprocess.run(["bash", "-n"], input=text, capture_output=True, text=True)
         assert syntax.returncode == 0, syntax.stderr
     path = GOLDEN / name
-    if os.environ.get("FTL_UPDATE_GOLDEN") == "1" or not path.exists():
+    if os.environ.get("FTL_UPDATE_GOLDEN") == "1":
         path.parent.mkdir(parents=True, exist_ok=True)
         path.write_text(text)
+    # A missing golden file fails: writing it here would make the check pass without checking.
+    assert path.exists(), f"{path} is missing; FTL_UPDATE_GOLDEN=1 writes it (review it, then commit it)"
     assert text == path.read_text(), f"{name} changed; FTL_UPDATE_GOLDEN=1 to accept"
 
 
