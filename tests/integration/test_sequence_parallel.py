@@ -42,7 +42,30 @@ def sp_config(name: str, backend: str, sp: int, packing: bool) -> dict:
                       eval={"max_generate": 4, "max_new_tokens": 4, "batch_size": 8})
     cfg["data"]["eval"]["num_rows"] = 8
     cfg["data"]["packing"] = packing
+    # Odd limits: rows cut at the limit make odd-length batches, which sp=2 pads (checked below).
+    # Packed: the add task's examples (23-27 tokens) make rows of one or two examples.
+    cfg["data"]["max_length"] = 51 if packing else 29
+    if packing:
+        cfg["data"]["train"]["path"] = "builtin:add"
     return cfg
+
+
+def batch_lengths(run: Path) -> list[int]:
+    """Sequence length of every micro-batch the run trained on, recomputed from its config the
+    way the loop builds batches (one data-parallel rank: sp=2 on 2 ranks)."""
+    from launcher.data.pipeline import prepare_data
+    from launcher.data.sampler import StepSampler
+    from launcher.models.load import load_tokenizer
+    from launcher.rundir import RunFolder
+    from strategies import build_strategy
+
+    cfg = RunFolder(run).load_config()
+    strategy = build_strategy(cfg, load_tokenizer(cfg))
+    data = prepare_data(cfg, strategy, with_eval=False)
+    sampler = StepSampler(data.source_sizes, data.weights, cfg.train.seed)
+    micro, accum = cfg.train.micro_batch_size, cfg.grad_accum
+    return [strategy.collate([data.train[i] for i in idx])["input_ids"].shape[1]
+            for step in range(STEPS) for idx in sampler.micro_batches(step, 0, 1, micro, accum)]
 
 
 @pytest.fixture(scope="module")
@@ -86,6 +109,9 @@ def test_sp2_matches_sp1_on_every_backend(sp_runs):
         rows.append(f"{name:>16} {got[1]:.6f} {got[STEPS]:.6f} {diff:.2e}")
         assert diff < 1e-5, (name, diff)
     print("\n             run  loss@1   loss@10  max abs diff vs sp=1\n" + "\n".join(rows))
+    for name in ("sp-fsdp2", "sp-fsdp2-packed"):  # the padding path ran, and so did the even one
+        lengths = batch_lengths(sp_runs[name])
+        assert {n % 2 for n in lengths} == {0, 1}, (name, lengths)
     # training moved: the comparison is not between two untouched models
     ref = losses(sp_runs["ref"])
     assert ref[STEPS] < ref[1] - 0.1
