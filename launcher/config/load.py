@@ -246,8 +246,9 @@ SEQUENCE_PARALLEL_METHODS = ("full", "sft")
 
 
 def _sequence_parallel_checks(cfg: Any) -> list[Problem]:
-    """``sharding.sp_size`` against workers, method, attention and elastic mode. The heads are
-    checked in preflight (``launcher.preflight.check_sequence_parallel``): they need the model."""
+    """``sharding.sp_size`` against workers, method and attention (elastic mode: the schema's
+    elastic check). The heads are checked in preflight
+    (``launcher.preflight.check_sequence_parallel``): they need the model."""
     sp = cfg.sharding.sp_size
     if sp == 1:
         return []
@@ -261,10 +262,6 @@ def _sequence_parallel_checks(cfg: Any) -> list[Problem]:
                                 f"{', '.join(SEQUENCE_PARALLEL_METHODS)}, not {cfg.method!r}",
                                 "set sharding.sp_size: 1 (other methods' losses are not split by "
                                 "token yet)"))
-    if cfg.resources.min_workers is not None:
-        problems.append(Problem("sharding.sp_size", "sequence parallelism cannot run elastic "
-                                "(resources.min_workers): a lost worker breaks its sequence-parallel group",
-                                "remove resources.min_workers, or set sharding.sp_size: 1"))
     if cfg.model.attn_implementation != "sdpa":
         problems.append(Problem("model.attn_implementation", f"{cfg.model.attn_implementation!r} with "
                                 f"sharding.sp_size {sp}: sequence parallelism runs sdpa between its "

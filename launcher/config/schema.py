@@ -386,6 +386,11 @@ class RunConfigBase(Section):
         if low > high:
             raise HintedValueError(f"resources.min_workers ({low}) is more than resources.num_workers "
                                    f"({high})", "num_workers is the most workers an elastic run uses")
+        if self.sharding.sp_size > 1:
+            raise HintedValueError(
+                "resources.min_workers: sequence parallelism (sharding.sp_size "
+                f"{self.sharding.sp_size}) cannot run elastic: a lost worker breaks its sequence-"
+                "parallel group", "remove resources.min_workers, or set sharding.sp_size: 1")
         if self.sharding.backend not in ELASTIC_BACKENDS:
             raise HintedValueError(
                 f"resources.min_workers: an elastic run needs sharding.backend ddp, fsdp2 or "
