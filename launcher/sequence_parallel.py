@@ -152,6 +152,11 @@ def ulysses_attention(module: Any, query: torch.Tensor, key: torch.Tensor, value
     step = _ACTIVE
     if step is None:
         return sdpa_attention_forward(module, query, key, value, attention_mask, **kwargs)
+    if kwargs.get("sliding_window") is not None:
+        raise ValueError("sharding.sp_size > 1 does not support sliding-window attention (this model's "
+                         "layers use it): the full-sequence causal mask would attend too far back; "
+                         "set sharding.sp_size: 1")
+    kwargs.pop("is_causal", None)  # decided below from the mask
     sp, group = step.group.size, step.group.group
     groups = getattr(module, "num_key_value_groups", 1)
     if key.shape[1] % sp:

@@ -23,7 +23,8 @@ from tests.integration.test_local_run import losses
 from tests.integration.test_sharding import prepare, torchrun_many
 
 STEPS = 10
-# name: (backend, sp_size, packing)
+# name: (backend, sp_size, packing); sp-zero3 also recomputes activations in backward
+# (model.gradient_checkpointing), which must run inside the sequence-parallel step too.
 RUNS = {
     "ref": ("ddp", 1, False),
     "sp-fsdp2": ("fsdp2", 2, False),
@@ -42,6 +43,7 @@ def sp_config(name: str, backend: str, sp: int, packing: bool) -> dict:
                       eval={"max_generate": 4, "max_new_tokens": 4, "batch_size": 8})
     cfg["data"]["eval"]["num_rows"] = 8
     cfg["data"]["packing"] = packing
+    cfg["model"]["gradient_checkpointing"] = name == "sp-zero3"
     # Odd limits: rows cut at the limit make odd-length batches, which sp=2 pads (checked below).
     # Packed: the add task's examples (23-27 tokens) make rows of one or two examples.
     cfg["data"]["max_length"] = 51 if packing else 29
