@@ -23,32 +23,37 @@ from tests.integration.test_local_run import losses
 from tests.integration.test_sharding import prepare, torchrun_many
 
 STEPS = 10
-# name: (backend, sp_size, packing); sp-zero3 also recomputes activations in backward
-# (model.gradient_checkpointing), which must run inside the sequence-parallel step too.
+# name: (backend, sp_size, data); each sp-* run is compared with ref-<data>. sp-zero3 also
+# recomputes activations in backward (model.gradient_checkpointing), which must run inside the
+# sequence-parallel step too.
 RUNS = {
-    "ref": ("ddp", 1, False),
-    "sp-fsdp2": ("fsdp2", 2, False),
-    "sp-ddp": ("ddp", 2, False),
-    "sp-zero2": ("zero2", 2, False),
-    "sp-zero3": ("zero3", 2, False),
-    "ref-packed": ("ddp", 1, True),
-    "sp-fsdp2-packed": ("fsdp2", 2, True),
+    "ref-sft": ("ddp", 1, "sft"),
+    "sp-fsdp2": ("fsdp2", 2, "sft"),
+    "sp-zero2": ("zero2", 2, "sft"),
+    "sp-zero3": ("zero3", 2, "sft"),
+    "ref-packed": ("ddp", 1, "packed"),
+    "sp-fsdp2-packed": ("fsdp2", 2, "packed"),
+    "ref-full": ("ddp", 1, "full"),
+    "sp-ddp-full": ("ddp", 2, "full"),
 }
 
 
-def sp_config(name: str, backend: str, sp: int, packing: bool) -> dict:
+def sp_config(name: str, backend: str, sp: int, data: str) -> dict:
     cfg = tiny_config(name=name, sharding={"backend": backend, "sp_size": sp},
                       train={"max_steps": STEPS, "micro_batch_size": 4, "global_batch_size": 8,
                              "lr": 3e-3, "schedule": "constant"},
                       eval={"max_generate": 4, "max_new_tokens": 4, "batch_size": 8})
     cfg["data"]["eval"]["num_rows"] = 8
-    cfg["data"]["packing"] = packing
     cfg["model"]["gradient_checkpointing"] = name == "sp-zero3"
     # Odd limits: rows cut at the limit make odd-length batches, which sp=2 pads (checked below).
-    # Packed: the add task's examples (23-27 tokens) make rows of one or two examples.
-    cfg["data"]["max_length"] = 51 if packing else 29
-    if packing:
+    cfg["data"]["max_length"] = 29
+    if data == "packed":  # the add task's examples (23-27 tokens) make rows of one or two examples
+        cfg["data"].update(packing=True, max_length=51)
         cfg["data"]["train"]["path"] = "builtin:add"
+    if data == "full":  # continued pretraining on raw text, every token trained
+        cfg["method"] = "full"
+        cfg["data"]["train"] = {"path": "builtin:letters-text", "num_rows": 512}
+        cfg["data"]["eval"] = []
     return cfg
 
 
@@ -103,7 +108,7 @@ def test_sp2_matches_sp1_on_every_backend(sp_runs):
     for name in RUNS:
         if not name.startswith("sp-"):
             continue
-        ref = losses(sp_runs["ref-packed" if name.endswith("packed") else "ref"])
+        ref = losses(sp_runs[f"ref-{RUNS[name][2]}"])
         got = losses(sp_runs[name])
         assert sorted(got) == list(range(1, STEPS + 1)), name
         diff = max(abs(got[s] - ref[s]) for s in ref)
@@ -111,11 +116,13 @@ def test_sp2_matches_sp1_on_every_backend(sp_runs):
         rows.append(f"{name:>16} {got[1]:.6f} {got[STEPS]:.6f} {diff:.2e}")
         assert diff < 1e-5, (name, diff)
     print("\n             run  loss@1   loss@10  max abs diff vs sp=1\n" + "\n".join(rows))
-    for name in ("sp-fsdp2", "sp-fsdp2-packed"):  # the padding path ran, and so did the even one
-        lengths = batch_lengths(sp_runs[name])
-        assert {n % 2 for n in lengths} == {0, 1}, (name, lengths)
+    # the padding path ran (odd lengths) in every kind of data, and the even path too
+    parities = {name: {n % 2 for n in batch_lengths(sp_runs[name])}
+                for name in ("sp-fsdp2", "sp-fsdp2-packed", "sp-ddp-full")}
+    assert parities["sp-fsdp2"] == parities["sp-fsdp2-packed"] == {0, 1}, parities
+    assert 1 in parities["sp-ddp-full"], parities
     # training moved: the comparison is not between two untouched models
-    ref = losses(sp_runs["ref"])
+    ref = losses(sp_runs["ref-sft"])
     assert ref[STEPS] < ref[1] - 0.1
 
 
