@@ -116,6 +116,18 @@ def build_groups(rank: int, world: int, sp: int) -> SPGroup:
 class _Step:
     group: SPGroup
     segments: torch.Tensor | None  # [b, s] example ids of packed rows (full sequence), or None
+    _mask: torch.Tensor | None = None
+
+    def mask(self, device: torch.device) -> torch.Tensor | None:
+        """Packed rows: causal AND same example, ``[b, 1, s, s]`` bool, built once per micro-batch
+        (every layer uses the same one). None otherwise: sdpa's own causal masking."""
+        if self.segments is None:
+            return None
+        if self._mask is None:
+            seg = self.segments.to(device)
+            causal = torch.ones(seg.shape[1], seg.shape[1], dtype=torch.bool, device=device).tril()
+            self._mask = (seg[:, None, :, None] == seg[:, None, None, :]) & causal
+        return self._mask
 
 
 _ACTIVE: _Step | None = None
@@ -164,12 +176,7 @@ def ulysses_attention(module: Any, query: torch.Tensor, key: torch.Tensor, value
         # each rank receives the KV heads of the query heads it holds.
         key, value, groups = repeat_kv(key, groups), repeat_kv(value, groups), 1
     q, k, v = (seq_to_heads(t, group, sp) for t in (query, key, value))
-    mask = None
-    if step.segments is not None:
-        seg = step.segments.to(q.device)
-        s = seg.shape[1]
-        causal = torch.ones(s, s, dtype=torch.bool, device=q.device).tril()
-        mask = (seg[:, None, :, None] == seg[:, None, None, :]) & causal
+    mask = step.mask(q.device)
     shim = SimpleNamespace(num_key_value_groups=groups, is_causal=True,
                            layer_idx=getattr(module, "layer_idx", None))
     out, _ = sdpa_attention_forward(shim, q, k, v, mask, is_causal=mask is None, **kwargs)
