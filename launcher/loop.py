@@ -8,6 +8,12 @@ Loss normalisation: each micro-batch's summed loss is divided by the item count 
 global batch (all micro-batches, all ranks) and multiplied by the world size (DDP averages
 gradients over ranks). The gradient is therefore the exact per-token mean over the global
 batch, whatever the micro/accumulation/world split.
+
+Sequence parallelism (``sharding.sp_size``, ``launcher.sequence_parallel``): the ranks of one
+group take the same samples (the sampler sees ``world / sp`` data-parallel ranks) and each its
+own token chunk of them. A group's items are counted once (by its first rank), and each rank's
+gradient is the gradient of its chunk's loss sum, so the sum over ranks, averaged by the backend
+and multiplied by the world size as above, is still the exact global per-token mean.
 """
 
 from __future__ import annotations
@@ -37,6 +43,7 @@ from launcher.metrics.sinks import MetricSinks
 from launcher.paths import ftl_home
 from launcher.report.build import write_run_report_safely
 from launcher.rundir import RunFolder
+from launcher.sequence_parallel import SPGroup, active, build_groups, shard_batch
 from launcher.watchdog import StepWatchdog
 
 log = logging.getLogger("ftl.loop")
@@ -137,6 +144,9 @@ def _train(cfg: Any, ctx: RankContext, folder: RunFolder) -> dict[str, Any]:
     sinks = MetricSinks(cfg, folder, start_step, log, writes=ctx.is_main)
     sampler = StepSampler(data.source_sizes, data.weights, cfg.train.seed)
     accum = cfg.grad_accum_for(ctx.world_size)  # elastic runs: the same global batch on any size
+    sp = _sequence_parallel(cfg, ctx)
+    data_rank, data_world = (sp.dp_rank, sp.dp_world) if sp else (ctx.rank, ctx.world_size)
+    pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
     micro = cfg.train.micro_batch_size
 
     if start_step == 0 and data.eval_sets and cfg.eval.at_start:
@@ -155,11 +165,13 @@ def _train(cfg: Any, ctx: RankContext, folder: RunFolder) -> dict[str, Any]:
     with StepWatchdog(cfg.train.hang_timeout_s, ctx.rank, folder.logs) as watchdog:
         for step in range(start_step, cfg.train.max_steps):
             t0 = time.perf_counter()
-            micro_idx = sampler.micro_batches(step, ctx.rank, ctx.world_size, micro, accum)
+            micro_idx = sampler.micro_batches(step, data_rank, data_world, micro, accum)
             features = [[data.train[i] for i in idx] for idx in micro_idx]
             batches = [strategy.collate(f) for f in features]
             local_items = sum(strategy.count_items(b) for b in batches)
             local_tokens = sum(_tokens(f, b) for f, b in zip(features, batches))
+            if sp is not None and not sp.counts_items:  # the group's first rank counts its rows
+                local_items, local_tokens = 0.0, 0.0
             global_items, global_tokens = all_reduce_sum([local_items, local_tokens], ctx.device)
             scale = ctx.world_size / max(global_items, 1.0)
             # Kept as tensors: the loss is read every step (the non-finite guard, next to the
@@ -167,8 +179,11 @@ def _train(cfg: Any, ctx: RankContext, folder: RunFolder) -> dict[str, Any]:
             loss_total = torch.zeros((), dtype=torch.float64, device=ctx.device)
             metric_totals: dict[str, torch.Tensor] = {}
             for m, batch in enumerate(batches):
+                segments = None
+                if sp is not None:
+                    batch, segments = shard_batch(batch, sp, pad_id)
                 batch = {k: v.to(ctx.device) for k, v in batch.items()}
-                with backend.accumulate(sync=m == accum - 1):
+                with backend.accumulate(sync=m == accum - 1), active(sp, segments):
                     with backend.autocast():
                         out = strategy.loss(backend.model, batch)
                     if failpoints.hit("train.nan_loss", step + 1, ctx.rank):  # tests: a loss gone bad
@@ -261,6 +276,17 @@ def _train(cfg: Any, ctx: RankContext, folder: RunFolder) -> dict[str, Any]:
     barrier()
     backend.close()
     return summary
+
+
+def _sequence_parallel(cfg: Any, ctx: RankContext) -> SPGroup | None:
+    """This rank's sequence-parallel group (``sharding.sp_size > 1``), else None."""
+    size = cfg.sharding.sp_size
+    if size == 1:
+        return None
+    group = build_groups(ctx.rank, ctx.world_size, size)
+    log.info("sequence parallel: group %d of %d, token chunk %d of %d", group.dp_rank, group.dp_world,
+             group.rank, size)
+    return group
 
 
 def _peak_gpu_mb(ctx: RankContext) -> list[float] | None:

@@ -23,8 +23,11 @@ def render_plan(plan: dict[str, Any], console: Console | None = None) -> None:
     bundle = plan["placement"]["bundles"][0]
     table.add_row("per-worker bundle", ", ".join(f"{k}={v:g}" for k, v in bundle.items()))
     b = plan["batch"]
+    sp = b.get("sp_size", 1)
+    ranks = f"{plan['workers']} workers" if sp == 1 else \
+        f"{b['data_parallel']} data-parallel groups (of {sp} ranks sharing each sequence)"
     table.add_row("batch", f"{b['micro_batch_size']} micro x {b['grad_accumulation']} accum x "
-                  f"{plan['workers']} workers = {b['global_batch_size']} sequences/step")
+                  f"{ranks} = {b['global_batch_size']} sequences/step")
     table.add_row("max tokens/step", f"{b['tokens_per_step_max']:,}")
     table.add_row("steps", str(plan["steps"]))
     params = plan.get("parameters")

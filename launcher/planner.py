@@ -326,6 +326,8 @@ def make_plan(cfg: Any, *, with_params: bool = True, counts: dict[str, Any] | No
         "batch": {
             "micro_batch_size": cfg.train.micro_batch_size,
             "grad_accumulation": cfg.grad_accum,
+            "sp_size": cfg.sharding.sp_size,
+            "data_parallel": cfg.data_parallel_size,
             "global_batch_size": cfg.global_batch,
             "max_length": cfg.data.max_length,
             "tokens_per_step_max": cfg.global_batch * cfg.data.max_length,

@@ -168,6 +168,31 @@ def check_sharding(cfg: Any) -> list[Problem]:
     return problems
 
 
+def check_sequence_parallel(cfg: Any, notes: Notes) -> list[Problem]:
+    """``sharding.sp_size`` must divide the attention heads: each rank of a sequence-parallel
+    group runs attention for heads/sp of them. KV heads need not divide (GQA models with fewer
+    KV heads than ranks get them replicated inside attention; noted)."""
+    sp = cfg.sharding.sp_size
+    if sp == 1:
+        return []
+    from launcher.planner import _dims, _read_config
+
+    try:
+        config, _ = _read_config(cfg)
+    except UserError as exc:
+        return exc.problems
+    dims = _dims(config)
+    heads, kv = dims["num_attention_heads"], dims["num_key_value_heads"]
+    if heads % sp:
+        return [Problem("sharding.sp_size", f"{sp} does not divide the model's {heads} attention heads",
+                        "use an sp_size that divides num_attention_heads (each rank runs heads/sp_size)")]
+    if kv % sp:
+        notes.warnings.append(f"sharding.sp_size: {sp} does not divide the model's {kv} KV heads: "
+                              "each rank gets copies of the KV heads its query heads use (more "
+                              "all-to-all traffic)")
+    return []
+
+
 ROWS_CHECKED = 64
 
 
@@ -268,7 +293,8 @@ def preflight(cfg: Any, target: Any | None = None, notes: Notes | None = None) -
         tokenizer, tok_problems = check_tokenizer(cfg, spec, notes, remote)
         problems += tok_problems
     problems += check_data(cfg, spec, notes, remote, tokenizer)
-    problems += check_sharding(cfg) + check_rollout_engine(cfg, notes, remote)
+    problems += check_sharding(cfg) + check_sequence_parallel(cfg, notes)
+    problems += check_rollout_engine(cfg, notes, remote)
     if target is not None:
         try:
             target.preflight(cfg)

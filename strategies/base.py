@@ -115,11 +115,17 @@ class Strategy:
 
 
 def causal_lm_loss(model: nn.Module, batch: dict[str, torch.Tensor]) -> LossOutput:
-    """Summed next-token cross-entropy over labelled tokens (labels == -100 are skipped)."""
-    inputs = {k: v for k, v in batch.items() if k != "labels"}
+    """Summed next-token cross-entropy over labelled tokens (labels == -100 are skipped).
+
+    ``shift_labels`` instead of ``labels``: already shifted (transformers' name for it), as a
+    sequence-parallel shard needs (``launcher.sequence_parallel``: shifted before slicing)."""
+    inputs = {k: v for k, v in batch.items() if k not in ("labels", "shift_labels")}
     logits = model(**inputs, use_cache=False).logits
-    labels = batch["labels"][:, 1:]
-    logits = logits[:, :-1, :].float()
+    if "shift_labels" in batch:
+        labels = batch["shift_labels"]
+    else:
+        labels, logits = batch["labels"][:, 1:], logits[:, :-1, :]
+    logits = logits.float()
     loss_sum = nn.functional.cross_entropy(
         logits.reshape(-1, logits.size(-1)), labels.reshape(-1), ignore_index=-100, reduction="sum"
     )

@@ -238,6 +238,35 @@ def _cross_checks(cfg: Any) -> list[Problem]:
     if cfg.data.packing and not packable & set(STRATEGIES.get(cfg.method).formats):
         problems.append(Problem("data.packing", f"method {cfg.method!r} does not pack examples",
                                 "packing applies to sft and full; set data.packing: false"))
+    return problems + _sequence_parallel_checks(cfg)
+
+
+#: methods whose loss is the per-token causal LM loss that sequence parallelism shards
+SEQUENCE_PARALLEL_METHODS = ("full", "sft")
+
+
+def _sequence_parallel_checks(cfg: Any) -> list[Problem]:
+    """``sharding.sp_size`` against workers, method and attention (elastic mode: the schema's
+    elastic check). The heads are checked in preflight
+    (``launcher.preflight.check_sequence_parallel``): they need the model."""
+    sp = cfg.sharding.sp_size
+    if sp == 1:
+        return []
+    problems: list[Problem] = []
+    workers = cfg.resources.num_workers
+    if workers % sp:
+        problems.append(Problem("sharding.sp_size", f"{sp} does not divide resources.num_workers ({workers})",
+                                f"use a divisor of {workers}, or num_workers a multiple of {sp}"))
+    if cfg.method not in SEQUENCE_PARALLEL_METHODS:
+        problems.append(Problem("sharding.sp_size", f"sequence parallelism supports methods "
+                                f"{', '.join(SEQUENCE_PARALLEL_METHODS)}, not {cfg.method!r}",
+                                "set sharding.sp_size: 1 (other methods' losses are not split by "
+                                "token yet)"))
+    if cfg.model.attn_implementation != "sdpa":
+        problems.append(Problem("model.attn_implementation", f"{cfg.model.attn_implementation!r} with "
+                                f"sharding.sp_size {sp}: sequence parallelism runs sdpa between its "
+                                "all-to-alls",
+                                "set model.attn_implementation: sdpa"))
     return problems
 
 

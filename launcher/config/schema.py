@@ -162,6 +162,11 @@ class ShardingSection(Section):
     deepspeed_config: dict[str, Any] | None = Field(
         None, description="deepspeed: expert settings merged on top of the generated config."
     )
+    sp_size: int = Field(
+        1, gt=0, description="Ulysses sequence parallelism: ranks sharing one sequence (each holds "
+        "1/sp_size of its tokens; attention exchanges heads by all-to-all). Must divide "
+        "resources.num_workers and the model's attention heads; sft and full only; 1: off."
+    )
 
     @field_validator("backend")
     @classmethod
@@ -365,11 +370,12 @@ class RunConfigBase(Section):
     @model_validator(mode="after")
     def _batch_sizes_divide(self) -> RunConfigBase:
         gbs = self.train.global_batch_size
-        per_step = self.train.micro_batch_size * self.resources.num_workers
+        per_step = self.train.micro_batch_size * self.data_parallel_size
         if gbs is not None and gbs % per_step:
+            groups = "" if self.sharding.sp_size == 1 else " / sharding.sp_size"
             raise ValueError(
                 f"train.global_batch_size ({gbs}) must be a multiple of "
-                f"train.micro_batch_size x resources.num_workers ({per_step})"
+                f"train.micro_batch_size x resources.num_workers{groups} ({per_step})"
             )
         return self
 
@@ -383,6 +389,11 @@ class RunConfigBase(Section):
         if low > high:
             raise HintedValueError(f"resources.min_workers ({low}) is more than resources.num_workers "
                                    f"({high})", "num_workers is the most workers an elastic run uses")
+        if self.sharding.sp_size > 1:
+            raise HintedValueError(
+                "resources.min_workers: sequence parallelism (sharding.sp_size "
+                f"{self.sharding.sp_size}) cannot run elastic: a lost worker breaks its sequence-"
+                "parallel group", "remove resources.min_workers, or set sharding.sp_size: 1")
         if self.sharding.backend not in ELASTIC_BACKENDS:
             raise HintedValueError(
                 f"resources.min_workers: an elastic run needs sharding.backend ddp, fsdp2 or "
@@ -400,18 +411,26 @@ class RunConfigBase(Section):
         return self
 
     @property
+    def data_parallel_size(self) -> int:
+        """Ranks that take different samples: workers / sharding.sp_size (the ranks of one
+        sequence-parallel group share their samples). At least 1 while sp_size is invalid (the
+        cross-checks in ``launcher.config.load`` report that)."""
+        return max(1, self.resources.num_workers // self.sharding.sp_size)
+
+    @property
     def grad_accum(self) -> int:
-        per_step = self.train.micro_batch_size * self.resources.num_workers
+        per_step = self.train.micro_batch_size * self.data_parallel_size
         return (self.train.global_batch_size or per_step) // per_step
 
     def grad_accum_for(self, world_size: int) -> int:
         """Accumulation steps on ``world_size`` ranks for the configured global batch (an elastic
         run's world size changes; the global batch does not)."""
-        return self.global_batch // (self.train.micro_batch_size * world_size)
+        dp = max(1, world_size // self.sharding.sp_size)
+        return self.global_batch // (self.train.micro_batch_size * dp)
 
     @property
     def global_batch(self) -> int:
-        return self.train.micro_batch_size * self.resources.num_workers * self.grad_accum
+        return self.train.micro_batch_size * self.data_parallel_size * self.grad_accum
 
     def method_options(self) -> BaseModel:
         return getattr(self, self.method)

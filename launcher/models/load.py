@@ -34,8 +34,14 @@ def load_tokenizer(cfg: Any) -> Any:
 
 def model_kwargs(cfg: Any) -> dict[str, Any]:
     """``from_pretrained`` arguments every copy of the model is built with (the trained model,
-    a DPO/KTO reference): fp32 master weights, the configured attention."""
-    return {"dtype": torch.float32, "attn_implementation": cfg.model.attn_implementation,
+    a DPO/KTO reference): fp32 master weights, the configured attention (with
+    ``sharding.sp_size > 1``: sdpa between Ulysses all-to-alls, ``launcher.sequence_parallel``)."""
+    attention = cfg.model.attn_implementation
+    if cfg.sharding.sp_size > 1:
+        from launcher.sequence_parallel import register_attention
+
+        attention = register_attention()
+    return {"dtype": torch.float32, "attn_implementation": attention,
             "trust_remote_code": cfg.model.trust_remote_code}
 
 
