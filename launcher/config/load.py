@@ -234,11 +234,16 @@ def _cross_checks(cfg: Any) -> list[Problem]:
         resolve_sharding(cfg.sharding)
     except UserError as exc:
         problems += exc.problems
-    packable = {"messages", "prompt_completion", "text"}
-    if cfg.data.packing and not packable & set(STRATEGIES.get(cfg.method).formats):
-        problems.append(Problem("data.packing", f"method {cfg.method!r} does not pack examples",
-                                "packing applies to sft and full; set data.packing: false"))
+    if cfg.data.packing and cfg.method in UNPACKABLE:
+        problems.append(Problem("data.packing", f"method {cfg.method!r} does not pack examples: "
+                                f"{UNPACKABLE[cfg.method]}", "set data.packing: false"))
     return problems
+
+
+#: Methods that refuse ``data.packing``, and why. Every registered method packs today (models
+#: that cannot, such as encoders outside ``strategies.contrastive.PACKABLE_ENCODERS`` or
+#: classifiers that pool inside the model, are refused when the model is built).
+UNPACKABLE: dict[str, str] = {}
 
 
 def _foreign_method_sections(data: dict, source: str, lines: dict) -> list[Problem]:
