@@ -114,7 +114,9 @@ class ContrastiveStrategy(Strategy):
         """Pooled embedding of every segment of packed rows, in the collated order."""
         inputs = {"input_ids": batch["input_ids"], "position_ids": batch["position_ids"]}
         kind = packed_mask_kind(model)
-        if kind != "causal":
+        if kind == "causal":  # a KV cache would stop transformers from reading the position ids
+            inputs["use_cache"] = False
+        else:
             dtype = torch.bool if kind == "bool" else model_dtype(model)
             inputs["attention_mask"] = block_diagonal_mask(batch["segment_ids"], dtype)
         hidden = model(**inputs).last_hidden_state.float()

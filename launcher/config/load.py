@@ -227,7 +227,6 @@ def validate_config(data: dict, source: str = "<config>", lines: dict | None = N
 def _cross_checks(cfg: Any) -> list[Problem]:
     """Checks that span sections (run after the schema passed)."""
     from launcher.backends.registry import resolve_sharding
-    from strategies import STRATEGIES
 
     problems: list[Problem] = []
     try:

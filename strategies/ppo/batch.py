@@ -74,19 +74,52 @@ class RolloutBatch:
 
     def rows(self, index: Tensor | Sequence[int]) -> RolloutBatch:
         idx = torch.as_tensor(index, dtype=torch.long)
-        return RolloutBatch(*(getattr(self, f.name)[idx] for f in fields(self)))
+        return type(self)(*(getattr(self, f.name)[idx] for f in fields(self)))
 
     def tokens(self) -> int:
         return int(self.response_mask.sum())
 
     def to(self, device: torch.device) -> RolloutBatch:
-        return RolloutBatch(*(getattr(self, f.name).to(device) for f in fields(self)))
+        return type(self)(*(getattr(self, f.name).to(device) for f in fields(self)))
+
+    def packed(self) -> PackedRolloutBatch:
+        """The same batch, run padding-free by the forward passes (``data.packing``)."""
+        return PackedRolloutBatch(*(getattr(self, f.name) for f in fields(self)))
 
     @classmethod
     def single(cls, prompt: Sequence[int], response: Sequence[int]) -> RolloutBatch:
         """One unpadded row: the weight-sync probe."""
         return cls(torch.tensor([list(prompt)]), torch.ones(1, len(prompt), dtype=torch.long),
                    torch.tensor([list(response)]), torch.ones(1, len(response), dtype=torch.long))
+
+
+class PackedRolloutBatch(RolloutBatch):
+    """A ``RolloutBatch`` whose forward passes drop the padding: every row's real prompt and
+    response tokens are laid end to end in one ``[1, tokens]`` sequence with position ids that
+    restart at each row and no attention mask, so transformers keeps the rows apart with a
+    block-diagonal causal mask (as ``data.packing`` does for supervised methods, and as veRL's
+    remove-padding and TRL's padding-free modes do). Per-token outputs are scattered back into
+    the ``[B, R]`` response layout, so every loss reads them exactly as unpacked; positions after
+    a response's end (mask 0) hold zero logits, which no loss reads."""
+
+    def flat_inputs(self) -> tuple[dict[str, Tensor], Tensor]:
+        """Model inputs of the padding-free sequence, and for every response slot ``[B, R]`` the
+        flat index of the token that predicts it (valid where ``response_mask`` is 1)."""
+        real = self.attention_mask.bool()
+        flat_pos = real.flatten().cumsum(0).view_as(real) - 1
+        inputs = {"input_ids": self.input_ids[real].unsqueeze(0),
+                  "position_ids": self.position_ids[real].unsqueeze(0)}
+        P, R = self.prompt_width, self.response_ids.shape[1]
+        return inputs, flat_pos[:, P - 1 : P + R - 1]
+
+
+def _packed_response_logits(model: nn.Module, batch: PackedRolloutBatch) -> Tensor:
+    inputs, source = batch.flat_inputs()
+    logits = model(**inputs, use_cache=False).logits[0]
+    keep = batch.response_mask.bool()
+    out = logits.new_zeros(keep.shape + logits.shape[-1:])
+    out[keep] = logits[source[keep]]
+    return out
 
 
 def collate_rollouts(prompts: Sequence[Sequence[int]], responses: Sequence[Sequence[int]],
@@ -114,6 +147,8 @@ def collate_rollouts(prompts: Sequence[Sequence[int]], responses: Sequence[Seque
 
 def _response_logits(model: nn.Module, batch: RolloutBatch) -> Tensor:
     """Logits that predict each response token: positions ``P-1 .. P+R-2``."""
+    if isinstance(batch, PackedRolloutBatch):
+        return _packed_response_logits(model, batch)
     out = model(input_ids=batch.input_ids, attention_mask=batch.attention_mask,
                 position_ids=batch.position_ids, use_cache=False)
     P, R = batch.prompt_width, batch.response_ids.shape[1]
