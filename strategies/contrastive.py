@@ -133,10 +133,9 @@ class ContrastiveStrategy(Strategy):
         anchors, candidates = groups[0], list(groups[1:])
         offset = 0
         if self.options.gather_across_ranks and dist.is_initialized() and dist.get_world_size() > 1:
-            import torch.distributed.nn.functional as dist_fn
-
-            candidates = [torch.cat(dist_fn.all_gather(c)) for c in candidates]
-            offset = dist.get_rank() * len(anchors)
+            gathered = [gather_rows(c) for c in candidates]
+            candidates = [g for g, _ in gathered]
+            offset = sum(gathered[0][1][: dist.get_rank()])
         scores = anchors @ torch.cat(candidates).T / self.options.temperature
         target = torch.arange(len(anchors), device=scores.device) + offset
         loss = F.cross_entropy(scores, target, reduction="sum")
@@ -170,6 +169,22 @@ class ContrastiveStrategy(Strategy):
         recall = float((scores.argmax(-1) == target).float().sum())
         n = float(len(anchors))
         return {"loss": float(loss) / n, "recall@1": recall / n, "_loss_sum": float(loss), "_count": n}
+
+
+def gather_rows(rows: torch.Tensor) -> tuple[torch.Tensor, list[int]]:
+    """Every rank's ``rows`` in rank order (autograd-aware: gradients go back to the rank that
+    made them) and each rank's row count. Counts may differ between ranks: packed micro-batches
+    hold as many examples as fit in their rows, so each rank's block is padded to the largest
+    for the collective and cut back after it."""
+    import torch.distributed.nn.functional as dist_fn
+
+    count = torch.tensor([len(rows)], device=rows.device)
+    counts = [torch.zeros_like(count) for _ in range(dist.get_world_size())]
+    dist.all_gather(counts, count)
+    sizes = [int(c) for c in counts]
+    padded = F.pad(rows, (0, 0, 0, max(sizes) - len(rows)))
+    parts = dist_fn.all_gather(padded)
+    return torch.cat([part[:n] for part, n in zip(parts, sizes)]), sizes
 
 
 def _drop_pooler(model: nn.Module) -> nn.Module:

@@ -245,3 +245,23 @@ def test_models_that_cannot_pack_exactly_are_refused(tiny, tmp_path):
         assert "data.packing" in str(err.value) and named in str(err.value)
         assert "data.packing: false" in err.value.hint
         strategy_for(method, tok, section, packing=False).load_model(str(folder))  # fine unpacked
+
+
+def test_packed_contrastive_gathers_unequal_batches_across_ranks(tmp_path):
+    """Packed micro-batches hold as many examples as fit, so ranks gather different counts of
+    candidates: two gloo ranks (5 and 3 examples) give one process's loss over all 8."""
+    import json
+    import os
+    import subprocess
+    import sys
+
+    from tests.conftest import ROOT
+
+    out = tmp_path / "losses.json"
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node", "2",
+           str(ROOT / "tests" / "helpers" / "packed_contrastive.py"), str(out)]
+    proc = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=300,
+                          env={**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(ROOT)})
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    losses = json.loads(out.read_text())
+    assert losses["packed_two_ranks"] == pytest.approx(losses["unpacked_one_process"], rel=1e-5, abs=1e-5)
