@@ -111,7 +111,7 @@ def build(method, section, fmt, kind, tiny, tiny_bert):
 
 
 @pytest.mark.parametrize("method,section,fmt,kind", CASES, ids=lambda v: v if isinstance(v, str) else None)
-def test_packed_loss_and_metrics_equal_unpacked(method, section, fmt, kind, tiny, tiny_bert):
+def test_packed_loss_metrics_and_gradients_equal_unpacked(method, section, fmt, kind, tiny, tiny_bert):
     strategy, model = build(method, section, fmt, kind, tiny, tiny_bert)
     feats = features(strategy, fmt)
     rows = strategy.pack_dataset(copy.deepcopy(feats))
@@ -130,6 +130,13 @@ def test_packed_loss_and_metrics_equal_unpacked(method, section, fmt, kind, tiny
     for name, value in a.metric_sums.items():
         torch.testing.assert_close(b.metric_sums[name].double(), value.double(), atol=1e-5, rtol=1e-5,
                                    msg=lambda m, name=name: f"{name}: {m}")
+    grads = []
+    for out in (a, b):  # and the same update
+        model.zero_grad()
+        (out.loss_sum / out.count).backward()
+        grads.append(torch.cat([p.grad.flatten() for p in model.parameters() if p.grad is not None]))
+    assert grads[0].abs().max() > 0
+    torch.testing.assert_close(grads[1], grads[0], atol=1e-5, rtol=1e-4)
 
 
 def _changed(batch: dict, seq: int, vocab: int) -> dict:
