@@ -3,6 +3,9 @@
 Packed rows restart ``position_ids`` at every example and pass no attention mask, which makes
 transformers build a block-diagonal causal mask (``masking_utils.find_packed_sequence_indices``):
 examples in one row never attend to each other, with sdpa on CPU as with flash attention.
+Methods whose items hold several sequences (preference pairs, contrastive triplets) or one
+score per sequence pack whole *units* (``pack_unit_rows``) and read per-sequence results per
+segment (``collate_units``: ``seq_index``, ``seq_last``, ``segment_ids``; ``segment_sums``).
 """
 
 from __future__ import annotations
