@@ -10,6 +10,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
+from launcher.data.batching import IGNORE_INDEX, collate_units, is_packed, pack_unit_rows, units_of
 from launcher.errors import HintedValueError
 from strategies.base import LossOutput, Strategy
 from strategies.heads import SequenceHeadMixin
@@ -32,7 +33,16 @@ class ClassifyStrategy(SequenceHeadMixin, Strategy):
         ids = self.tokenizer(row["text"], add_special_tokens=True)["input_ids"][: self.cfg.data.max_length]
         return {"input_ids": ids, "label": self.label_index(row["label"])}
 
+    def pack_dataset(self, features: list[dict]) -> list[dict]:
+        """Texts into rows of ``max_length`` tokens; each is scored at its own last token."""
+        units = [{"text": (f["input_ids"], [IGNORE_INDEX] * len(f["input_ids"]))} for f in features]
+        return pack_unit_rows(units, [{"label": f["label"]} for f in features], self.cfg.data.max_length)
+
     def collate(self, features: list[dict]) -> dict[str, torch.Tensor]:
+        if is_packed(features):
+            batch = collate_units(features, self.tokenizer.pad_token_id, ("text",))
+            batch["label"] = torch.tensor([u["label"] for f in features for u in units_of(f)])
+            return batch
         longest = max(len(f["input_ids"]) for f in features)
         ids = torch.full((len(features), longest), self.tokenizer.pad_token_id, dtype=torch.long)
         mask = torch.zeros_like(ids)
@@ -43,11 +53,10 @@ class ClassifyStrategy(SequenceHeadMixin, Strategy):
                 "label": torch.tensor([f["label"] for f in features])}
 
     def count_items(self, batch: dict[str, torch.Tensor]) -> float:
-        return float(len(batch["input_ids"]))
+        return float(len(batch["label"]))
 
     def loss(self, model: nn.Module, batch: dict[str, torch.Tensor]) -> LossOutput:
-        logits = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"],
-                       use_cache=False).logits.float()
+        logits = self.sequence_logits(model, batch)
         labels = batch["label"]
         loss = nn.functional.cross_entropy(logits, labels, reduction="sum")
         with torch.no_grad():

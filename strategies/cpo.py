@@ -71,8 +71,14 @@ class _PairScores:
         self.chosen, self.rejected = scores.chunk(2)
         self.pairs = float(len(self.chosen))
         if nll_on_all:
-            chosen_tokens = token_logps.chunk(2)[0]
-            mask = batch["attention_mask"].chunk(2)[0][:, 1:].to(chosen_tokens)
+            if "seq_index" in batch:  # packed: every target token of a chosen segment after its first
+                index = batch["seq_index"]
+                mask = ((index[:, 1:] == index[:, :-1]) & (index[:, 1:] >= 0)
+                        & (index[:, 1:] < len(self.chosen))).to(token_logps)
+                chosen_tokens = token_logps
+            else:
+                chosen_tokens = token_logps.chunk(2)[0]
+                mask = batch["attention_mask"].chunk(2)[0][:, 1:].to(chosen_tokens)
             self.chosen_nll = -(chosen_tokens * mask).sum() / mask.sum().clamp(min=1)
         else:
             self.chosen_nll = -self.summed_chosen.sum() / lengths.chunk(2)[0].sum().clamp(min=1)

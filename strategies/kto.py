@@ -29,9 +29,10 @@ import torch
 import torch.nn.functional as F  # noqa: N812
 from torch import nn
 
+from launcher.data.batching import collate_units, is_packed, pack_unit_rows, units_of
 from launcher.errors import HintedValueError
 from strategies.base import LossOutput, Strategy
-from strategies.preference import pad_completions, sequence_logps, tokenize_answers
+from strategies.preference import completion_unit, metadata, pad_completions, sequence_logps, tokenize_answers
 from strategies.reference import ReferenceMixin, stack_reference
 
 _TRUE = {True, "true", "True", "1", "yes"}  # True == 1 in a set
@@ -88,8 +89,26 @@ class KTOStrategy(ReferenceMixin, Strategy):
                 f["kl_completion_ids"] = partner["completion_ids"][:room]
         return features
 
+    def pack_dataset(self, features: list[dict]) -> list[dict]:
+        """Each example with its KL partner sequence (when the loss has one) as one unit: rows of
+        ``slots x max_length`` tokens, the two as segments of the same row."""
+        slots = 2 if self.uses_kl() else 1
+        units = []
+        for f in features:
+            completions = {"main": f["completion_ids"]}
+            if slots == 2:
+                completions["kl"] = f["kl_completion_ids"]
+            units.append(completion_unit(f["prompt_ids"], completions))
+        return pack_unit_rows(units, [metadata(f) for f in features], slots * self.cfg.data.max_length)
+
     def collate(self, features: list[dict]) -> dict[str, torch.Tensor]:
         pad = self.tokenizer.pad_token_id
+        if is_packed(features):  # one forward for both: [examples; their KL partners]
+            batch = collate_units(features, pad, ("main", "kl") if self.uses_kl() else ("main",))
+            units = [u for f in features for u in units_of(f)]
+            batch["label"] = torch.tensor([u["label"] for u in units], dtype=torch.bool)
+            batch.update(stack_reference(units))
+            return batch
         prompts = [f["prompt_ids"] for f in features]
         batch = pad_completions(prompts, [f["completion_ids"] for f in features], pad)
         batch["label"] = torch.tensor([f["label"] for f in features], dtype=torch.bool)
@@ -109,28 +128,44 @@ class KTOStrategy(ReferenceMixin, Strategy):
     def on_setup(self, backend: Any, data: Any) -> None:
         self.setup_reference(backend, data)
 
+    def _packed_logps(self, model: nn.Module, batch: dict[str, torch.Tensor]
+                      ) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """Packed batch: the examples' and (with the KL term) their partners' summed log-probs."""
+        logps = sequence_logps(model, batch)[0]
+        n = len(batch["label"])
+        return logps[:n], (logps[n:] if len(logps) > n else None)
+
     def reference_scores(self, model: nn.Module, batch: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+        if "seq_last" in batch:
+            logp, kl_logp = self._packed_logps(model, batch)
+            return {"logp": logp} if kl_logp is None else {"logp": logp, "kl_logp": kl_logp}
         scores = {"logp": sequence_logps(model, batch)[0]}
         if "kl_input_ids" in batch:
             scores["kl_logp"] = sequence_logps(model, _kl_batch(batch))[0]
         return scores
 
     def reference_point(self, model: nn.Module, batch: dict[str, torch.Tensor],
-                        ref: dict[str, torch.Tensor]) -> torch.Tensor:
-        """``kl`` of this micro-batch (0 for losses without a reference point)."""
-        if "kl_input_ids" not in batch:
+                        ref: dict[str, torch.Tensor], kl_logps: torch.Tensor | None = None) -> torch.Tensor:
+        """``kl`` of this micro-batch (0 for losses without a reference point); ``kl_logps``:
+        the partners' log-probs when the same (packed) forward pass already gave them."""
+        if kl_logps is None and "kl_input_ids" not in batch:
             return torch.zeros((), dtype=torch.float64, device=batch["input_ids"].device)
         with torch.no_grad():
-            kl_logps = sequence_logps(model, _kl_batch(batch))[0].double()
+            if kl_logps is None:
+                kl_logps = sequence_logps(model, _kl_batch(batch))[0]
+            kl_logps = kl_logps.detach().double()
         return (kl_logps - ref["kl_logp"].to(kl_logps)).mean().clamp(min=0)
 
     # -- loss
     def loss(self, model: nn.Module, batch: dict[str, torch.Tensor]) -> LossOutput:
         opts = self.options
-        logps, _ = sequence_logps(model, batch)
+        if "seq_last" in batch:
+            logps, kl_logps = self._packed_logps(model, batch)
+        else:
+            (logps, _), kl_logps = sequence_logps(model, batch), None
         desirable = batch["label"]
         ref = self.reference_values(model, batch)
-        kl = self.reference_point(model, batch, ref).to(logps)
+        kl = self.reference_point(model, batch, ref, kl_logps).to(logps)
         logratios = logps - ref["logp"].to(logps)
         weights = torch.where(desirable, opts.desirable_weight, opts.undesirable_weight).to(logps)
         losses = weights * kto_losses(opts.loss_type, opts.beta, logratios, desirable, kl)

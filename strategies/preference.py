@@ -13,8 +13,18 @@ from typing import Any
 
 import torch
 
-from launcher.data.batching import IGNORE_INDEX
+from launcher.data.batching import (
+    IGNORE_INDEX,
+    collate_units,
+    is_packed,
+    model_inputs,
+    pack_unit_rows,
+    segment_sums,
+    units_of,
+)
 from strategies.reference import stack_reference
+
+PAIR_SLOTS = ("chosen", "rejected")
 
 
 def _split_prompt(row: dict) -> tuple[Any, Any, Any]:
@@ -77,8 +87,37 @@ def pad_completions(prompts: list[list[int]], completions: list[list[int]], pad_
     return {"input_ids": ids, "attention_mask": mask, "labels": labels}
 
 
+def completion_unit(prompt: list[int], completions: dict[str, list[int]]
+                    ) -> dict[str, tuple[list[int], list[int]]]:
+    """``{slot: (prompt + completion, labels on the completion only)}``: one packing unit."""
+    masked = [IGNORE_INDEX] * len(prompt)
+    return {slot: (prompt + c, masked + c) for slot, c in completions.items()}
+
+
+def metadata(feature: dict) -> dict:
+    """A feature's non-token fields (label, margin, reference scores): what a packed row keeps
+    per unit besides its tokens."""
+    return {k: v for k, v in feature.items() if not k.endswith("_ids")}
+
+
+def pack_pairs(features: list[dict], max_length: int) -> list[dict]:
+    """Whole pairs into rows of ``2 x max_length`` tokens (a row holds at least the longest pair,
+    as two unpacked rows would), chosen and rejected as two segments of the same row."""
+    units = [completion_unit(f["prompt_ids"], {"chosen": f["chosen_ids"], "rejected": f["rejected_ids"]})
+             for f in features]
+    return pack_unit_rows(units, [metadata(f) for f in features], 2 * max_length)
+
+
 def collate_pairs(features: list[dict], pad_id: int) -> dict[str, torch.Tensor]:
-    """[chosen rows; rejected rows], right-padded, with ``labels`` = completion tokens only."""
+    """[chosen rows; rejected rows], right-padded, with ``labels`` = completion tokens only.
+    Packed rows (``pack_pairs``) collate to segments whose sequences come out in that order."""
+    if is_packed(features):
+        batch = collate_units(features, pad_id, PAIR_SLOTS)
+        units = [u for f in features for u in units_of(f)]
+        if "margin" in units[0]:
+            batch["margin"] = torch.tensor([u.get("margin", 0.0) for u in units])
+        batch.update(stack_reference(units))
+        return batch
     prompts = [f["prompt_ids"] for f in features] * 2
     completions = [f["chosen_ids"] for f in features] + [f["rejected_ids"] for f in features]
     batch = pad_completions(prompts, completions, pad_id)
@@ -90,16 +129,19 @@ def collate_pairs(features: list[dict], pad_id: int) -> dict[str, torch.Tensor]:
 
 def next_token_logps(model: Any, batch: dict[str, torch.Tensor]) -> torch.Tensor:
     """``log p(x_t | x_<t)`` at every position t >= 1 of every row (fp32), shape [rows, len - 1]."""
-    logits = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"],
-                   use_cache=False).logits[:, :-1, :].float()
+    logits = model(**model_inputs(batch), use_cache=False).logits[:, :-1, :].float()
     targets = batch["input_ids"][:, 1:]
     return torch.gather(logits.log_softmax(-1), 2, targets.unsqueeze(-1)).squeeze(-1)
 
 
 def labelled_sums(token_logps: torch.Tensor, batch: dict[str, torch.Tensor]
                   ) -> tuple[torch.Tensor, torch.Tensor]:
-    """Per row: summed log-probability of the labelled (completion) tokens, and their count."""
+    """Per row (per sequence when packed): summed log-probability of the labelled (completion)
+    tokens, and their count."""
     mask = batch["labels"][:, 1:] != IGNORE_INDEX
+    if "seq_index" in batch:
+        index, n = batch["seq_index"][:, 1:], len(batch["seq_last"])
+        return segment_sums(token_logps * mask, index, n), segment_sums(mask.long(), index, n)
     return (token_logps * mask).sum(-1), mask.sum(-1)
 
 
@@ -117,10 +159,15 @@ class PreferenceDataMixin:
     def tokenize(self, row: dict, fmt: str) -> dict:
         return tokenize_pair(self.tokenizer, row, self.cfg.data.max_length)
 
+    def pack_dataset(self, features: list[dict]) -> list[dict]:
+        return pack_pairs(features, self.cfg.data.max_length)
+
     def collate(self, features: list[dict]) -> dict[str, torch.Tensor]:
         return collate_pairs(features, self.tokenizer.pad_token_id)
 
     def count_items(self, batch: dict[str, torch.Tensor]) -> float:
+        if "seq_last" in batch:  # packed: one sequence per slot and pair
+            return float(len(batch["seq_last"]) // 2)
         return float(batch["input_ids"].shape[0] // 2)  # rows are [chosen; rejected]
 
     def token_counts(self, feature: dict) -> tuple[int, int]:

@@ -8,8 +8,9 @@ Three ways to have one, chosen by the method's ``reference`` option:
   works on every sharding backend and costs one forward pass over the data and no memory;
 - ``model``: a frozen copy of ``ref_model`` (default: ``model.path``) on every rank.
 
-A strategy says what it scores (``reference_scores``: named per-row tensors); the mixin stores
-precomputed values on each example as ``ref_<name>`` and hands them back from batches.
+A strategy says what it scores (``reference_scores``: named per-item tensors); the mixin stores
+precomputed values on each example (each unit of a packed row) as ``ref_<name>`` and hands them
+back from batches.
 """
 
 from __future__ import annotations
@@ -19,6 +20,7 @@ from typing import Any
 import torch
 from torch import nn
 
+from launcher.data.batching import units_of
 from launcher.evaluate import sharded_map
 from launcher.models.load import model_kwargs
 from launcher.models.tiny import resolve_model_path
@@ -67,16 +69,23 @@ class ReferenceMixin:
         was_training = model.training
         model.eval()
 
-        def score(rows: list[dict]) -> list[dict[str, float]]:
+        def score(rows: list[dict]) -> list[list[dict[str, float]]]:
+            """Per row, its items' scores (a packed row holds several items, in order)."""
             batch = {k: v.to(backend.ctx.device) for k, v in self.collate(rows).items()}
             with backend.autocast():
                 scores = self.reference_scores(model, batch)
             columns = {name: values.double().tolist() for name, values in scores.items()}
-            return [{f"ref_{name}": col[i] for name, col in columns.items()} for i in range(len(rows))]
+            out, i = [], 0
+            for row in rows:
+                n = len(units_of(row))
+                out.append([{f"ref_{k}": col[j] for k, col in columns.items()} for j in range(i, i + n)])
+                i += n
+            return out
 
         for features in feature_lists:
             for f, values in zip(features, sharded_map(backend, features, self.cfg.eval.batch_size, score)):
-                f.update(values)
+                for unit, unit_values in zip(units_of(f), values):
+                    unit.update(unit_values)
         model.train(was_training)
 
     @torch.no_grad()

@@ -21,8 +21,7 @@ class RewardStrategy(PreferenceDataMixin, SequenceHeadMixin, Strategy):
 
     def rewards(self, model: nn.Module, batch: dict[str, torch.Tensor]) -> torch.Tensor:
         """One scalar per row ([chosen; rejected])."""
-        out = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"], use_cache=False)
-        return out.logits.squeeze(-1).float()
+        return self.sequence_logits(model, batch).squeeze(-1)
 
     def loss(self, model: nn.Module, batch: dict[str, torch.Tensor]) -> LossOutput:
         chosen, rejected = self.rewards(model, batch).chunk(2)

@@ -227,17 +227,15 @@ def validate_config(data: dict, source: str = "<config>", lines: dict | None = N
 def _cross_checks(cfg: Any) -> list[Problem]:
     """Checks that span sections (run after the schema passed)."""
     from launcher.backends.registry import resolve_sharding
-    from strategies import STRATEGIES
 
     problems: list[Problem] = []
     try:
         resolve_sharding(cfg.sharding)
     except UserError as exc:
         problems += exc.problems
-    packable = {"messages", "prompt_completion", "text"}
-    if cfg.data.packing and not packable & set(STRATEGIES.get(cfg.method).formats):
-        problems.append(Problem("data.packing", f"method {cfg.method!r} does not pack examples",
-                                "packing applies to sft and full; set data.packing: false"))
+    if cfg.data.packing and cfg.method in UNPACKABLE:
+        problems.append(Problem("data.packing", f"method {cfg.method!r} does not pack examples: "
+                                f"{UNPACKABLE[cfg.method]}", "set data.packing: false"))
     return problems + _sequence_parallel_checks(cfg)
 
 
@@ -268,6 +266,12 @@ def _sequence_parallel_checks(cfg: Any) -> list[Problem]:
                                 "all-to-alls",
                                 "set model.attn_implementation: sdpa"))
     return problems
+
+
+#: Methods that refuse ``data.packing``, and why. Every registered method packs today (models
+#: that cannot, such as encoders outside ``strategies.contrastive.PACKABLE_ENCODERS`` or
+#: classifiers that pool inside the model, are refused when the model is built).
+UNPACKABLE: dict[str, str] = {}
 
 
 def _foreign_method_sections(data: dict, source: str, lines: dict) -> list[Problem]:

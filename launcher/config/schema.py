@@ -79,7 +79,8 @@ class DataSection(Section):
         default_factory=list, description="Held-out sets; each is scored as eval/<name>/..."
     )
     max_length: int = Field(1024, gt=1)
-    packing: bool = False
+    packing: bool = Field(False, description="Several examples per row, each attending only to itself "
+                          "(every method; pairs and other multi-sequence items are packed whole).")
 
     @field_validator("train", "eval", mode="before")
     @classmethod

@@ -74,19 +74,87 @@ class RolloutBatch:
 
     def rows(self, index: Tensor | Sequence[int]) -> RolloutBatch:
         idx = torch.as_tensor(index, dtype=torch.long)
-        return RolloutBatch(*(getattr(self, f.name)[idx] for f in fields(self)))
+        return type(self)(*(getattr(self, f.name)[idx] for f in fields(self)))
 
     def tokens(self) -> int:
         return int(self.response_mask.sum())
 
     def to(self, device: torch.device) -> RolloutBatch:
-        return RolloutBatch(*(getattr(self, f.name).to(device) for f in fields(self)))
+        return type(self)(*(getattr(self, f.name).to(device) for f in fields(self)))
+
+    def packed(self) -> PackedRolloutBatch:
+        """The same batch, run padding-free by the forward passes (``data.packing``)."""
+        return PackedRolloutBatch(*(getattr(self, f.name) for f in fields(self)))
 
     @classmethod
     def single(cls, prompt: Sequence[int], response: Sequence[int]) -> RolloutBatch:
         """One unpadded row: the weight-sync probe."""
         return cls(torch.tensor([list(prompt)]), torch.ones(1, len(prompt), dtype=torch.long),
                    torch.tensor([list(response)]), torch.ones(1, len(response), dtype=torch.long))
+
+
+class PackedRolloutBatch(RolloutBatch):
+    """A ``RolloutBatch`` whose forward passes drop the padding: the rows' real prompt and
+    response tokens are laid end to end in rows no wider than the padded batch (first fit
+    decreasing), with position ids that restart at each sequence and no attention mask, so
+    transformers keeps them apart with a block-diagonal causal mask (as ``data.packing`` does for
+    supervised methods; veRL's remove-padding and TRL's padding-free modes do the same). Rows stay
+    at most the padded width so attention (dense under sdpa) never costs more than padded.
+    Per-token outputs are scattered back into the ``[B, R]`` response layout, so every loss
+    reads them exactly as unpacked; positions after a response's end (mask 0) hold zero logits,
+    which no loss reads."""
+
+    def flat_inputs(self) -> tuple[dict[str, Tensor], Tensor]:
+        """Model inputs of the packed rows, and for every response slot ``[B, R]`` the flat index
+        (``row * width + column``) of the token that predicts it (valid where the mask is 1)."""
+        real = self.attention_mask.bool()
+        lengths = real.sum(-1).tolist()
+        width = self.input_ids.shape[1]  # no packed row is wider than the padded one
+        bins = _first_fit_decreasing(lengths, width)
+        ids = torch.zeros((len(bins), width), dtype=torch.long, device=self.input_ids.device)
+        pos = torch.zeros_like(ids)
+        start = torch.zeros(len(lengths), dtype=torch.long, device=ids.device)
+        for r, members in enumerate(bins):
+            col = 0
+            for b in members:
+                n = lengths[b]
+                ids[r, col : col + n] = self.input_ids[b][real[b]]
+                pos[r, col : col + n] = torch.arange(n)
+                start[b] = r * width + col
+                col += n
+            pos[r, col:] = torch.arange(width - col)  # padding: one more sequence of its own
+        # a real token's place in its sequence is its position id
+        flat = start.unsqueeze(-1) + self.position_ids
+        P, R = self.prompt_width, self.response_ids.shape[1]
+        return {"input_ids": ids, "position_ids": pos}, flat[:, P - 1 : P + R - 1]
+
+
+def _first_fit_decreasing(lengths: list[int], capacity: int) -> list[list[int]]:
+    """Rows of sequence indices, longest first, each into the first row with room. Written here
+    rather than TRL's packer (``launcher.data.batching``): it runs on every micro-batch of every
+    forward pass, for a few dozen sequences, where building a ``datasets`` table costs more than
+    the packing, and learners need no ``datasets``/``trl`` install for it."""
+    rows: list[list[int]] = []
+    room: list[int] = []
+    for i in sorted(range(len(lengths)), key=lambda i: -lengths[i]):
+        fit = next((r for r, free in enumerate(room) if free >= lengths[i]), None)
+        if fit is None:
+            rows.append([i])
+            room.append(capacity - lengths[i])
+        else:
+            rows[fit].append(i)
+            room[fit] -= lengths[i]
+    return rows
+
+
+def _packed_response_logits(model: nn.Module, batch: PackedRolloutBatch) -> Tensor:
+    inputs, source = batch.flat_inputs()
+    logits = model(**inputs, use_cache=False).logits
+    logits = logits.reshape(-1, logits.shape[-1])
+    keep = batch.response_mask.bool()
+    out = logits.new_zeros(keep.shape + logits.shape[-1:])
+    out[keep] = logits[source[keep]]
+    return out
 
 
 def collate_rollouts(prompts: Sequence[Sequence[int]], responses: Sequence[Sequence[int]],
@@ -114,6 +182,8 @@ def collate_rollouts(prompts: Sequence[Sequence[int]], responses: Sequence[Seque
 
 def _response_logits(model: nn.Module, batch: RolloutBatch) -> Tensor:
     """Logits that predict each response token: positions ``P-1 .. P+R-2``."""
+    if isinstance(batch, PackedRolloutBatch):
+        return _packed_response_logits(model, batch)
     out = model(input_ids=batch.input_ids, attention_mask=batch.attention_mask,
                 position_ids=batch.position_ids, use_cache=False)
     P, R = batch.prompt_width, batch.response_ids.shape[1]

@@ -10,6 +10,7 @@ It has no Ray code: ``roles.py`` hosts it in an actor, a test can drive it in-pr
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import time
 from functools import partial
@@ -60,6 +61,7 @@ class Learner:
         model = self.backend.model
         model.eval()
         outs = []
+        batch = self._layout(batch)
         for start in range(0, len(batch), self.schedule.micro):
             mb = self._to_device(batch.rows(range(start, min(start + self.schedule.micro, len(batch)))))
             with self.backend.autocast():
@@ -88,6 +90,7 @@ class Learner:
         t0 = time.perf_counter()
         totals: dict[str, float] = {}
         items_total, tokens, grad_norms = 0.0, 0.0, []
+        exp = dataclasses.replace(exp, batch=self._layout(exp.batch))
         for epoch in range(self.opts.ppo_epochs):
             gen = torch.Generator().manual_seed(self.cfg.train.seed * 1_000_003 + step * 1_009 + epoch)
             order = torch.randperm(len(exp), generator=gen)
@@ -121,6 +124,10 @@ class Learner:
         metrics[f"{prefix}/train_tokens"] = all_tokens
         metrics[f"{prefix}/update_s"] = time.perf_counter() - t0
         return metrics
+
+    def _layout(self, batch: RolloutBatch) -> RolloutBatch:
+        """Padding-free forward passes with ``data.packing`` (same per-token results)."""
+        return batch.packed() if self.cfg.data.packing else batch
 
     def _items(self, exp: Experience) -> float:
         return items(exp, self.loss_kind, self.opts.rollout.max_new_tokens)

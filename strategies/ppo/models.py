@@ -34,6 +34,11 @@ class PolicyModel(Strategy):
     def token_counts(self, feature: dict) -> None:
         return None  # prompts: what is trained on is generated later
 
+    def pack_dataset(self, features: list[dict]) -> list[dict]:
+        """Prompts are not packed: ``data.packing`` makes the learners' forward passes over
+        prompt + response padding-free (``strategies.ppo.batch.PackedRolloutBatch``)."""
+        return features
+
 
 class CriticModel(Strategy):
     """The value model: a token classifier with one output (a value per position)."""

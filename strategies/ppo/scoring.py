@@ -36,10 +36,13 @@ class ReferenceScorer:
         self.model.to(self.device).eval().requires_grad_(False)
         self.temperature = opts.rollout.temperature
         self.micro = cfg.train.micro_batch_size
+        self.packing = cfg.data.packing
 
     @torch.no_grad()
     def logprobs(self, batch: RolloutBatch) -> torch.Tensor:
         outs = []
+        if self.packing:  # padding-free forward passes, as the learners run them
+            batch = batch.packed()
         for start in range(0, len(batch), self.micro):
             mb = batch.rows(range(start, min(start + self.micro, len(batch))))
             if self.device.type != "cpu":

@@ -4,9 +4,12 @@ token counts are the real tokens of the rows it trained on, not the padded batch
 from __future__ import annotations
 
 import json
+import math
 import os
 import subprocess
 import sys
+
+import pytest
 
 from launcher.metrics.jsonl import read_metrics
 from tests.conftest import ROOT, tiny_config, write_config
@@ -44,3 +47,36 @@ def test_packed_run_learns_and_counts_real_tokens(workdir, monkeypatch):
     assert summary["tokens"] == real < padded
     logged = [m["train/tokens"] for m in read_metrics(folder.path / "metrics.jsonl") if "train/tokens" in m]
     assert logged[-1] == real
+
+
+def test_packed_dpo_run_keeps_pairs_and_counts_real_tokens(workdir):
+    """DPO with ``data.packing``: whole pairs packed into rows, the reference precomputed on the
+    packed rows. At step 1 the policy is the reference, so every pair's log-ratio is 0 and the
+    loss is exactly log 2 only if each stored reference score went back to its own pair."""
+    from launcher.submit import prepare_run
+
+    steps, micro = 3, 2
+    cfg = tiny_config(method="dpo", data={"train": {"path": "builtin:prefs-reverse", "num_rows": 48},
+                                          "eval": {"path": "builtin:prefs-reverse", "num_rows": 8},
+                                          "packing": True, "max_length": 64},
+                      train={"max_steps": steps, "micro_batch_size": micro, "lr": 1e-3,
+                             "schedule": "constant"},
+                      resources={"num_workers": 1, "cpus_per_worker": 1}, eval={"at_start": False},
+                      checkpoint={"dir": "runs", "save_final": False})
+    os.chdir(workdir)
+    folder, _ = prepare_run(str(write_config(workdir, cfg)), None, ())
+    proc = subprocess.run([sys.executable, "-m", "launcher.loop", str(folder.path)], capture_output=True,
+                          text=True, timeout=600, env={**os.environ, "OMP_NUM_THREADS": "1"})
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    summary = json.loads((folder.path / "summary.json").read_text())
+    metrics = [m for m in read_metrics(folder.path / "metrics.jsonl") if "train/loss" in m]
+    assert metrics[0]["train/loss"] == pytest.approx(math.log(2), abs=1e-6)
+    assert abs(metrics[-1]["train/loss"] - math.log(2)) > 1e-4  # the policy moved, the reference did not
+
+    rows = [row for step in replayed_rows(folder.path, steps) for row in step]
+    pairs = [len(r["units"]) for r in rows]
+    assert min(pairs) >= 1 and sum(pairs) > len(rows)  # several whole pairs per row
+    assert all(sorted(s[1] for s in r["segments"]) == sorted(["chosen", "rejected"] * n)
+               for r, n in zip(rows, pairs))  # each pair's two answers in the same row
+    real = sum(seg[2] for r in rows for seg in r["segments"])  # prompt + answer, both answers
+    assert summary["tokens"] == real == sum(len(r["input_ids"]) for r in rows)

@@ -125,3 +125,23 @@ def test_yaml_syntax_error_names_line(tmp_path):
     with pytest.raises(UserError) as err:
         load_config(path)
     assert f"{path}:" in problems(err.value)[0] and "invalid YAML" in problems(err.value)[0]
+
+
+def test_data_packing_is_accepted_for_every_method_and_a_refusal_names_the_field(tmp_path, monkeypatch):
+    """Every method packs (#18): sft/full since the start, the pair, feedback, classification,
+    embedding and online-RL methods now; a method listed in ``UNPACKABLE`` is refused with its
+    reason and the field named."""
+    from launcher.config import load
+    from strategies import STRATEGIES
+
+    reward = {"reward": {"function": "strategies.rl.verifiers:numeric_answer"}}
+    sections = {"classify": {"labels": ["a", "b"]}, "ppo": reward, "grpo": reward}
+    for method in STRATEGIES:
+        cfg = tiny_config(method=method, data={"packing": True}, **{method: sections.get(method, {})})
+        assert load_config(write_config(tmp_path, cfg)).data.packing, method
+    monkeypatch.setitem(load.UNPACKABLE, "dpo", "pairs are not packed here")
+    with pytest.raises(UserError) as err:
+        load_config(write_config(tmp_path, tiny_config(method="dpo", data={"packing": True})))
+    (text,) = problems(err.value)
+    assert "data.packing" in text and "method 'dpo' does not pack examples: pairs are not packed here" in text
+    assert "set data.packing: false" in text
