@@ -110,18 +110,26 @@ class Strategy:
         return {k: v / max(count, 1.0) for k, v in sums.items() if not k.startswith("_")}
 
     # -- loss
+    @property
+    def ce(self) -> dict[str, Any]:
+        """``model.cross_entropy`` and its chunk size, as keyword arguments of the log-prob helpers
+        (``launcher.models.chunked_ce``)."""
+        from launcher.models.chunked_ce import mode_of
+
+        mode, chunk = mode_of(self.cfg)
+        return {"mode": mode, "chunk_tokens": chunk}
+
     def loss(self, model: nn.Module, batch: dict[str, torch.Tensor]) -> LossOutput:
         raise NotImplementedError
 
 
-def causal_lm_loss(model: nn.Module, batch: dict[str, torch.Tensor]) -> LossOutput:
-    """Summed next-token cross-entropy over labelled tokens (labels == -100 are skipped)."""
+def causal_lm_loss(model: nn.Module, batch: dict[str, torch.Tensor], mode: str = "plain",
+                   chunk_tokens: int = 1024) -> LossOutput:
+    """Summed next-token cross-entropy over labelled tokens (labels == -100 are skipped);
+    ``mode``/``chunk_tokens``: ``model.cross_entropy`` (``Strategy.ce``)."""
+    from launcher.models.chunked_ce import labelled_nll_sum
+
     inputs = {k: v for k, v in batch.items() if k != "labels"}
-    logits = model(**inputs, use_cache=False).logits
-    labels = batch["labels"][:, 1:]
-    logits = logits[:, :-1, :].float()
-    loss_sum = nn.functional.cross_entropy(
-        logits.reshape(-1, logits.size(-1)), labels.reshape(-1), ignore_index=-100, reduction="sum"
-    )
-    count = (labels != -100).sum()
+    loss_sum = labelled_nll_sum(model, inputs, batch["labels"], mode=mode, chunk_tokens=chunk_tokens)
+    count = (batch["labels"][:, 1:] != -100).sum()
     return LossOutput(loss_sum, count)

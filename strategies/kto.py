@@ -110,9 +110,9 @@ class KTOStrategy(ReferenceMixin, Strategy):
         self.setup_reference(backend, data)
 
     def reference_scores(self, model: nn.Module, batch: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
-        scores = {"logp": sequence_logps(model, batch)[0]}
+        scores = {"logp": sequence_logps(model, batch, **self.ce)[0]}
         if "kl_input_ids" in batch:
-            scores["kl_logp"] = sequence_logps(model, _kl_batch(batch))[0]
+            scores["kl_logp"] = sequence_logps(model, _kl_batch(batch), **self.ce)[0]
         return scores
 
     def reference_point(self, model: nn.Module, batch: dict[str, torch.Tensor],
@@ -121,13 +121,13 @@ class KTOStrategy(ReferenceMixin, Strategy):
         if "kl_input_ids" not in batch:
             return torch.zeros((), dtype=torch.float64, device=batch["input_ids"].device)
         with torch.no_grad():
-            kl_logps = sequence_logps(model, _kl_batch(batch))[0].double()
+            kl_logps = sequence_logps(model, _kl_batch(batch), **self.ce)[0].double()
         return (kl_logps - ref["kl_logp"].to(kl_logps)).mean().clamp(min=0)
 
     # -- loss
     def loss(self, model: nn.Module, batch: dict[str, torch.Tensor]) -> LossOutput:
         opts = self.options
-        logps, _ = sequence_logps(model, batch)
+        logps, _ = sequence_logps(model, batch, **self.ce)
         desirable = batch["label"]
         ref = self.reference_values(model, batch)
         kl = self.reference_point(model, batch, ref).to(logps)

@@ -88,8 +88,14 @@ def collate_pairs(features: list[dict], pad_id: int) -> dict[str, torch.Tensor]:
     return batch
 
 
-def next_token_logps(model: Any, batch: dict[str, torch.Tensor]) -> torch.Tensor:
-    """``log p(x_t | x_<t)`` at every position t >= 1 of every row (fp32), shape [rows, len - 1]."""
+def next_token_logps(model: Any, batch: dict[str, torch.Tensor], **ce: Any) -> torch.Tensor:
+    """``log p(x_t | x_<t)`` at every position t >= 1 of every row (fp32), shape [rows, len - 1];
+    ``ce``: ``model.cross_entropy`` options (``Strategy.ce``)."""
+    if ce.get("mode", "plain") != "plain":
+        from launcher.models import chunked_ce
+
+        inputs = {"input_ids": batch["input_ids"], "attention_mask": batch["attention_mask"]}
+        return chunked_ce.next_token_logps(model, inputs, batch["input_ids"], **ce)
     logits = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"],
                    use_cache=False).logits[:, :-1, :].float()
     targets = batch["input_ids"][:, 1:]
@@ -103,9 +109,10 @@ def labelled_sums(token_logps: torch.Tensor, batch: dict[str, torch.Tensor]
     return (token_logps * mask).sum(-1), mask.sum(-1)
 
 
-def sequence_logps(model: Any, batch: dict[str, torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
+def sequence_logps(model: Any, batch: dict[str, torch.Tensor], **ce: Any
+                   ) -> tuple[torch.Tensor, torch.Tensor]:
     """Per row: summed log-probability of the labelled (completion) tokens, and their count."""
-    return labelled_sums(next_token_logps(model, batch), batch)
+    return labelled_sums(next_token_logps(model, batch, **ce), batch)
 
 
 class PreferenceDataMixin:

@@ -234,6 +234,10 @@ def _cross_checks(cfg: Any) -> list[Problem]:
         resolve_sharding(cfg.sharding)
     except UserError as exc:
         problems += exc.problems
+    if cfg.model.cross_entropy == "liger" and cfg.resources.gpus_per_worker == 0:
+        problems.append(Problem("model.cross_entropy", "liger needs CUDA GPUs (Triton kernels) but this "
+                                "run has resources.gpus_per_worker: 0",
+                                "use model.cross_entropy: chunked on CPU (same memory saving, plain torch)"))
     packable = {"messages", "prompt_completion", "text"}
     if cfg.data.packing and not packable & set(STRATEGIES.get(cfg.method).formats):
         problems.append(Problem("data.packing", f"method {cfg.method!r} does not pack examples",

@@ -1,0 +1,179 @@
+"""Chunked cross-entropy (``model.cross_entropy: chunked``) equals the plain path: losses and
+gradients within 1e-5 in fp32, on a real tiny Llama (untied and tied embeddings) and under LoRA;
+activation offload changes nothing on CPU; liger is refused on a CPU-only run."""
+
+from __future__ import annotations
+
+import copy
+
+import pytest
+import torch
+
+from launcher.models import chunked_ce
+from launcher.models.offload import activation_offload
+
+pytestmark = pytest.mark.filterwarnings("ignore::UserWarning")
+
+
+def _model(tied: bool = False, vocab: int = 97):
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    torch.manual_seed(0)
+    config = LlamaConfig(vocab_size=vocab, hidden_size=32, intermediate_size=64, num_hidden_layers=2,
+                         num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=64,
+                         tie_word_embeddings=tied)
+    return LlamaForCausalLM(config).float()
+
+
+def _batch(vocab: int = 97, rows: int = 3, length: int = 13):
+    g = torch.Generator().manual_seed(1)
+    ids = torch.randint(0, vocab, (rows, length), generator=g)
+    mask = torch.ones_like(ids)
+    mask[2, 9:] = 0  # a right-padded row
+    labels = ids.clone()
+    labels[:, :4] = -100  # prompt tokens
+    labels[2, 9:] = -100
+    labels[1] = -100  # a row without a single labelled token
+    return {"input_ids": ids, "attention_mask": mask}, labels
+
+
+def _grads(model) -> dict[str, torch.Tensor]:
+    return {n: p.grad.clone() for n, p in model.named_parameters() if p.grad is not None}
+
+
+def _loss_and_grads(model, fn):
+    model.zero_grad(set_to_none=True)
+    loss = fn(model)
+    loss.backward()
+    return loss.detach(), _grads(model)
+
+
+def _assert_same(a, b):
+    (la, ga), (lb, gb) = a, b
+    assert torch.allclose(la, lb, atol=1e-5, rtol=1e-5), (la, lb)
+    assert ga.keys() == gb.keys() and ga
+    for name in ga:
+        assert torch.allclose(ga[name], gb[name], atol=1e-5, rtol=1e-4), name
+
+
+@pytest.mark.parametrize("tied", [False, True])
+def test_chunked_loss_and_grads_match_plain(tied):
+    model = _model(tied)
+    inputs, labels = _batch()
+    names = [n for n, _ in model.named_parameters()]
+
+    def loss(mode):
+        # 7 does not divide the 24 labelled tokens
+        return lambda m: chunked_ce.labelled_nll_sum(m, inputs, labels, mode=mode, chunk_tokens=7)
+
+    plain = _loss_and_grads(model, loss("plain"))
+    chunked = _loss_and_grads(model, loss("chunked"))
+    _assert_same(plain, chunked)
+    assert plain[0] > 0
+    assert [n for n, _ in model.named_parameters()] == names  # checkpoints see the same names
+    assert "lm_head.weight" in model.state_dict()
+    # the patched head still returns logits outside a request (generation, evaluation)
+    assert model(**inputs).logits.shape == (3, 13, 97)
+
+
+def test_per_token_logps_match_plain_including_entropy_and_temperature():
+    model = _model()
+    inputs, labels = _batch()
+    targets = inputs["input_ids"]
+
+    def run(mode):
+        model.zero_grad(set_to_none=True)
+        logps, entropy = chunked_ce.token_stats(model, inputs, targets, mode=mode, chunk_tokens=5,
+                                                temperature=0.7, with_entropy=True)
+        # a weighted sum so every position's gradient matters
+        w = torch.linspace(0.5, 1.5, logps.numel()).view_as(logps)
+        ((logps * w).sum() + entropy.sum()).backward()
+        return logps.detach(), entropy.detach(), _grads(model)
+
+    lp, ep, gp = run("plain")
+    lc, ec, gc = run("chunked")
+    assert lp.shape == (3, 12)
+    assert torch.allclose(lp, lc, atol=1e-5) and torch.allclose(ep, ec, atol=1e-5)
+    for name in gp:
+        assert torch.allclose(gp[name], gc[name], atol=1e-5, rtol=1e-4), name
+    # per-token positions with -100 targets give 0 (the caller masks them)
+    masked = chunked_ce.next_token_logps(model, inputs, labels, mode="chunked", chunk_tokens=5)
+    assert (masked[labels[:, 1:] == -100] == 0).all()
+    keep = labels[:, 1:] != -100
+    assert torch.allclose(masked[keep], lp.new_tensor(
+        chunked_ce.token_stats(model, inputs, labels, mode="plain")[0][keep]), atol=1e-5)
+
+
+def test_lora_model_matches_plain():
+    from launcher.models.load import apply_lora, init_adapters_deterministic
+
+    class Peft:
+        type, r, alpha, dropout, target_modules = "lora", 4, 8.0, 0.0, "all-linear"
+
+    model = apply_lora(_model(), Peft())
+    init_adapters_deterministic(model, 3)
+    with torch.no_grad():  # B = 0 at init: make the adapters matter
+        for n, p in model.named_parameters():
+            if "lora_B" in n:
+                p.normal_(0, 0.1)
+    inputs, labels = _batch()
+    names = [n for n, _ in model.named_parameters()]
+    plain = _loss_and_grads(model, lambda m: chunked_ce.labelled_nll_sum(m, inputs, labels))
+    chunked = _loss_and_grads(model, lambda m: chunked_ce.labelled_nll_sum(
+        m, inputs, labels, mode="chunked", chunk_tokens=4))
+    _assert_same(plain, chunked)
+    assert any("lora_A" in n for n in plain[1])
+    assert [n for n, _ in model.named_parameters()] == names
+
+
+def test_soft_capping_is_refused():
+    model = _model()
+    model.config.final_logit_softcapping = 30.0
+    inputs, labels = _batch()
+    with pytest.raises(ValueError, match="final_logit_softcapping.*model.cross_entropy: plain"):
+        chunked_ce.labelled_nll_sum(model, inputs, labels, mode="chunked")
+
+
+@pytest.mark.parametrize("checkpointing", [False, True])
+def test_activation_offload_changes_nothing(checkpointing):
+    class Cfg:
+        class model:  # noqa: N801
+            activation_offload = True
+
+    base = _model()
+    if checkpointing:
+        base.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+    inputs, labels = _batch()
+    other = copy.deepcopy(base)
+
+    def fn(model):
+        return chunked_ce.labelled_nll_sum(model, inputs, labels, mode="chunked", chunk_tokens=8)
+
+    off = _loss_and_grads(base, fn)
+    assert isinstance(activation_offload(Cfg), torch.autograd.graph.save_on_cpu)
+
+    def offloaded(model):
+        with activation_offload(Cfg):
+            return fn(model)
+
+    on = _loss_and_grads(other, offloaded)
+    assert torch.equal(off[0], on[0])
+    for name in off[1]:
+        assert torch.equal(off[1][name], on[1][name]), name
+
+
+def test_liger_refused_on_cpu_only_run():
+    from launcher.config.load import validate_config
+    from launcher.errors import UserError
+    from tests.conftest import tiny_config
+
+    with pytest.raises(UserError) as info:
+        validate_config(tiny_config(model={"path": "builtin:tiny-llama", "cross_entropy": "liger"}))
+    text = str(info.value)
+    assert "model.cross_entropy" in text and "chunked" in text
+    cfg = validate_config(tiny_config(model={"path": "builtin:tiny-llama", "cross_entropy": "chunked",
+                                             "ce_chunk_tokens": 256, "activation_offload": True}))
+    assert (cfg.model.cross_entropy, cfg.model.ce_chunk_tokens, cfg.model.activation_offload) == \
+        ("chunked", 256, True)
+    with pytest.raises(UserError, match="ce_chunk_tokens"):
+        validate_config(tiny_config(model={"path": "builtin:tiny-llama", "ce_chunk_tokens": 0}))
