@@ -67,8 +67,9 @@ Activations (per rank, micro-batch ``m``, sequence ``s``)
 
     ``model.cross_entropy: chunked`` (``launcher.models.chunked_ce``) never holds those: the LM
     head runs ``c = min(ce_chunk_tokens, m*s)`` tokens at a time, recomputed in backward, so the
-    term is one chunk's ``3 * 4 * c * vocab`` (recomputed fp32 logits, their softmax and their
-    gradient; ``tests/unit/test_memory_model.py`` checks it against measured peak RSS on CPU).
+    term is one chunk's ``2 * 4 * c * vocab`` (the recomputed fp32 logits and the buffer their
+    gradient is built in; ``tests/unit/test_memory_model.py`` checks plain minus chunked against
+    measured peak RSS on CPU).
     ``liger`` keeps a chunk of logits about the size of the hidden states, plus the head weight's
     and the input's gradients it computes in forward (Liger-Kernel's own chunking rule).
     ``model.activation_offload`` keeps the saved tensors in host RAM (``offloaded_activations``,
@@ -100,9 +101,9 @@ _LAYER_COEFFS = {"fp32": (32, 8, 16), "half": (20, 4, 8), "autocast": (30, 4, 8)
 # Bytes per hidden element kept by a norm + the next matmul's input (final norm before LM head).
 _NORM_BYTES = {"fp32": 12, "half": 8, "autocast": 10}
 _LOGITS_COPIES = 3  # fp32 [tokens, vocab] buffers alive at the start of backward
-#: fp32 [chunk, vocab] buffers of one chunk of chunked cross-entropy in backward (recomputed logits,
-#: their softmax, the logits' gradient)
-_CHUNK_COPIES = 3
+#: fp32 [chunk, vocab] buffers of one chunk of chunked cross-entropy in backward: the recomputed
+#: logits and the one buffer their gradient is built in (``chunked_ce._TargetStats``)
+_CHUNK_COPIES = 2
 
 
 @dataclass(frozen=True)

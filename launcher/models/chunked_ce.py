@@ -127,18 +127,57 @@ def _kept(hidden: torch.Tensor, targets: torch.Tensor) -> tuple[torch.Tensor, to
     return hidden.reshape(-1, hidden.shape[-1]).index_select(0, keep), flat_t.index_select(0, keep), keep
 
 
+class _TargetStats(torch.autograd.Function):
+    """logits [n, vocab] -> [n, 1 or 2]: log p(target) (and the entropy) of softmax(logits / T).
+
+    Why a Function instead of ``logsumexp``/``gather`` autograd: their backward allocates a
+    softmax, a scattered one-hot gradient and their sum (4-5 fp32 ``[chunk, vocab]`` buffers);
+    this one writes the whole gradient into one buffer in place (``p * (-g) + onehot * g``), so a
+    chunk costs its logits and one buffer (the planner's ``_CHUNK_COPIES``; entropy adds one)."""
+
+    @staticmethod
+    def forward(ctx: Any, logits: torch.Tensor, targets: torch.Tensor, temperature: float,
+                with_entropy: bool) -> torch.Tensor:
+        z = logits.float()
+        if temperature != 1.0:
+            z = z / temperature
+        lse = torch.logsumexp(z, dim=-1)
+        logp = torch.gather(z, -1, targets.unsqueeze(-1)).squeeze(-1) - lse
+        ctx.save_for_backward(logits, targets, lse)
+        ctx.temperature, ctx.with_entropy = temperature, with_entropy
+        if not with_entropy:
+            return logp.unsqueeze(-1)
+        entropy = lse - (torch.softmax(z, dim=-1) * z).sum(-1)
+        return torch.stack([logp, entropy], dim=-1)
+
+    @staticmethod
+    def backward(ctx: Any, grad: torch.Tensor) -> tuple[torch.Tensor | None, ...]:
+        logits, targets, lse = ctx.saved_tensors
+        t = ctx.temperature
+        z = logits.float()
+        if t != 1.0:
+            z = z / t
+        p = (z - lse.unsqueeze(-1)).exp_()  # softmax, the one fp32 buffer the gradient is built in
+        g_logp = grad[:, 0]
+        if ctx.with_entropy:  # dH/dz = -p * (z - E_p[z])
+            g_ent = grad[:, 1]
+            if z.data_ptr() == logits.data_ptr():
+                z = z.clone()
+            mean_z = (p * z).sum(-1, keepdim=True)
+            z.sub_(mean_z).mul_(p).mul_(g_ent.unsqueeze(-1))
+        p.mul_(-g_logp.unsqueeze(-1))
+        p.scatter_add_(-1, targets.unsqueeze(-1), g_logp.unsqueeze(-1))
+        if ctx.with_entropy:
+            p.sub_(z)
+        if t != 1.0:
+            p.div_(t)
+        return p.to(logits.dtype), None, None, None
+
+
 def _chunk_stats(head_forward: Callable[..., torch.Tensor], hidden: torch.Tensor, targets: torch.Tensor,
                  temperature: float, with_entropy: bool) -> torch.Tensor:
     """[n, 1 or 2]: log p(target) (and the entropy) of one chunk, in fp32."""
-    logits = head_forward(hidden).float()
-    if temperature != 1.0:
-        logits = logits / temperature
-    lse = torch.logsumexp(logits, dim=-1)
-    logp = torch.gather(logits, -1, targets.unsqueeze(-1)).squeeze(-1) - lse
-    if not with_entropy:
-        return logp.unsqueeze(-1)
-    entropy = lse - (torch.softmax(logits, dim=-1) * logits).sum(-1)
-    return torch.stack([logp, entropy], dim=-1)
+    return _TargetStats.apply(head_forward(hidden), targets, temperature, with_entropy)
 
 
 def _chunked(head_forward: Callable[..., torch.Tensor], hidden: torch.Tensor,
