@@ -47,6 +47,8 @@ def _sharding(sharding: dict[str, Any]) -> str:
         misses = [t["label"] for t in sharding["tried"] if not t["fits"]]
         if misses:
             text += f" ({', '.join(misses)}: do not fit)"
+    for field, value in sharding.get("memory_switches", {}).items():
+        text += f" + {field}: {value}"
     resolved = sharding.get("resolved")
     if resolved and resolved["kind"] == "deepspeed":
         text += (f"  [ZeRO-{resolved['zero_stage']}, offload optimizer: {resolved['offload_optimizer']}, "

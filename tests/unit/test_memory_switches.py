@@ -6,6 +6,9 @@ from __future__ import annotations
 
 import sys
 import threading
+from io import StringIO
+
+from rich.console import Console
 
 from launcher import memory_model as mm
 from tests.conftest import ROOT
@@ -98,3 +101,30 @@ def test_measured_logits_saving_matches_the_planner():
     assert predicted == 3 * 4 * 512 * 49152 - 2 * 4 * 128 * 49152
     assert abs(measured - predicted) <= 0.15 * predicted
     assert chunked["peak_bytes"] < plain["peak_bytes"] / 4
+
+
+def test_auto_turns_on_chunked_cross_entropy_only_when_nothing_fits_without(tmp_path):
+    """8B LoRA at 32k tokens per micro-batch on 40 GB GPUs: the logits alone (50 GB) do not fit any
+    sharding; with chunked cross-entropy ddp fits. The plan says so, ``ftl run`` writes it into the
+    run's config.yaml, and that config chooses the same sharding on the ranks."""
+    from launcher.auto_sharding import apply_chosen_switches, chosen_section
+    from launcher.plan_view import render_plan
+    from launcher.planner import make_plan
+    from tests.unit.test_memory_model import hub_config
+
+    sections = {"sharding": {"backend": "auto"}, "data": {"max_length": 16384},
+                "train": {"micro_batch_size": 2}, "resources": {"gpu_memory_gb": 40},
+                "peft": {"r": 16, "alpha": 32}}
+    cfg = hub_config("meta-llama/Llama-3.1-8B-Instruct", **sections)
+    plan = make_plan(cfg)
+    assert plan["sharding"]["memory_switches"] == {"model.cross_entropy": "chunked"}
+    assert plan["memory"]["fits"]
+    assert plan["memory"]["roles"]["policy"]["gpu"]["logits"] == 2 * 4 * 1024 * 128256
+    assert not any(t["fits"] for t in plan["sharding"]["tried"] if "switches" not in t)
+    assert "auto turned on model.cross_entropy: chunked" in plan["memory"]["warnings"][0]
+    prepared = apply_chosen_switches(cfg, plan)
+    assert prepared.model.cross_entropy == "chunked" and cfg.model.cross_entropy == "plain"
+    assert chosen_section(prepared).backend == plan["sharding"]["settings"]["backend"]
+    out = StringIO()
+    render_plan(plan, Console(file=out, width=200))
+    assert "+ model.cross_entropy: chunked" in out.getvalue()
