@@ -177,3 +177,15 @@ def test_liger_refused_on_cpu_only_run():
         ("chunked", 256, True)
     with pytest.raises(UserError, match="ce_chunk_tokens"):
         validate_config(tiny_config(model={"path": "builtin:tiny-llama", "ce_chunk_tokens": 0}))
+    # on GPUs it passes the config check; preflight then wants the package (not installed here)
+    import importlib.util
+
+    from launcher.preflight import Notes, check_cross_entropy
+
+    gpu = validate_config(tiny_config(model={"path": "builtin:tiny-llama", "cross_entropy": "liger"},
+                                      resources={"num_workers": 1, "gpus_per_worker": 1}))
+    if importlib.util.find_spec("liger_kernel") is None:
+        (problem,) = check_cross_entropy(gpu, Notes())
+        assert problem.where == "model.cross_entropy" and "pip install liger-kernel" in problem.hint
+        notes = Notes()
+        assert check_cross_entropy(gpu, notes, remote=True) == [] and "liger-kernel" in notes[0]
