@@ -189,3 +189,22 @@ def test_liger_refused_on_cpu_only_run():
         assert problem.where == "model.cross_entropy" and "pip install liger-kernel" in problem.hint
         notes = Notes()
         assert check_cross_entropy(gpu, notes, remote=True) == [] and "liger-kernel" in notes[0]
+
+
+def test_call_sites_route_through_the_mode():
+    """DPO/KTO/CPO's ``next_token_logps`` and PPO/GRPO's ``policy_forward`` give the plain values
+    with ``model.cross_entropy: chunked``."""
+    from strategies.ppo.batch import collate_rollouts, policy_forward
+    from strategies.preference import next_token_logps
+
+    model = _model()
+    inputs, labels = _batch()
+    batch = {**inputs, "labels": labels}
+    ce = {"mode": "chunked", "chunk_tokens": 5}
+    assert torch.allclose(next_token_logps(model, batch), next_token_logps(model, batch, **ce), atol=1e-5)
+
+    rollouts = collate_rollouts([[5, 6, 7], [8, 9]], [[10, 11, 12, 2], [13]], pad_id=0, eos_ids=[2])
+    plain_lp, plain_ent = policy_forward(model, rollouts, 0.8, with_entropy=True)
+    lp, ent = policy_forward(model, rollouts, 0.8, with_entropy=True, ce=ce)
+    assert lp.shape == plain_lp.shape == (2, 4)
+    assert torch.allclose(lp, plain_lp, atol=1e-5) and torch.allclose(ent, plain_ent, atol=1e-5)
