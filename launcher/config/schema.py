@@ -44,11 +44,13 @@ class ModelSection(Section):
         "package; per-token log-probs of DPO/KTO/PPO use chunked).")
     ce_chunk_tokens: int = Field(
         1024, gt=0, description="Tokens per chunk of chunked cross-entropy: the LM head's buffers are "
-        "about 4 x ce_chunk_tokens x vocab bytes instead of that for every token of the micro-batch.")
+        "about 2 x 4 x ce_chunk_tokens x vocab bytes, instead of 3 x 4 x vocab bytes for every token of "
+        "the micro-batch.")
     activation_offload: bool = Field(
-        False, description="Keep the tensors the forward saves for backward in host memory "
-        "(torch.autograd.graph.save_on_cpu, pinned on CUDA): with gradient_checkpointing, the layer "
-        "inputs; GPU memory then holds the layer being computed. Costs PCIe transfers each step.")
+        False, description="Keep the tensors the forward saves for backward in host memory (saved-"
+        "tensor hooks like torch's save_on_cpu, pinned on CUDA; parameters stay): with "
+        "gradient_checkpointing, the layer inputs; GPU memory then holds the layer being computed. "
+        "Costs PCIe transfers each step.")
     trust_remote_code: bool = False
 
 
