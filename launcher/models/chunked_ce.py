@@ -32,6 +32,7 @@ process logits outside the head (final soft-capping, logit scaling) are refused.
 from __future__ import annotations
 
 import contextlib
+import types
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from typing import Any
@@ -92,20 +93,19 @@ def _head(model: nn.Module) -> nn.Module:
         check_supported(getattr(inner, "config", None))
         head._ftl_orig_forward = head.forward  # bound method, or an earlier instance patch
         head._ftl_request = None
-        head.forward = _patched_forward(head)
+        head.forward = types.MethodType(_patched_forward, head)
     return head
 
 
-def _patched_forward(head: nn.Module) -> Callable[..., torch.Tensor]:
-    def forward(hidden: torch.Tensor, *args: Any, **kwargs: Any) -> torch.Tensor:
-        request = head.__dict__.get("_ftl_request")
-        if request is None:
-            return head._ftl_orig_forward(hidden, *args, **kwargs)
-        head._ftl_request = None  # one request, one call
-        if request.liger_sum:
-            return _liger_sum(head, hidden, request)
-        return _chunked(head._ftl_orig_forward, hidden, request)
-    return forward
+def _patched_forward(head: nn.Module, hidden: torch.Tensor, *args: Any, **kwargs: Any) -> torch.Tensor:
+    """The head's forward while patched (bound to the head, so a deep copy binds to the copy)."""
+    request = head.__dict__.get("_ftl_request")
+    if request is None:
+        return head._ftl_orig_forward(hidden, *args, **kwargs)
+    head._ftl_request = None  # one request, one call
+    if request.liger_sum:
+        return _liger_sum(head, hidden, request)
+    return _chunked(head._ftl_orig_forward, hidden, request)
 
 
 @contextlib.contextmanager

@@ -208,3 +208,17 @@ def test_call_sites_route_through_the_mode():
     lp, ent = policy_forward(model, rollouts, 0.8, with_entropy=True, ce=ce)
     assert lp.shape == plain_lp.shape == (2, 4)
     assert torch.allclose(lp, plain_lp, atol=1e-5) and torch.allclose(ent, plain_ent, atol=1e-5)
+
+
+def test_a_deep_copy_of_a_patched_model_is_patched_on_its_own():
+    model = _model()
+    inputs, labels = _batch()
+    chunked_ce.labelled_nll_sum(model, inputs, labels, mode="chunked")  # patches the head
+    twin = copy.deepcopy(model)
+    assert twin.lm_head.forward.__self__ is twin.lm_head
+    with torch.no_grad():
+        twin.lm_head.weight.mul_(2)
+    a = chunked_ce.labelled_nll_sum(model, inputs, labels, mode="chunked")
+    b = chunked_ce.labelled_nll_sum(twin, inputs, labels, mode="chunked")
+    assert torch.allclose(b, chunked_ce.labelled_nll_sum(twin, inputs, labels), atol=1e-4)
+    assert not torch.allclose(a, b)
