@@ -8,7 +8,7 @@ loop, each configuration in a fresh process (peak RSS is a per-process high-wate
 
 Model: a random Llama with SmolLM2's vocabulary (49,152), hidden 64, 2 layers, fp32; micro
 batch 4 x 512 tokens: the logits dominate, as they do for a large-vocabulary model at long
-sequence. Peak = ``ru_maxrss`` after the loop minus ``ru_maxrss`` after a warm-up step of 8
+sequence. Peak = peak RSS (``VmHWM``) after the loop minus after a warm-up step of 8
 tokens (model, gradients, optimizer states and torch's own buffers already allocated), so it is
 the working memory of a training step. ``planned_logits`` is ``launcher.memory_model``'s logits
 term for the same shape (tests/unit/test_memory_model.py checks plain - chunked against it).
@@ -36,6 +36,12 @@ DEFAULTS = {"cross_entropy": "plain", "ce_chunk_tokens": 1024, "gradient_checkpo
 
 
 def _rss_bytes() -> int:
+    """This process's peak resident set (``VmHWM``). Not ``ru_maxrss``: Linux carries that across
+    fork + exec, so a child of a large parent (a pytest process with TRL loaded) starts with the
+    parent's size as its peak; ``VmHWM`` belongs to the process's own address space."""
+    for line in Path("/proc/self/status").read_text().splitlines():
+        if line.startswith("VmHWM:"):
+            return int(line.split()[1]) * 1024
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
 
 
@@ -113,7 +119,12 @@ def run_one(opts: dict, timeout: float = 600) -> dict:
     # glibc keeps freed blocks below its (adaptive, up to 32 MB) mmap threshold in the heap, so
     # RSS would count chunk buffers it reuses as new peaks: every allocation over 128 KiB is mmapped
     # and returned on free instead (what tests/integration/test_sharding.py does for the same reason).
-    env = {**os.environ, "MALLOC_MMAP_THRESHOLD_": "131072", "PYTHONPATH": str(ROOT)}
+    # A clean environment: libraries imported by the caller (vLLM, TRL, Ray) export settings such
+    # as LD_LIBRARY_PATH and KMP_* that changed the child's allocations when inherited (seen under
+    # pytest after the GRPO/TRL tests).
+    keep = ("PATH", "HOME", "LANG", "TMPDIR", "OMP_NUM_THREADS", "HF_HOME", "HF_HUB_OFFLINE")
+    env = {**{k: os.environ[k] for k in keep if k in os.environ},
+           "MALLOC_MMAP_THRESHOLD_": "131072", "PYTHONPATH": str(ROOT)}
     proc = subprocess.run([sys.executable, str(Path(__file__).resolve()), "--one", json.dumps(opts)],
                           capture_output=True, text=True, timeout=timeout, cwd=ROOT, env=env)
     if proc.returncode != 0:
@@ -166,7 +177,7 @@ def main() -> int:
                  f"micro batch {MICRO} x {SEQ} tokens, AdamW, one process, 2 threads; "
                  f"{args.steps} steps per process "
                  f"(median of steps 2..{args.steps}), {args.repeats} processes per configuration (medians). "
-                 "Peak = ru_maxrss after the steps minus after a warm-up step of 8 tokens. On CPU "
+                 "Peak = peak RSS (VmHWM) after the steps minus after a warm-up step of 8 tokens. On CPU "
                  "activation offload moves nothing (the tensors are already in host memory): its row "
                  "shows the hooks' cost.")
         append_section("Memory switches: chunked cross-entropy, checkpointing, activation offload (CPU)",
