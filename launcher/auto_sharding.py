@@ -8,6 +8,13 @@ and runs Adam on the CPU; offloading the parameters too streams every weight ove
 step. The first that fits is the fastest that runs. The choice is a pure function of the config
 (model architecture, batch, ``resources``), so every rank and every later ``ftl plan`` makes the
 same one; the plan records it with what each candidate needed.
+
+When no candidate fits, ``auto`` may also turn on the memory switches the user left at their
+defaults, cheapest first: ``model.cross_entropy: chunked`` (recomputes the LM head per chunk
+in backward, a few percent of a step) and then ``model.activation_offload`` (PCIe traffic
+every step). The plan says so (``sharding.memory_switches``) and ``ftl run`` writes them into
+the run's resolved config, so every rank and a resume see the same settings (and, with them
+set, choose the same sharding again).
 """
 
 from __future__ import annotations
@@ -50,6 +57,23 @@ def evaluate(cfg: Any, counts: dict[str, Any], settings: dict[str, str], world: 
     return memory_section(cfg, counts, resolve_sharding(candidate_section(cfg, settings)), world)
 
 
+def switch_levels(cfg: Any) -> list[dict[str, Any]]:
+    """``model`` settings auto may turn on, cheapest first (only those left at their defaults)."""
+    levels: list[dict[str, Any]] = [{}]
+    if cfg.model.cross_entropy == "plain":
+        levels.append({"cross_entropy": "chunked"})
+    if not cfg.model.activation_offload:
+        levels.append({**levels[-1], "activation_offload": True})
+    return levels
+
+
+def with_switches(cfg: Any, switches: dict[str, Any]) -> Any:
+    """``cfg`` with ``model`` memory switches set (itself when there are none)."""
+    if not switches:
+        return cfg
+    return cfg.model_copy(update={"model": cfg.model.model_copy(update=switches)})
+
+
 def choose_sharding(cfg: Any, counts: dict[str, Any] | None = None) -> tuple[str, dict[str, Any]]:
     """(label of the first candidate that fits, the plan made with it). Raises a UserError on
     ``sharding.backend`` naming the smallest cluster that would fit when none does."""
@@ -57,16 +81,29 @@ def choose_sharding(cfg: Any, counts: dict[str, Any] | None = None) -> tuple[str
 
     counts = counts or count_on_meta(cfg)
     tried = []
-    for label, settings in CANDIDATES:
-        memory = evaluate(cfg, counts, settings)
-        tried.append(_summary(label, memory))
-        if memory["fits"]:
-            concrete = cfg.model_copy(update={"sharding": candidate_section(cfg, settings)})
-            plan = make_plan(concrete, counts=counts)
-            plan["sharding"] = {"backend": "auto", "chosen": label, "settings": settings,
-                                "resolved": plan["sharding"]["resolved"], "tried": tried}
-            return label, plan
+    for switches in switch_levels(cfg):
+        switched = with_switches(cfg, switches)
+        for label, settings in CANDIDATES:
+            memory = evaluate(switched, counts, settings)
+            tried.append({**_summary(label, memory), **({"switches": switches} if switches else {})})
+            if memory["fits"]:
+                concrete = switched.model_copy(update={"sharding": candidate_section(cfg, settings)})
+                plan = make_plan(concrete, counts=counts)
+                plan["sharding"] = {"backend": "auto", "chosen": label, "settings": settings,
+                                    "resolved": plan["sharding"]["resolved"], "tried": tried}
+                if switches:
+                    plan["sharding"]["memory_switches"] = {f"model.{k}": v for k, v in switches.items()}
+                    turned = ", ".join(f"model.{k}: {v}" for k, v in switches.items())
+                    plan["memory"]["warnings"].insert(0, f"no sharding fits as configured: auto turned on "
+                                                      f"{turned} (written to the run's config.yaml)")
+                return label, plan
     raise UserError(_no_fit(cfg, counts, tried))
+
+
+def apply_chosen_switches(cfg: Any, plan: dict[str, Any]) -> Any:
+    """The config a run is prepared with: ``cfg`` plus the memory switches ``auto`` turned on."""
+    switches = plan.get("sharding", {}).get("memory_switches") or {}
+    return with_switches(cfg, {k.split(".", 1)[1]: v for k, v in switches.items()})
 
 
 def chosen_section(cfg: Any) -> Any:
@@ -170,6 +207,10 @@ def _remedies(cfg: Any) -> str:
         out.append("train LoRA adapters (peft:)")
     if not cfg.model.gradient_checkpointing:
         out.append("enable model.gradient_checkpointing")
+    if cfg.model.cross_entropy == "plain":
+        out.append("set model.cross_entropy: chunked")
+    if not cfg.model.activation_offload:
+        out.append("set model.activation_offload: true")
     out.append("lower train.micro_batch_size or data.max_length")
     return ", ".join(out)
 
@@ -189,7 +230,10 @@ def _no_fit(cfg: Any, counts: dict[str, Any], tried: list[dict[str, Any]]) -> Pr
     from launcher.planner import run_label, where_label
 
     limit = int(cfg.resources.gpu_memory_gb * mm.GB)
-    needs = ", ".join(_need({**t, "gpu_limit": limit}) for t in tried)
+    needs = ", ".join(_need({**t, "gpu_limit": limit}) for t in tried if "switches" not in t)
+    switched = [t["switches"] for t in tried if "switches" in t]
+    if switched:
+        needs += "; also with " + ", ".join(f"model.{k}: {v}" for k, v in switched[-1].items())
     message = (f"auto found no sharding for a {run_label(cfg, counts)} that fits {where_label(cfg)} "
                f"(needs: {needs})")
     found = smallest_cluster(cfg, counts)

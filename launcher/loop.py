@@ -40,6 +40,7 @@ from launcher.guard import StepGuard
 from launcher.lazy import load_object
 from launcher.memwatch import PeakAnon
 from launcher.metrics.sinks import MetricSinks
+from launcher.models.offload import activation_offload
 from launcher.paths import ftl_home
 from launcher.report.build import write_run_report_safely
 from launcher.rundir import RunFolder
@@ -184,7 +185,7 @@ def _train(cfg: Any, ctx: RankContext, folder: RunFolder) -> dict[str, Any]:
                     batch, segments = shard_batch(batch, sp, pad_id)
                 batch = {k: v.to(ctx.device) for k, v in batch.items()}
                 with backend.accumulate(sync=m == accum - 1), active(sp, segments):
-                    with backend.autocast():
+                    with backend.autocast(), activation_offload(cfg):
                         out = strategy.loss(backend.model, batch)
                     if failpoints.hit("train.nan_loss", step + 1, ctx.rank):  # tests: a loss gone bad
                         out.loss_sum = out.loss_sum * float("nan")

@@ -65,6 +65,18 @@ Activations (per rank, micro-batch ``m``, sequence ``s``)
     ``m*s*vocab*4`` bytes three times over (the fp32 log-probabilities cross-entropy saves, their
     gradient, and the logits' gradient, which coexist at the start of backward).
 
+    ``model.cross_entropy: chunked`` (``launcher.models.chunked_ce``) never holds those: the LM
+    head runs ``c = min(ce_chunk_tokens, m*s)`` tokens at a time, recomputed in backward, so the
+    term is one chunk's ``2 * 4 * c * vocab`` (the recomputed fp32 logits and the buffer their
+    gradient is built in; ``tests/unit/test_memory_model.py`` checks plain minus chunked against
+    measured peak RSS on CPU).
+    ``liger`` keeps a chunk of logits about the size of the hidden states, plus the head weight's
+    and the input's gradients it computes in forward (Liger-Kernel's own chunking rule).
+    ``model.activation_offload`` keeps the saved tensors in host RAM (``offloaded_activations``,
+    per node: every rank's saved layers) and on the GPU the one layer being computed or
+    recomputed. ``sharding.sp_size`` (sequence parallelism) divides the tokens each rank
+    computes, so it divides the activation and logits terms.
+
 Other roles (``frozen_role_memory``, ``kv_cache_bytes``) cover reference and reward models
 (weights only, sharded like ZeRO-3 when the backend shards) and generation
 (``2 * layers * kv_heads * head_dim * tokens * dtype`` bytes of KV cache).
@@ -89,6 +101,9 @@ _LAYER_COEFFS = {"fp32": (32, 8, 16), "half": (20, 4, 8), "autocast": (30, 4, 8)
 # Bytes per hidden element kept by a norm + the next matmul's input (final norm before LM head).
 _NORM_BYTES = {"fp32": 12, "half": 8, "autocast": 10}
 _LOGITS_COPIES = 3  # fp32 [tokens, vocab] buffers alive at the start of backward
+#: fp32 [chunk, vocab] buffers of one chunk of chunked cross-entropy in backward: the recomputed
+#: logits and the one buffer their gradient is built in (``chunked_ce._TargetStats``)
+_CHUNK_COPIES = 2
 
 
 @dataclass(frozen=True)
@@ -123,10 +138,15 @@ class Workload:
     gradient_checkpointing: bool = False
     attention: str = "sdpa"  # sdpa | flash_attention_2 | eager
     grad_accum: int = 1  # micro-batches per optimizer step
+    cross_entropy: str = "plain"  # model.cross_entropy: plain | chunked | liger
+    ce_chunk_tokens: int = 1024
+    activation_offload: bool = False
+    sp_size: int = 1  # sequence-parallel ranks a sequence is split over (sharding.sp_size)
 
     @property
     def tokens(self) -> int:
-        return self.micro_batch * self.seq_len
+        """Tokens this rank computes per micro-batch (a sequence-parallel group splits them)."""
+        return math.ceil(self.micro_batch * self.seq_len / max(self.sp_size, 1))
 
 
 @dataclass(frozen=True)
@@ -309,18 +329,43 @@ def layer_bytes_per_token(shape: ModelShape, workload: Workload, mode: str) -> i
     return per_token + 8  # two RMSNorm reciprocal roots (fp32)
 
 
-def activation_memory(shape: ModelShape, workload: Workload, layout: Layout) -> dict[str, int]:
-    """Per-rank activation terms for one micro-batch (forward + the start of backward)."""
+def logits_bytes(shape: ModelShape, workload: Workload, mode: str = "fp32") -> int:
+    """The LM head's loss buffers per rank, by ``model.cross_entropy`` (module docstring)."""
+    tokens = workload.tokens
+    if workload.cross_entropy == "chunked":
+        return _CHUNK_COPIES * 4 * min(workload.ce_chunk_tokens, tokens) * shape.vocab
+    if workload.cross_entropy == "liger":
+        # Liger picks its chunk so a chunk's logits are about the size of the hidden states:
+        # 2^ceil(log2(tokens / ceil(vocab / hidden))) rows. It keeps the chunk's logits (compute
+        # dtype) and, from forward to backward, the weight's and the input's gradients.
+        b = 4 if mode == "fp32" else 2
+        chunk = min(tokens, 2 ** math.ceil(math.log2(max(1, math.ceil(
+            tokens / math.ceil(shape.vocab / shape.hidden))))))
+        return 2 * b * chunk * shape.vocab + b * shape.vocab * shape.hidden + b * tokens * shape.hidden
+    return _LOGITS_COPIES * 4 * tokens * shape.vocab
+
+
+def saved_activations(shape: ModelShape, workload: Workload, layout: Layout) -> tuple[int, int]:
+    """(bytes all layers save for backward, bytes of the one layer being computed or recomputed)."""
     mode = activation_mode(workload, layout)
     tokens = workload.tokens
     full_layer = layer_bytes_per_token(shape, workload, mode) * tokens
     if workload.gradient_checkpointing:
         residual = 2 if mode == "half" else 4
-        acts = shape.layers * residual * shape.hidden * tokens + full_layer
-    else:
-        acts = shape.layers * full_layer
+        return shape.layers * residual * shape.hidden * tokens, full_layer
+    return (shape.layers - 1) * full_layer, full_layer
+
+
+def activation_memory(shape: ModelShape, workload: Workload, layout: Layout) -> dict[str, int]:
+    """Per-rank activation terms for one micro-batch (forward + the start of backward); with
+    ``activation_offload`` the saved layers are on the host (``offloaded_activations``) and the GPU
+    keeps the layer being (re)computed."""
+    mode = activation_mode(workload, layout)
+    tokens = workload.tokens
+    saved, current = saved_activations(shape, workload, layout)
+    acts = current + (0 if workload.activation_offload else saved)
     acts += _NORM_BYTES[mode] * shape.hidden * tokens
-    terms = {"activations": acts, "logits": _LOGITS_COPIES * 4 * tokens * shape.vocab}
+    terms = {"activations": acts, "logits": logits_bytes(shape, workload, mode)}
     if mode == "autocast":  # 16-bit copies of the weights each matmul saves for backward
         matmul_params = shape.params - (0 if shape.tied_embeddings else shape.vocab * shape.hidden)
         if workload.gradient_checkpointing:
@@ -346,6 +391,9 @@ def policy_memory(shape: ModelShape, workload: Workload, layout: Layout,
     else:
         raise ValueError(f"unknown backend kind {layout.kind!r}")
     mem.gpu.update(activation_memory(shape, workload, layout))
+    if workload.activation_offload:  # every rank of the node keeps its saved layers in host RAM
+        mem.cpu_steady["offloaded_activations"] = layout.ranks_per_node * saved_activations(
+            shape, workload, layout)[0]
     if shape.trainable < shape.params:
         mem.notes.append(f"{shape.trainable:,} trainable of {shape.params:,}: gradients and "
                          "optimizer states cover the trainable (adapter) parameters only")
@@ -366,7 +414,10 @@ def frozen_role_memory(shape: ModelShape, workload: Workload, layout: Layout) ->
             mem.cpu_steady["offloaded_parameters"] = int(b * shape.params / layout.nodes * CPU_BUFFER_FACTOR)
     else:
         mem.gpu["parameters"] = b * shape.params
-    mem.gpu["logits"] = (b + 4) * workload.tokens * shape.vocab
+    # no autograd: chunked cross-entropy holds one chunk's logits (compute dtype + fp32)
+    tokens = workload.tokens if workload.cross_entropy == "plain" else min(workload.tokens,
+                                                                          workload.ce_chunk_tokens)
+    mem.gpu["logits"] = (b + 4) * tokens * shape.vocab
     return mem
 
 

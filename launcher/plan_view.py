@@ -47,9 +47,11 @@ def _sharding(sharding: dict[str, Any]) -> str:
     text = sharding["backend"]
     if "chosen" in sharding:
         text += f" -> {sharding['chosen']}"
-        misses = [t["label"] for t in sharding["tried"] if not t["fits"]]
+        misses = [t["label"] for t in sharding["tried"] if not t["fits"] and "switches" not in t]
         if misses:
             text += f" ({', '.join(misses)}: do not fit)"
+    for field, value in sharding.get("memory_switches", {}).items():
+        text += f" + {field}: {value}"
     resolved = sharding.get("resolved")
     if resolved and resolved["kind"] == "deepspeed":
         text += (f"  [ZeRO-{resolved['zero_stage']}, offload optimizer: {resolved['offload_optimizer']}, "

@@ -206,7 +206,10 @@ def model_shape(counts: dict[str, Any]) -> mm.ModelShape:
 def workload(cfg: Any) -> mm.Workload:
     return mm.Workload(micro_batch=cfg.train.micro_batch_size, seq_len=cfg.data.max_length,
                        dtype=cfg.model.dtype, gradient_checkpointing=cfg.model.gradient_checkpointing,
-                       attention=cfg.model.attn_implementation, grad_accum=cfg.grad_accum)
+                       attention=cfg.model.attn_implementation, grad_accum=cfg.grad_accum,
+                       cross_entropy=cfg.model.cross_entropy, ce_chunk_tokens=cfg.model.ce_chunk_tokens,
+                       activation_offload=cfg.model.activation_offload,
+                       sp_size=getattr(cfg.sharding, "sp_size", 1) or 1)
 
 
 def uses_gpus(cfg: Any) -> bool:

@@ -279,6 +279,21 @@ def check_rollout_engine(cfg: Any, notes: Notes, remote: bool = False) -> list[P
     return problems
 
 
+def check_cross_entropy(cfg: Any, notes: Notes, remote: bool = False) -> list[Problem]:
+    """``model.cross_entropy: liger`` imports liger-kernel on every rank (CPU-only runs are refused
+    by the config check already)."""
+    import importlib.util
+
+    if cfg.model.cross_entropy != "liger" or importlib.util.find_spec("liger_kernel") is not None:
+        return []
+    if remote:
+        notes.append("model.cross_entropy: liger-kernel is not installed here: not checked (the "
+                     "cluster's image needs it)")
+        return []
+    return [Problem("model.cross_entropy", "liger needs the liger-kernel package",
+                    "pip install liger-kernel, or use model.cross_entropy: chunked")]
+
+
 def preflight(cfg: Any, target: Any | None = None, notes: Notes | None = None) -> Any:
     """Run every check; raise one UserError listing all problems. Returns the tokenizer.
     What cannot be checked from here (cluster paths, offline hub ids) goes to ``notes``."""
@@ -294,7 +309,7 @@ def preflight(cfg: Any, target: Any | None = None, notes: Notes | None = None) -
         problems += tok_problems
     problems += check_data(cfg, spec, notes, remote, tokenizer)
     problems += check_sharding(cfg) + check_sequence_parallel(cfg, notes)
-    problems += check_rollout_engine(cfg, notes, remote)
+    problems += check_rollout_engine(cfg, notes, remote) + check_cross_entropy(cfg, notes, remote)
     if target is not None:
         try:
             target.preflight(cfg)

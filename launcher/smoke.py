@@ -112,6 +112,9 @@ def smoke_config(cfg: Any, steps: int = 3) -> tuple[Any, list[str]]:
     if not torch.cuda.is_available() and model["dtype"] != "fp32":
         changes.append(f"model.dtype: {model['dtype']} -> fp32 (no GPU here)")
         model["dtype"] = "fp32"
+    if model.get("cross_entropy") == "liger":  # smoke runs on CPU workers: Liger needs CUDA
+        changes.append("model.cross_entropy: liger -> chunked (Liger's kernels need CUDA)")
+        model["cross_entropy"] = "chunked"
     if model["attn_implementation"] == "flash_attention_2":
         changes.append("model.attn_implementation: flash_attention_2 -> sdpa")
         model["attn_implementation"] = "sdpa"

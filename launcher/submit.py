@@ -52,6 +52,7 @@ def prepare_run(config: str | None, resume_dir: str | None, overrides: tuple[str
     """Validate and preflight; create (or reopen) the run folder unless ``dry_run``.
     ``smoke``: run the config shrunk to this machine (launcher/smoke.py). Preflight's warnings
     and notes go to ``notes`` for the caller to show."""
+    from launcher.auto_sharding import apply_chosen_switches
     from launcher.planner import make_plan
 
     if resume_dir:
@@ -73,6 +74,7 @@ def prepare_run(config: str | None, resume_dir: str | None, overrides: tuple[str
     preflight(cfg, target, notes)
     target.check_run_folder(folder, cfg)
     plan = make_plan(cfg)
+    cfg = apply_chosen_switches(cfg, plan)  # sharding: auto may turn memory switches on
     if resume_dir:
         refuse_changed_writer(folder.path, cfg)
     if dry_run:

@@ -110,24 +110,34 @@ class Strategy:
         return {k: v / max(count, 1.0) for k, v in sums.items() if not k.startswith("_")}
 
     # -- loss
+    @property
+    def ce(self) -> dict[str, Any]:
+        """``model.cross_entropy`` and its chunk size, as keyword arguments of the log-prob helpers
+        (``launcher.models.chunked_ce``)."""
+        from launcher.models.chunked_ce import mode_of
+
+        mode, chunk = mode_of(self.cfg)
+        return {"mode": mode, "chunk_tokens": chunk}
+
     def loss(self, model: nn.Module, batch: dict[str, torch.Tensor]) -> LossOutput:
         raise NotImplementedError
 
 
-def causal_lm_loss(model: nn.Module, batch: dict[str, torch.Tensor]) -> LossOutput:
-    """Summed next-token cross-entropy over labelled tokens (labels == -100 are skipped).
+def causal_lm_loss(model: nn.Module, batch: dict[str, torch.Tensor], mode: str = "plain",
+                   chunk_tokens: int = 1024) -> LossOutput:
+    """Summed next-token cross-entropy over labelled tokens (labels == -100 are skipped);
+    ``mode``/``chunk_tokens``: ``model.cross_entropy`` (``Strategy.ce``).
 
     ``shift_labels`` instead of ``labels``: already shifted (transformers' name for it), as a
     sequence-parallel shard needs (``launcher.sequence_parallel``: shifted before slicing)."""
+    from launcher.models.chunked_ce import aligned_nll_sum, labelled_nll_sum
+
     inputs = {k: v for k, v in batch.items() if k not in ("labels", "shift_labels")}
-    logits = model(**inputs, use_cache=False).logits
     if "shift_labels" in batch:
         labels = batch["shift_labels"]
+        loss_sum = aligned_nll_sum(model, inputs, labels, mode=mode, chunk_tokens=chunk_tokens)
     else:
-        labels, logits = batch["labels"][:, 1:], logits[:, :-1, :]
-    logits = logits.float()
-    loss_sum = nn.functional.cross_entropy(
-        logits.reshape(-1, logits.size(-1)), labels.reshape(-1), ignore_index=-100, reduction="sum"
-    )
+        labels = batch["labels"][:, 1:]
+        loss_sum = labelled_nll_sum(model, inputs, batch["labels"], mode=mode, chunk_tokens=chunk_tokens)
     count = (labels != -100).sum()
     return LossOutput(loss_sum, count)

@@ -63,8 +63,8 @@ class _PairScores:
     their answer tokens, or over every token (prompt included) with ``nll_on_all``."""
 
     def __init__(self, model: nn.Module, batch: dict[str, torch.Tensor], average: bool,
-                 nll_on_all: bool = False):
-        token_logps = next_token_logps(model, batch)
+                 nll_on_all: bool = False, ce: dict | None = None):
+        token_logps = next_token_logps(model, batch, **(ce or {}))
         logps, lengths = labelled_sums(token_logps, batch)
         self.summed_chosen, self.summed_rejected = logps.chunk(2)
         scores = logps / lengths.clamp(min=1) if average else logps
@@ -101,7 +101,7 @@ class CPOStrategy(PreferenceDataMixin, Strategy):
 
     def loss(self, model: nn.Module, batch: dict[str, torch.Tensor]) -> LossOutput:
         opts = self.options
-        s = _PairScores(model, batch, average=opts.loss_type in ("ipo", "simpo"))
+        s = _PairScores(model, batch, average=opts.loss_type in ("ipo", "simpo"), ce=self.ce)
         losses = cpo_losses(opts.loss_type, opts.beta, opts.label_smoothing, opts.simpo_gamma,
                             s.chosen, s.rejected)
         loss_sum = losses.sum()
@@ -113,7 +113,8 @@ class CPOStrategy(PreferenceDataMixin, Strategy):
 class ORPOStrategy(PreferenceDataMixin, Strategy):
     def loss(self, model: nn.Module, batch: dict[str, torch.Tensor]) -> LossOutput:
         beta = self.options.beta
-        s = _PairScores(model, batch, average=True, nll_on_all=self.options.nll_on == "all")
+        s = _PairScores(model, batch, average=True, nll_on_all=self.options.nll_on == "all",
+                        ce=self.ce)
         log_odds = orpo_log_odds(s.chosen.float(), s.rejected.float())
         ratio = F.logsigmoid(log_odds)
         loss_sum = s.pairs * s.chosen_nll - beta * ratio.sum()

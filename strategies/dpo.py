@@ -52,14 +52,14 @@ class DPOStrategy(ReferenceMixin, PreferenceDataMixin, Strategy):
         self.setup_reference(backend, data)
 
     def reference_scores(self, model: nn.Module, batch: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
-        logps, _ = sequence_logps(model, batch)
+        logps, _ = sequence_logps(model, batch, **self.ce)
         chosen, rejected = logps.chunk(2)
         return {"chosen_logp": chosen, "rejected_logp": rejected}
 
     # -- loss
     def loss(self, model: nn.Module, batch: dict[str, torch.Tensor]) -> LossOutput:
         opts = self.options
-        logps, lengths = sequence_logps(model, batch)
+        logps, lengths = sequence_logps(model, batch, **self.ce)
         chosen, rejected = logps.chunk(2)
         chosen_len, rejected_len = lengths.chunk(2)
         ref = self.reference_values(model, batch)

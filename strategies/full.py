@@ -25,4 +25,4 @@ class FullStrategy(Strategy):
         return [{"input_ids": b, "labels": list(b)} for b in blocks]
 
     def loss(self, model: nn.Module, batch: dict[str, torch.Tensor]) -> LossOutput:
-        return causal_lm_loss(model, batch)
+        return causal_lm_loss(model, batch, **self.ce)

@@ -131,7 +131,7 @@ class KTOStrategy(ReferenceMixin, Strategy):
     def _packed_logps(self, model: nn.Module, batch: dict[str, torch.Tensor]
                       ) -> tuple[torch.Tensor, torch.Tensor | None]:
         """Packed batch: the examples' and (with the KL term) their partners' summed log-probs."""
-        logps = sequence_logps(model, batch)[0]
+        logps = sequence_logps(model, batch, **self.ce)[0]
         n = len(batch["label"])
         return logps[:n], (logps[n:] if len(logps) > n else None)
 
@@ -139,9 +139,9 @@ class KTOStrategy(ReferenceMixin, Strategy):
         if "seq_last" in batch:
             logp, kl_logp = self._packed_logps(model, batch)
             return {"logp": logp} if kl_logp is None else {"logp": logp, "kl_logp": kl_logp}
-        scores = {"logp": sequence_logps(model, batch)[0]}
+        scores = {"logp": sequence_logps(model, batch, **self.ce)[0]}
         if "kl_input_ids" in batch:
-            scores["kl_logp"] = sequence_logps(model, _kl_batch(batch))[0]
+            scores["kl_logp"] = sequence_logps(model, _kl_batch(batch), **self.ce)[0]
         return scores
 
     def reference_point(self, model: nn.Module, batch: dict[str, torch.Tensor],
@@ -152,7 +152,7 @@ class KTOStrategy(ReferenceMixin, Strategy):
             return torch.zeros((), dtype=torch.float64, device=batch["input_ids"].device)
         with torch.no_grad():
             if kl_logps is None:
-                kl_logps = sequence_logps(model, _kl_batch(batch))[0]
+                kl_logps = sequence_logps(model, _kl_batch(batch), **self.ce)[0]
             kl_logps = kl_logps.detach().double()
         return (kl_logps - ref["kl_logp"].to(kl_logps)).mean().clamp(min=0)
 
@@ -162,7 +162,7 @@ class KTOStrategy(ReferenceMixin, Strategy):
         if "seq_last" in batch:
             logps, kl_logps = self._packed_logps(model, batch)
         else:
-            (logps, _), kl_logps = sequence_logps(model, batch), None
+            (logps, _), kl_logps = sequence_logps(model, batch, **self.ce), None
         desirable = batch["label"]
         ref = self.reference_values(model, batch)
         kl = self.reference_point(model, batch, ref, kl_logps).to(logps)

@@ -127,8 +127,13 @@ def collate_pairs(features: list[dict], pad_id: int) -> dict[str, torch.Tensor]:
     return batch
 
 
-def next_token_logps(model: Any, batch: dict[str, torch.Tensor]) -> torch.Tensor:
-    """``log p(x_t | x_<t)`` at every position t >= 1 of every row (fp32), shape [rows, len - 1]."""
+def next_token_logps(model: Any, batch: dict[str, torch.Tensor], **ce: Any) -> torch.Tensor:
+    """``log p(x_t | x_<t)`` at every position t >= 1 of every row (fp32), shape [rows, len - 1];
+    ``ce``: ``model.cross_entropy`` options (``Strategy.ce``). Packed rows pass position ids."""
+    if ce.get("mode", "plain") != "plain":
+        from launcher.models import chunked_ce
+
+        return chunked_ce.next_token_logps(model, model_inputs(batch), batch["input_ids"], **ce)
     logits = model(**model_inputs(batch), use_cache=False).logits[:, :-1, :].float()
     targets = batch["input_ids"][:, 1:]
     return torch.gather(logits.log_softmax(-1), 2, targets.unsqueeze(-1)).squeeze(-1)
@@ -145,9 +150,10 @@ def labelled_sums(token_logps: torch.Tensor, batch: dict[str, torch.Tensor]
     return (token_logps * mask).sum(-1), mask.sum(-1)
 
 
-def sequence_logps(model: Any, batch: dict[str, torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
+def sequence_logps(model: Any, batch: dict[str, torch.Tensor], **ce: Any
+                   ) -> tuple[torch.Tensor, torch.Tensor]:
     """Per row: summed log-probability of the labelled (completion) tokens, and their count."""
-    return labelled_sums(next_token_logps(model, batch), batch)
+    return labelled_sums(next_token_logps(model, batch, **ce), batch)
 
 
 class PreferenceDataMixin:

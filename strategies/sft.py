@@ -109,4 +109,4 @@ class SFTStrategy(Strategy):
         return GenerationExample(tok(prompt, add_special_tokens=True)["input_ids"], completion)
 
     def loss(self, model: nn.Module, batch: dict[str, torch.Tensor]) -> LossOutput:
-        return causal_lm_loss(model, batch)
+        return causal_lm_loss(model, batch, **self.ce)

@@ -236,6 +236,10 @@ def _cross_checks(cfg: Any) -> list[Problem]:
     if cfg.data.packing and cfg.method in UNPACKABLE:
         problems.append(Problem("data.packing", f"method {cfg.method!r} does not pack examples: "
                                 f"{UNPACKABLE[cfg.method]}", "set data.packing: false"))
+    if cfg.model.cross_entropy == "liger" and cfg.resources.gpus_per_worker == 0:
+        problems.append(Problem("model.cross_entropy", "liger needs CUDA GPUs (Triton kernels) but this "
+                                "run has resources.gpus_per_worker: 0",
+                                "use model.cross_entropy: chunked on CPU (same memory saving, plain torch)"))
     return problems + _sequence_parallel_checks(cfg)
 
 

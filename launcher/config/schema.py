@@ -36,6 +36,21 @@ class ModelSection(Section):
     dtype: Literal["fp32", "bf16", "fp16"] = "fp32"
     attn_implementation: Literal["sdpa", "eager", "flash_attention_2"] = "sdpa"
     gradient_checkpointing: bool = False
+    cross_entropy: Literal["plain", "chunked", "liger"] = Field(
+        "plain", description="How per-token log-probs/cross-entropy are computed from the LM head. "
+        "plain: full [tokens, vocab] logits. chunked: plain torch, ce_chunk_tokens tokens at a time, each "
+        "chunk recomputed in backward, so full logits never exist (CPU and GPU, every backend). liger: "
+        "Liger-Kernel's fused linear cross-entropy for the summed LM loss (CUDA + the liger-kernel "
+        "package; per-token log-probs of DPO/KTO/PPO use chunked).")
+    ce_chunk_tokens: int = Field(
+        1024, gt=0, description="Tokens per chunk of chunked cross-entropy: the LM head's buffers are "
+        "about 2 x 4 x ce_chunk_tokens x vocab bytes, instead of 3 x 4 x vocab bytes for every token of "
+        "the micro-batch.")
+    activation_offload: bool = Field(
+        False, description="Keep the tensors the forward saves for backward in host memory (saved-"
+        "tensor hooks like torch's save_on_cpu, pinned on CUDA; parameters stay): with "
+        "gradient_checkpointing, the layer inputs; GPU memory then holds the layer being computed. "
+        "Costs PCIe transfers each step.")
     trust_remote_code: bool = False
 
 

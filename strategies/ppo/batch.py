@@ -191,15 +191,47 @@ def _response_logits(model: nn.Module, batch: RolloutBatch) -> Tensor:
 
 
 def policy_forward(model: nn.Module, batch: RolloutBatch, temperature: float,
-                   with_entropy: bool = False) -> tuple[Tensor, Tensor | None]:
+                   with_entropy: bool = False, ce: dict | None = None) -> tuple[Tensor, Tensor | None]:
     """Log-probs ``[B, R]`` of the sampled response tokens under ``softmax(logits / temperature)``
-    (the distribution they were sampled from), and optionally its per-token entropy."""
+    (the distribution they were sampled from), and optionally its per-token entropy. ``ce``:
+    ``model.cross_entropy`` options; chunked computes both without the full logits."""
+    if ce and ce.get("mode", "plain") != "plain":
+        return _chunked_policy_forward(model, batch, temperature, with_entropy, ce)
     logits = _response_logits(model, batch)
     if temperature != 1.0:
         logits = logits / temperature
     logprobs = logprobs_from_logits(logits, batch.response_ids)
     entropy = entropy_from_logits(logits) if with_entropy else None
     return logprobs, entropy
+
+
+def _chunked_policy_forward(model: nn.Module, batch: RolloutBatch, temperature: float,
+                            with_entropy: bool, ce: dict) -> tuple[Tensor, Tensor | None]:
+    from launcher.models.chunked_ce import token_stats
+
+    if isinstance(batch, PackedRolloutBatch):  # targets placed at the packed positions predicting them
+        inputs, source = batch.flat_inputs()
+        keep = batch.response_mask.bool()
+        flat = torch.full((inputs["input_ids"].numel(),), -100, dtype=torch.long, device=source.device)
+        flat[source[keep]] = batch.response_ids[keep]
+        logps, entropy = token_stats(model, inputs, flat.view_as(inputs["input_ids"]), mode="chunked",
+                                     chunk_tokens=ce["chunk_tokens"], temperature=temperature,
+                                     with_entropy=with_entropy, aligned=True)
+
+        def unpack(stat: Tensor) -> Tensor:
+            out = stat.new_zeros(keep.shape)
+            out[keep] = stat.reshape(-1)[source[keep]]
+            return out
+
+        return unpack(logps), (unpack(entropy) if entropy is not None else None)
+    P, R = batch.prompt_width, batch.response_ids.shape[1]
+    targets = torch.full_like(batch.input_ids, -100)
+    targets[:, P:P + R] = batch.response_ids  # position P-1+t predicts response token t
+    inputs = {"input_ids": batch.input_ids, "attention_mask": batch.attention_mask,
+              "position_ids": batch.position_ids}
+    logps, entropy = token_stats(model, inputs, targets, mode="chunked", chunk_tokens=ce["chunk_tokens"],
+                                 temperature=temperature, with_entropy=with_entropy)
+    return logps[:, P - 1:P + R - 1], (entropy[:, P - 1:P + R - 1] if entropy is not None else None)
 
 
 def value_forward(critic: nn.Module, batch: RolloutBatch) -> Tensor:

@@ -21,6 +21,7 @@ import torch
 
 from launcher.dist import RankContext, all_reduce_sum, barrier
 from launcher.lazy import load_object
+from launcher.models.offload import activation_offload
 from strategies.ppo.batch import RolloutBatch, policy_forward, value_forward
 from strategies.ppo.objectives import Experience, MicroLoss, critic_loss, items, loss_type, policy_loss_of
 from strategies.ppo.schedule import update_schedule
@@ -52,7 +53,7 @@ class Learner:
             self.objective = partial(critic_loss, opts=self.opts)
         else:
             self.objective = partial(policy_loss_of, opts=self.opts, temperature=self.temperature,
-                                     kind=self.loss_kind)
+                                     kind=self.loss_kind, ce=self.model_spec.ce)
 
     # -- inference over this rank's shard
     @torch.no_grad()
@@ -68,7 +69,8 @@ class Learner:
                 if self.role == "critic":
                     outs.append(value_forward(model, mb).float().cpu())
                 else:
-                    outs.append(policy_forward(model, mb, self.temperature)[0].float().cpu())
+                    logps = policy_forward(model, mb, self.temperature, ce=self.model_spec.ce)[0]
+                    outs.append(logps.float().cpu())
         return torch.cat(outs)
 
     @torch.no_grad()
@@ -104,7 +106,7 @@ class Learner:
                 for j, mb in enumerate(micro):
                     mb = self._to_device(mb)
                     with self.backend.accumulate(sync=j == len(micro) - 1):
-                        with self.backend.autocast():
+                        with self.backend.autocast(), activation_offload(self.cfg):
                             out: MicroLoss = self.objective(model, mb)
                         self.backend.backward(out.loss_sum * scale)
                     for k, v in out.metric_sums.items():

@@ -73,11 +73,12 @@ def items(exp: Experience, kind: str, max_length: int) -> float:
     return float(exp.batch.response_mask.sum())
 
 
-def policy_loss_of(model: nn.Module, exp: Experience, opts: Any, temperature: float, kind: str) -> MicroLoss:
+def policy_loss_of(model: nn.Module, exp: Experience, opts: Any, temperature: float, kind: str,
+                   ce: dict | None = None) -> MicroLoss:
     """The policy's objective (``kind`` = loss type), minus the entropy bonus, with the
     importance weights of a vLLM rollout when there are any."""
     mask = exp.batch.response_mask
-    logprobs, entropy = policy_forward(model, exp.batch, temperature, with_entropy=True)
+    logprobs, entropy = policy_forward(model, exp.batch, temperature, with_entropy=True, ce=ce)
     beta = getattr(opts, "beta", 0.0)
     high = getattr(opts, "clip_eps_high", None) or opts.clip_eps
     out = policy_objective(logprobs, exp.old_logprobs, exp.advantages, mask, loss_type=kind,
