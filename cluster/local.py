@@ -25,6 +25,7 @@ from rich.console import Console
 from cluster.base import Target
 from launcher import failpoints, preemption, terminal
 from launcher.errors import Preempted, Problem, UserError
+from launcher.ray_patches import SETUP_HOOK
 from launcher.rundir import RunFolder
 
 
@@ -116,7 +117,7 @@ def start_private_ray(num_cpus: int, **options: Any) -> str:
     os.environ["RAY_AUTH_MODE"] = "disabled"
     os.environ.pop("RAY_ADDRESS", None)
     ray.init(address="local", num_cpus=num_cpus, include_dashboard=False, _temp_dir=temp_dir,
-             log_to_driver=False, configure_logging=False,
+             log_to_driver=False, configure_logging=False, runtime_env=SETUP_HOOK,
              _system_config={"enable_worker_prestart": False}, **options)
     return temp_dir
 

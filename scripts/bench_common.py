@@ -65,6 +65,19 @@ def prepare(work: Path, name: str, cfg: dict) -> Path:
     return folder.path.resolve()
 
 
+def run_loop(run: Path, threads: int) -> dict[int, dict]:
+    """Run the per-rank loop on a prepared run folder in one process (no Ray); its logged rows
+    that time a step, by step."""
+    import json
+
+    proc = subprocess.run([sys.executable, "-m", "launcher.loop", str(run)], cwd=ROOT, capture_output=True,
+                          text=True, env={**os.environ, "OMP_NUM_THREADS": str(threads)})
+    if proc.returncode:
+        raise RuntimeError(proc.stderr[-3000:])
+    rows = [json.loads(x) for x in (run / "metrics.jsonl").read_text().splitlines() if x.strip()]
+    return {r["step"]: r for r in rows if "train/step_s" in r}
+
+
 def torchrun(run_dirs: list[Path], nproc: int = 2) -> None:
     env = {**os.environ, "OMP_NUM_THREADS": "1", "DS_ACCELERATOR": "cpu"}
     cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node", str(nproc),

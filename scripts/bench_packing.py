@@ -35,15 +35,13 @@ import math
 import os
 import random
 import statistics
-import subprocess
-import sys
 import tempfile
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
-from bench_common import ROOT, Contention, append_section, prepare, replayed_rows, wait_quiet
+from bench_common import Contention, append_section, prepare, replayed_rows, run_loop, wait_quiet
 
 MODEL = "builtin:tiny-llama-256"
 CHATS_PER_STEP = 24
@@ -144,12 +142,7 @@ def ftl_real_tokens(run: Path, packing: bool, micro: int, steps: int) -> list[in
 def ftl_run(work: Path, data: Path, steps: int, max_length: int, packing: bool, micro: int) -> RunResult:
     name = f"ftl-{'packed' if packing else 'padded'}"
     run = prepare(work, name, _ftl_cfg(name, data, steps, max_length, packing, micro))
-    proc = subprocess.run([sys.executable, "-m", "launcher.loop", str(run)], cwd=ROOT, capture_output=True,
-                          text=True, env={**os.environ, "OMP_NUM_THREADS": str(THREADS)})
-    if proc.returncode:
-        raise RuntimeError(proc.stderr[-3000:])
-    rows = [json.loads(x) for x in (run / "metrics.jsonl").read_text().splitlines() if x.strip()]
-    by_step = {r["step"]: r for r in rows if "train/step_s" in r}
+    by_step = run_loop(run, THREADS)
     tokens = ftl_real_tokens(run, packing, micro, steps)
     keep = range(SKIP + 1, steps + 1)
     return RunResult([by_step[s]["train/step_s"] for s in keep], [tokens[s - 1] for s in keep],

@@ -26,12 +26,10 @@ import math
 import os
 import random
 import statistics
-import subprocess
-import sys
 import tempfile
 from pathlib import Path
 
-from bench_common import ROOT, Contention, append_section, prepare, replayed_rows, wait_quiet
+from bench_common import Contention, append_section, prepare, replayed_rows, run_loop, wait_quiet
 
 MODEL = "builtin:tiny-llama-256"
 PAIRS_PER_STEP = 16
@@ -78,12 +76,7 @@ def real_tokens(feature: dict) -> int:
 def run(work: Path, data: Path, steps: int, max_length: int, packing: bool, micro: int) -> dict:
     name = f"dpo-{'packed' if packing else 'padded'}"
     folder = prepare(work, name, _cfg(name, data, steps, max_length, packing, micro))
-    proc = subprocess.run([sys.executable, "-m", "launcher.loop", str(folder)], cwd=ROOT, capture_output=True,
-                          text=True, env={**os.environ, "OMP_NUM_THREADS": str(THREADS)})
-    if proc.returncode:
-        raise RuntimeError(proc.stderr[-3000:])
-    rows = [json.loads(x) for x in (folder / "metrics.jsonl").read_text().splitlines() if x.strip()]
-    by_step = {r["step"]: r for r in rows if "train/step_s" in r}
+    by_step = run_loop(folder, THREADS)
     picked = replayed_rows(folder, steps)
     tokens = [sum(real_tokens(f) for f in step) for step in picked]
     pairs = [sum(len(f.get("units", [f])) for f in step) for step in picked]

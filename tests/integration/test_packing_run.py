@@ -20,19 +20,24 @@ from bench_common import replayed_rows  # noqa: E402  (rebuilds rows independent
 STEPS, MICRO, MAX_LENGTH = 6, 2, 128
 
 
-def test_packed_run_learns_and_counts_real_tokens(workdir, monkeypatch):
+def run_loop(workdir, cfg: dict, monkeypatch) -> tuple:
+    """Prepare ``cfg`` in ``workdir`` and run the per-rank loop in one process (no Ray)."""
     from launcher.submit import prepare_run
 
-    cfg = tiny_config(data={"packing": True, "max_length": MAX_LENGTH},
-                      train={"max_steps": STEPS, "micro_batch_size": MICRO, "lr": 3e-3,
-                             "schedule": "constant"},
-                      resources={"num_workers": 1, "cpus_per_worker": 1}, logging={"report": True})
     monkeypatch.chdir(workdir)
     folder, _ = prepare_run(str(write_config(workdir, cfg)), None, ())
     proc = subprocess.run([sys.executable, "-m", "launcher.loop", str(folder.path)], capture_output=True,
                           text=True, timeout=600, env={**os.environ, "OMP_NUM_THREADS": "1"})
     assert proc.returncode == 0, proc.stderr[-3000:]
-    summary = json.loads((folder.path / "summary.json").read_text())
+    return folder, json.loads((folder.path / "summary.json").read_text())
+
+
+def test_packed_run_learns_and_counts_real_tokens(workdir, monkeypatch):
+    cfg = tiny_config(data={"packing": True, "max_length": MAX_LENGTH},
+                      train={"max_steps": STEPS, "micro_batch_size": MICRO, "lr": 3e-3,
+                             "schedule": "constant"},
+                      resources={"num_workers": 1, "cpus_per_worker": 1}, logging={"report": True})
+    folder, summary = run_loop(workdir, cfg, monkeypatch)
     assert summary["final"]["eval/loss"] < summary["initial"]["eval/loss"]
     report = folder.path / "report"  # written by the run's end
     assert f"{summary['final']['eval/loss']:.4f}" in (report / "index.html").read_text()
@@ -49,12 +54,10 @@ def test_packed_run_learns_and_counts_real_tokens(workdir, monkeypatch):
     assert logged[-1] == real
 
 
-def test_packed_dpo_run_keeps_pairs_and_counts_real_tokens(workdir):
+def test_packed_dpo_run_keeps_pairs_and_counts_real_tokens(workdir, monkeypatch):
     """DPO with ``data.packing``: whole pairs packed into rows, the reference precomputed on the
     packed rows. At step 1 the policy is the reference, so every pair's log-ratio is 0 and the
     loss is exactly log 2 only if each stored reference score went back to its own pair."""
-    from launcher.submit import prepare_run
-
     steps, micro = 3, 2
     cfg = tiny_config(method="dpo", data={"train": {"path": "builtin:prefs-reverse", "num_rows": 48},
                                           "eval": {"path": "builtin:prefs-reverse", "num_rows": 8},
@@ -63,12 +66,7 @@ def test_packed_dpo_run_keeps_pairs_and_counts_real_tokens(workdir):
                              "schedule": "constant"},
                       resources={"num_workers": 1, "cpus_per_worker": 1}, eval={"at_start": False},
                       checkpoint={"dir": "runs", "save_final": False})
-    os.chdir(workdir)
-    folder, _ = prepare_run(str(write_config(workdir, cfg)), None, ())
-    proc = subprocess.run([sys.executable, "-m", "launcher.loop", str(folder.path)], capture_output=True,
-                          text=True, timeout=600, env={**os.environ, "OMP_NUM_THREADS": "1"})
-    assert proc.returncode == 0, proc.stderr[-3000:]
-    summary = json.loads((folder.path / "summary.json").read_text())
+    folder, summary = run_loop(workdir, cfg, monkeypatch)
     metrics = [m for m in read_metrics(folder.path / "metrics.jsonl") if "train/loss" in m]
     assert metrics[0]["train/loss"] == pytest.approx(math.log(2), abs=1e-6)
     assert abs(metrics[-1]["train/loss"] - math.log(2)) > 1e-4  # the policy moved, the reference did not

@@ -17,6 +17,7 @@ from launcher.config.load import validate_config
 from launcher.data.synthetic import generate
 from launcher.models.tiny import resolve_model_path
 from tests.conftest import tiny_config
+from tests.helpers.models import perturbed
 
 ROWS = 8
 
@@ -36,14 +37,6 @@ def tiny():
 
     path = resolve_model_path("builtin:tiny-llama")
     return path, AutoTokenizer.from_pretrained(path)
-
-
-def perturbed(model: torch.nn.Module, seed: int = 1) -> torch.nn.Module:
-    gen = torch.Generator().manual_seed(seed)
-    with torch.no_grad():
-        for p in model.parameters():
-            p.add_(torch.randn(p.shape, generator=gen) * 0.05)
-    return model
 
 
 @pytest.mark.parametrize("loss_type,label_smoothing", [("sigmoid", 0.0), ("ipo", 0.0), ("hinge", 0.0),

@@ -21,6 +21,7 @@ from launcher.data.synthetic import generate
 from launcher.errors import HintedValueError
 from launcher.models.tiny import resolve_model_path
 from tests.conftest import tiny_config
+from tests.helpers.models import perturbed
 
 ROWS, MAX_LENGTH = 8, 64
 TASKS = {"preference": "prefs-reverse", "feedback": "feedback-reverse", "classification": "topics",
@@ -61,15 +62,6 @@ def strategy_for(method: str, tok, section: dict | None = None, packing: bool = 
 def features(strategy, fmt: str, seed: int = 3) -> list[dict]:
     rows = generate(TASKS[fmt], ROWS, seed=seed)
     return strategy.prepare_features([strategy.tokenize(r, fmt) for r in rows])
-
-
-def perturbed(model: torch.nn.Module, seed: int = 1) -> torch.nn.Module:
-    """Away from the reference, so DPO/KTO log-ratios are not all 0."""
-    gen = torch.Generator().manual_seed(seed)
-    with torch.no_grad():
-        for p in model.parameters():
-            p.add_(torch.randn(p.shape, generator=gen) * 0.05)
-    return model
 
 
 def causal_lm(path: str, reference_for=None) -> torch.nn.Module:
