@@ -131,6 +131,9 @@ def smoke_config(cfg: Any, steps: int = 3) -> tuple[Any, list[str]]:
     data["resources"] = {**data["resources"], "num_workers": 2, "gpus_per_worker": 0,
                          "cpus_per_worker": 1, "threads_per_worker": None}
     data["cluster"] = {"target": "local"}
+    if cfg.sharding.sp_size > 2:
+        data["sharding"] = {**data.get("sharding", {}), "sp_size": 2}
+        changes.append(f"sharding.sp_size: {cfg.sharding.sp_size} -> 2 (the smoke run's 2 workers)")
     data["checkpoint"] = {**data["checkpoint"], "dir": "runs", "every_steps": 1, "keep": 1,
                           "save_final": True}
     data["logging"] = {**data["logging"], "every_steps": 1,

@@ -107,6 +107,10 @@ class LibraryOutputLog:
         if not self._moved:
             self.path.unlink(missing_ok=True)
 
+    def keep(self) -> None:
+        """Leave the captured file in place when the gate closes."""
+        self._moved = True
+
     def tail(self, lines: int = 30) -> str:
         try:
             return "\n".join(self.path.read_text(errors="replace").splitlines()[-lines:])
@@ -130,6 +134,7 @@ def library_output_to_log(enabled: bool = True) -> Iterator[LibraryOutputLog | N
     except Exception:
         tail = gate.tail()
         if tail:
+            gate.keep()  # the message names the file
             err().write(f"ftl: library output before the error ({gate.path}):\n{tail}\n")
         raise
     finally:

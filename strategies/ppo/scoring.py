@@ -12,6 +12,7 @@ from typing import Any
 
 import torch
 
+from launcher.models.chunked_ce import mode_of
 from strategies.ppo.batch import RolloutBatch, policy_forward
 
 
@@ -35,6 +36,8 @@ class ReferenceScorer:
         self.model = AutoModelForCausalLM.from_pretrained(resolve_model_path(cfg.model.path), **kwargs)
         self.model.to(self.device).eval().requires_grad_(False)
         self.temperature = opts.rollout.temperature
+        mode, chunk = mode_of(cfg)  # as the policy's: the planner's reference logits term assumes it
+        self.ce = {"mode": mode, "chunk_tokens": chunk}
         self.micro = cfg.train.micro_batch_size
         self.packing = cfg.data.packing
 
@@ -47,7 +50,7 @@ class ReferenceScorer:
             mb = batch.rows(range(start, min(start + self.micro, len(batch))))
             if self.device.type != "cpu":
                 mb = mb.to(self.device)
-            outs.append(policy_forward(self.model, mb, self.temperature)[0].float().cpu())
+            outs.append(policy_forward(self.model, mb, self.temperature, ce=self.ce)[0].float().cpu())
         return torch.cat(outs)
 
 
