@@ -114,10 +114,9 @@ class Strategy:
     def ce(self) -> dict[str, Any]:
         """``model.cross_entropy`` and its chunk size, as keyword arguments of the log-prob helpers
         (``launcher.models.chunked_ce``)."""
-        from launcher.models.chunked_ce import mode_of
+        from launcher.models.chunked_ce import ce_options
 
-        mode, chunk = mode_of(self.cfg)
-        return {"mode": mode, "chunk_tokens": chunk}
+        return ce_options(self.cfg)
 
     def loss(self, model: nn.Module, batch: dict[str, torch.Tensor]) -> LossOutput:
         raise NotImplementedError

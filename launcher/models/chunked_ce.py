@@ -58,10 +58,12 @@ class _Request:
     liger_sum: bool = False
 
 
-def mode_of(cfg: Any) -> tuple[str, int]:
-    """(cross_entropy mode, chunk tokens) from a run config (defaults for configs without them)."""
+def ce_options(cfg: Any) -> dict[str, Any]:
+    """``model.cross_entropy`` and its chunk size as the keyword arguments of the entry points
+    below (``mode``, ``chunk_tokens``; defaults for configs without them)."""
     model = getattr(cfg, "model", None)
-    return getattr(model, "cross_entropy", "plain"), int(getattr(model, "ce_chunk_tokens", 1024))
+    return {"mode": getattr(model, "cross_entropy", "plain"),
+            "chunk_tokens": int(getattr(model, "ce_chunk_tokens", 1024))}
 
 
 def unwrap(model: nn.Module) -> nn.Module:

@@ -12,7 +12,7 @@ from typing import Any
 
 import torch
 
-from launcher.models.chunked_ce import mode_of
+from launcher.models.chunked_ce import ce_options
 from strategies.ppo.batch import RolloutBatch, policy_forward
 
 
@@ -36,8 +36,7 @@ class ReferenceScorer:
         self.model = AutoModelForCausalLM.from_pretrained(resolve_model_path(cfg.model.path), **kwargs)
         self.model.to(self.device).eval().requires_grad_(False)
         self.temperature = opts.rollout.temperature
-        mode, chunk = mode_of(cfg)  # as the policy's: the planner's reference logits term assumes it
-        self.ce = {"mode": mode, "chunk_tokens": chunk}
+        self.ce = ce_options(cfg)  # as the policy's: the planner's reference logits term assumes it
         self.micro = cfg.train.micro_batch_size
         self.packing = cfg.data.packing
 
