@@ -6,9 +6,9 @@ from __future__ import annotations
 from collections.abc import Iterator
 from typing import Any
 
-from launcher import preemption, terminal
-from launcher.errors import JobFailed, Preempted
-from launcher.rundir import RunFolder
+from launcher.core import preemption, terminal
+from launcher.core.errors import JobFailed, Preempted
+from launcher.run.rundir import RunFolder
 
 
 class Target:
@@ -76,7 +76,7 @@ class SubmittingTarget(Target):
         if state != self.success_state and stopped:
             raise Preempted(f"{job} {state}: {stopped}")
         if state != self.success_state:
-            from launcher.driver import job_failure
+            from launcher.run.driver import job_failure
 
             failure = job_failure(folder, None)
             detail = failure.message if failure.failed_ranks else self.failure_hint(folder)

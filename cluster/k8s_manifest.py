@@ -8,7 +8,7 @@ values. The code comes from the image (ftl installed); the run's config comes fr
 mounted at ``/ftl-run``, owned by the RayJob (``owner_reference``) so Kubernetes deletes it
 with the job.
 
-Preemption (``launcher.preemption``): every container has a ``preStop`` hook that writes
+Preemption (``launcher.core.preemption``): every container has a ``preStop`` hook that writes
 ``<run>/logs/stop-request`` and waits for the ranks to save, inside
 ``terminationGracePeriodSeconds``; the driver then exits 75 and the RayJob's ``backoffLimit``
 makes KubeRay resubmit it on a new RayCluster, which resumes from the run folder on the PVC.
@@ -27,8 +27,8 @@ import re
 import shlex
 from typing import Any
 
-from launcher.errors import Problem, UserError
-from launcher.preemption import PREEMPTED, STOP_REQUEST
+from launcher.core.errors import Problem, UserError
+from launcher.core.preemption import PREEMPTED, STOP_REQUEST
 
 GROUP, VERSION, PLURAL = "ray.io", "v1", "rayjobs"
 SEED_MOUNT = "/ftl-run"
@@ -130,7 +130,7 @@ def check(cfg: Any, run_dir: str | None = None) -> None:
 
 
 def prestop_script(run_dir: str, wait_s: int) -> str:
-    """The preStop hook: ask the run to save and stop (``launcher.preemption``), then wait for
+    """The preStop hook: ask the run to save and stop (``launcher.core.preemption``), then wait for
     the ranks' ``preempted.json`` (at most ``wait_s``) so the pod is not killed mid-save.
 
     Nothing is asked of a run that already finished (``summary.json`` newer than this launch's
@@ -198,7 +198,7 @@ def render_manifests(cfg: Any, run_dir: str, seed: dict[str, str],
                  "metadata": {"name": f"{name}-seed", "namespace": k.namespace, "labels": labels},
                  "data": dict(seed)}
     spec: dict[str, Any] = {
-        "entrypoint": f"python -m launcher.driver {shlex.quote(run_dir)} --seed {SEED_MOUNT}",
+        "entrypoint": f"python -m launcher.run.driver {shlex.quote(run_dir)} --seed {SEED_MOUNT}",
         "backoffLimit": backoff_limit(k),
         "submissionMode": "K8sJobMode",
     }

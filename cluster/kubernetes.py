@@ -22,8 +22,8 @@ from cluster import k8s_manifest
 from cluster.base import SubmittingTarget
 from cluster.k8s_manifest import GROUP, PLURAL, VERSION, owner_reference, render_manifests
 from cluster.staging import flat_seed_files
-from launcher.errors import Problem, UserError
-from launcher.rundir import RunFolder
+from launcher.core.errors import Problem, UserError
+from launcher.run.rundir import RunFolder
 
 TERMINAL = {"SUCCEEDED", "FAILED", "STOPPED"}
 #: seconds between two reads of the RayJob while following or stopping
@@ -103,7 +103,7 @@ class KubernetesTarget(SubmittingTarget):
                     problems.append(Problem(f"data.{section}.{i}.path", "a local file is not visible to pods",
                                             "copy it to the runs PVC and use its absolute path"))
         if not problems:
-            from launcher.placement import kuberay_problem
+            from launcher.run.placement import kuberay_problem
 
             try:
                 manifests = render_manifests(cfg, f"{cfg.checkpoint.dir}/ftl-preflight", {})

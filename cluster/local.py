@@ -23,10 +23,10 @@ from typing import Any
 from rich.console import Console
 
 from cluster.base import Target
-from launcher import failpoints, preemption, terminal
-from launcher.errors import Preempted, Problem, UserError
-from launcher.ray_patches import SETUP_HOOK
-from launcher.rundir import RunFolder
+from launcher.core import failpoints, preemption, terminal
+from launcher.core.errors import Preempted, Problem, UserError
+from launcher.run.ray_patches import SETUP_HOOK
+from launcher.run.rundir import RunFolder
 
 
 class LocalTarget(Target):
@@ -54,7 +54,7 @@ class LocalTarget(Target):
                 raise UserError(Problem("resources.gpus_per_worker",
                                         "GPUs requested but this machine has no CUDA device",
                                         "set resources.gpus_per_worker: 0 to train on CPU"))
-            from launcher.placement import NodeOffer, offer_problem, worker_demand
+            from launcher.run.placement import NodeOffer, offer_problem, worker_demand
 
             problem = offer_problem(worker_demand(cfg), [NodeOffer(have, torch.cuda.device_count())],
                                     {"CPU": "resources", "GPU": "resources.gpus_per_worker"},
@@ -65,11 +65,11 @@ class LocalTarget(Target):
 
     def render(self, folder: RunFolder, cfg: Any) -> str:
         return (f"local: embedded Ray with {self.num_cpus(cfg)} CPUs; TorchTrainer with "
-                f"{cfg.resources.num_workers} workers running launcher.loop.train_rank({folder.path})")
+                f"{cfg.resources.num_workers} workers running launcher.train.loop.train_rank({folder.path})")
 
     def run(self, folder: RunFolder, *, progress: bool = True) -> dict[str, Any]:
-        from launcher.driver import run_trainer
         from launcher.metrics.console import follow
+        from launcher.run.driver import run_trainer
 
         cfg = folder.load_config()
         temp_dir = start_private_ray(self.num_cpus(cfg))
@@ -131,7 +131,7 @@ def stop_private_ray(temp_dir: str) -> None:
 
 def _save_and_stop_on_term(folder: RunFolder, on_interrupt: Any) -> Any:
     """A SIGTERM handler (a scheduler or a pod being stopped): the first asks every rank to save
-    at the next step boundary and stop (``launcher.preemption``), so ``ftl run --resume``
+    at the next step boundary and stop (``launcher.core.preemption``), so ``ftl run --resume``
     continues exactly; a second one stops at once, as Ctrl-C does."""
     received = []
 

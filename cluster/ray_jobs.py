@@ -1,6 +1,6 @@
 """``ray``: an existing Ray cluster, through the Ray Jobs API.
 
-The job's entrypoint is ftl's driver (``python -m launcher.driver RUN_DIR --seed ftl-run``)
+The job's entrypoint is ftl's driver (``python -m launcher.run.driver RUN_DIR --seed ftl-run``)
 in a staged working directory (code, config, small local data; see ``cluster.staging``).
 Token auth: Ray's own client reads ``RAY_AUTH_TOKEN``/``RAY_AUTH_TOKEN_PATH`` from the
 environment; ftl never reads, prints or stores the token.
@@ -26,9 +26,9 @@ from typing import Any
 
 from cluster.base import SubmittingTarget
 from cluster.staging import SEED_DIR, stage
-from launcher.errors import Problem, UserError
-from launcher.placement import NodeOffer, describe_nodes, offer_problem, worker_demand
-from launcher.rundir import RunFolder
+from launcher.core.errors import Problem, UserError
+from launcher.run.placement import NodeOffer, describe_nodes, offer_problem, worker_demand
+from launcher.run.rundir import RunFolder
 
 PLAIN_ENV = ("WANDB_MODE", "HF_HUB_OFFLINE", "HF_DATASETS_OFFLINE", "FTL_FAILPOINT", "FTL_FAILPOINT_RANK")
 TERMINAL = {"SUCCEEDED", "FAILED", "STOPPED"}
@@ -99,10 +99,10 @@ class RayJobsTarget(SubmittingTarget):
         offered = f"the Ray cluster has {describe_nodes(nodes)}"
         hint = ("lower resources.num_workers / cpus_per_worker / gpus_per_worker, add nodes, or set "
                 "cluster.ray.autoscaling: true if the cluster adds nodes on demand")
-        from launcher.plan_roles import has_roles
+        from launcher.plan.roles import has_roles
 
         if has_roles(cfg):
-            from launcher.plan_roles import rl_gpus
+            from launcher.plan.roles import rl_gpus
 
             need, have = rl_gpus(cfg), sum(n.gpus for n in nodes)
             if need > have + 1e-9:
@@ -122,7 +122,7 @@ class RayJobsTarget(SubmittingTarget):
         return {
             "address": _address(cfg),
             "submission_id": f"ftl-{folder.path.name}-{uuid.uuid4().hex[:6]}",
-            "entrypoint": f"python -m launcher.driver {shlex.quote(run_dir)} --seed {SEED_DIR}",
+            "entrypoint": f"python -m launcher.run.driver {shlex.quote(run_dir)} --seed {SEED_DIR}",
             "runtime_env": runtime_env,
         }
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from launcher.registry import Registry
+from launcher.core.registry import Registry
 
 
 @dataclass(frozen=True)

@@ -20,9 +20,9 @@ from typing import Any
 from cluster.base import SubmittingTarget
 from cluster.slurm_script import render_sbatch
 from cluster.staging import stage
-from launcher import preemption
-from launcher.errors import Problem, UserError
-from launcher.rundir import RunFolder
+from launcher.core import preemption
+from launcher.core.errors import Problem, UserError
+from launcher.run.rundir import RunFolder
 
 #: how long a job that saved and stopped on request may take to show up requeued
 REQUEUE_WAIT_S = 30
@@ -86,7 +86,7 @@ class SlurmTarget(SubmittingTarget):
         if shutil.which("sbatch") is None:
             problems.append(Problem("cluster.target", "sbatch not found: this machine is not a Slurm "
                                     "login node", "run ftl where sbatch works, or use --dry-run"))
-        from launcher.plan_roles import has_roles, rl_gpus
+        from launcher.plan.roles import has_roles, rl_gpus
 
         nodes = cfg.cluster.slurm.nodes
         if has_roles(cfg):  # roles are placed by Ray placement groups, not per node
@@ -101,7 +101,7 @@ class SlurmTarget(SubmittingTarget):
                                     f"not spread evenly over {nodes} nodes",
                                     "use a multiple of cluster.slurm.nodes"))
         else:
-            from launcher.placement import describe_nodes, offer_problem, slurm_allocation, worker_demand
+            from launcher.run.placement import describe_nodes, offer_problem, slurm_allocation, worker_demand
 
             try:
                 allocation = slurm_allocation(render_sbatch(cfg, "/ftl-preflight", "/ftl-preflight/job"))
@@ -140,7 +140,7 @@ class SlurmTarget(SubmittingTarget):
         shutil.rmtree(staged, ignore_errors=True)
         script = folder.path / "job.sbatch"
         script.write_text(self.script(folder, cfg))
-        from launcher.submit_env import launch_environment
+        from launcher.run.submit_env import launch_environment
 
         proc = _run(self.sbatch_command(folder), env=launch_environment())  # the user's, not ours
         if proc.returncode != 0:

@@ -4,7 +4,7 @@ Shape: Ray head on the batch host (the allocation's first node), one ``ray start
 node through ``srun``, a bounded wait (polling, never a fixed sleep) until every node has
 joined, the driver, then teardown of what the script started.
 
-Preemption (``launcher.preemption``): with ``requeue`` (the default) Slurm sends the batch shell
+Preemption (``launcher.core.preemption``): with ``requeue`` (the default) Slurm sends the batch shell
 USR1 ``warning_s`` seconds before the time limit; the trap writes the run's stop request, every
 rank saves at the next step boundary, the driver exits 75 and the script requeues its own job,
 which resumes from that checkpoint. The driver runs in the background because bash runs traps
@@ -23,7 +23,7 @@ import re
 import shlex
 from typing import Any
 
-from launcher.errors import Problem, UserError
+from launcher.core.errors import Problem, UserError
 
 _SAFE_DIRECTIVE = re.compile(r"^[A-Za-z0-9_.,:/@+=%-]+$")
 
@@ -146,7 +146,7 @@ while True:
 WAIT
 [ $? -eq 0 ] || exit 3
 # --- the driver (in the background, so that the traps above run while it trains)
-"$PY" -m launcher.driver "$RUN_DIR" --seed ftl-run &
+"$PY" -m launcher.run.driver "$RUN_DIR" --seed ftl-run &
 DRIVER=$!
 while kill -0 "$DRIVER" 2>/dev/null; do wait "$DRIVER"; done
 wait "$DRIVER"; RC=$?

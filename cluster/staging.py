@@ -15,9 +15,9 @@ from typing import Any
 
 import yaml
 
-from launcher.errors import Problem, UserError
-from launcher.rundir import RunFolder
-from launcher.user_code import CODE_DIR
+from launcher.core.errors import Problem, UserError
+from launcher.core.user_code import CODE_DIR
+from launcher.run.rundir import RunFolder
 
 PACKAGES = ("launcher", "strategies", "cluster")
 SEED_DIR = "ftl-run"
@@ -44,7 +44,7 @@ def stage(folder: RunFolder) -> Path:
     for name in SEED_FILES[1:]:
         if (folder.path / name).exists():
             shutil.copy2(folder.path / name, out / SEED_DIR / name)
-    if (folder.path / CODE_DIR).is_dir():  # user modules the config names (launcher.user_code)
+    if (folder.path / CODE_DIR).is_dir():  # user modules the config names (launcher.core.user_code)
         shutil.copytree(folder.path / CODE_DIR, out / SEED_DIR / CODE_DIR)
     return out
 

@@ -16,8 +16,8 @@ from typing import Any
 
 import click
 
-from launcher import terminal
-from launcher.errors import JobFailed, Preempted, UserError
+from launcher.core import terminal
+from launcher.core.errors import JobFailed, Preempted, UserError
 
 EXIT_FAILED, EXIT_USER, EXIT_PREEMPTED, EXIT_INTERRUPTED = 1, 2, 75, 130
 
@@ -92,8 +92,8 @@ def validate(configs: tuple[str, ...], overrides: tuple[str, ...], schema_only: 
             cfg = load_config(path, overrides)
             if not schema_only:
                 from cluster import TARGETS
-                from launcher.lazy import load_object
-                from launcher.preflight import Notes, preflight
+                from launcher.core.lazy import load_object
+                from launcher.run.preflight import Notes, preflight
 
                 notes = Notes()
                 preflight(cfg, load_object(TARGETS.get(cfg.cluster.target).impl)(), notes)
@@ -149,7 +149,7 @@ def plan(config: str, overrides: tuple[str, ...], as_json: bool, gpu_memory: flo
       ftl plan configs/examples/llama-3.1-70b/ppo.yaml --png ppo-memory.png
     """
     from launcher.config.load import load_config
-    from launcher.planner import make_plan
+    from launcher.plan.planner import make_plan
 
     if gpu_memory is not None:
         overrides = (*overrides, f"resources.gpu_memory_gb={gpu_memory!r}")
@@ -166,7 +166,7 @@ def plan(config: str, overrides: tuple[str, ...], as_json: bool, gpu_memory: flo
     if as_json:
         click.echo(json.dumps(result, indent=2))
         return
-    from launcher.plan_view import render_plan
+    from launcher.plan.view import render_plan
 
     render_plan(result)
 
@@ -198,8 +198,8 @@ def run(config: str | None, overrides: tuple[str, ...], resume_dir: str | None, 
       ftl run --resume runs/quickstart-20260101-120000 --set train.max_steps=600
       ftl run configs/examples/llama-3.1-70b/full_sft_zero3_64gpu.yaml --smoke
     """
-    from launcher.preflight import Notes
-    from launcher.submit import prepare_run, start_run
+    from launcher.run.preflight import Notes
+    from launcher.run.submit import prepare_run, start_run
 
     if bool(config) == bool(resume_dir):
         raise UserError("give a CONFIG file, or --resume RUN_DIR (not both)")
@@ -258,7 +258,7 @@ def export(run_dir: str, to: str, merge_lora: bool, step: int | None, overwrite:
     Example:
       ftl export runs/quickstart-20260101-120000 --to out/model --merge-lora
     """
-    from launcher.export import export_run
+    from launcher.run.export import export_run
 
     info = export_run(run_dir, to, merge_lora=merge_lora, step=step, overwrite=overwrite)
     click.echo(f"exported {info['checkpoint']} ({info['backend']}) to {info['to']}"
@@ -266,8 +266,8 @@ def export(run_dir: str, to: str, merge_lora: bool, step: int | None, overwrite:
 
 
 def _submitted(run_dir: str) -> tuple[Any, Any]:
-    from launcher.rundir import RunFolder
-    from launcher.submit import target_of
+    from launcher.run.rundir import RunFolder
+    from launcher.run.submit import target_of
 
     folder = RunFolder(Path(run_dir))
     if not folder.config_file.exists():
@@ -329,7 +329,7 @@ def list_runs_cmd(runs_dir: str, as_json: bool) -> None:
     Example:
       ftl list --runs-dir runs
     """
-    from launcher.run_list import describe_runs, render_runs
+    from launcher.run.listing import describe_runs, render_runs
 
     rows = describe_runs(runs_dir)
     if as_json:
@@ -389,7 +389,7 @@ def eval_cmd(models: tuple[str, ...], data: str, shots: str, support: str | None
       ftl eval builtin:tiny-llama --data builtin:reverse --shots 0,1,4
       ftl eval builtin:tiny-llama runs/quickstart-20260101-120000 --data builtin:reverse --json
     """
-    from launcher.fewshot import evaluate_fewshot, parse_shots, render_table
+    from launcher.tools.fewshot import evaluate_fewshot, parse_shots, render_table
 
     rows = evaluate_fewshot(list(models), data, parse_shots(shots), num=num, support=support,
                             max_new_tokens=max_new_tokens, seed=seed, batch_size=batch_size)
@@ -425,7 +425,7 @@ def sweep(config: str, params: tuple[str, ...], samples: int, scheduler: str, me
       ftl sweep configs/quickstart.yaml --param train.lr=loguniform:1e-4:1e-2 \\
           --param train.warmup_steps=choice:0,30 --samples 8 --set eval.every_steps=50
     """
-    from launcher.sweep import render_results, run_sweep
+    from launcher.tools.sweep import render_results, run_sweep
 
     results = run_sweep(config, list(params), overrides, samples=samples, metric=metric, mode=mode,
                         scheduler=scheduler, max_concurrent=max_concurrent, runs_dir=runs_dir, say=_err)

@@ -57,7 +57,7 @@ def append_section(title: str, command: str, header: list[str], rows: list[list[
 def prepare(work: Path, name: str, cfg: dict) -> Path:
     import yaml
 
-    from launcher.submit import prepare_run
+    from launcher.run.submit import prepare_run
 
     path = work / f"{name}.yaml"
     path.write_text(yaml.safe_dump(cfg, sort_keys=False))
@@ -70,7 +70,8 @@ def run_loop(run: Path, threads: int) -> dict[int, dict]:
     that time a step, by step."""
     import json
 
-    proc = subprocess.run([sys.executable, "-m", "launcher.loop", str(run)], cwd=ROOT, capture_output=True,
+    proc = subprocess.run([sys.executable, "-m", "launcher.train.loop", str(run)], cwd=ROOT,
+                          capture_output=True,
                           text=True, env={**os.environ, "OMP_NUM_THREADS": str(threads)})
     if proc.returncode:
         raise RuntimeError(proc.stderr[-3000:])
@@ -94,7 +95,7 @@ def replayed_rows(run: Path, steps: int) -> list[list[dict]]:
     from launcher.data.pipeline import prepare_data
     from launcher.data.sampler import StepSampler
     from launcher.models.load import load_tokenizer
-    from launcher.rundir import RunFolder
+    from launcher.run.rundir import RunFolder
     from strategies import build_strategy
 
     cfg = RunFolder(run).load_config()

@@ -10,7 +10,7 @@ Model: a random Llama with SmolLM2's vocabulary (49,152), hidden 64, 2 layers, f
 batch 4 x 512 tokens: the logits dominate, as they do for a large-vocabulary model at long
 sequence. Peak = peak RSS (``VmHWM``) after the loop minus after a warm-up step of 8
 tokens (model, gradients, optimizer states and torch's own buffers already allocated), so it is
-the working memory of a training step. ``planned_logits`` is ``launcher.memory_model``'s logits
+the working memory of a training step. ``planned_logits`` is ``launcher.plan.memory_model``'s logits
 term for the same shape (tests/unit/test_memory_model.py checks plain - chunked against it).
 """
 
@@ -48,7 +48,7 @@ def _rss_bytes() -> int:
 def planned_logits(cross_entropy: str, ce_chunk_tokens: int = 1024, micro: int = MICRO,
                    seq: int = SEQ) -> int:
     """The planner's logits term for this benchmark's shape (fp32, one rank)."""
-    from launcher import memory_model as mm
+    from launcher.plan import memory_model as mm
 
     s = SHAPE
     shape = mm.ModelShape(params=0, trainable=0, layers=s["layers"], hidden=s["hidden"],

@@ -4,7 +4,7 @@
     python scripts/bench_mfu.py                  # GPU: ~1.1B Llama-like (TinyLlama's shape), bf16
     python scripts/bench_mfu.py --preset cpu     # this CPU box: a 4-layer model, fp32
 
-Each configuration runs the per-rank loop without Ray (``python -m launcher.loop RUN_DIR``, one
+Each configuration runs the per-rank loop without Ray (``python -m launcher.train.loop RUN_DIR``, one
 rank) on the same variable-length chats (log-uniform lengths up to ``max_length``), side by side
 in one invocation, and appends a section to BENCHMARKS.md.
 
@@ -78,8 +78,8 @@ def model_folder(p: Preset, name: str) -> Path:
     first rows of the larger embedding), saved once under $FTL_HOME/models."""
     from transformers import LlamaConfig
 
+    from launcher.core.paths import ftl_home
     from launcher.models.tiny import build_tokenizer, save_random_model
-    from launcher.paths import ftl_home
 
     folder = ftl_home() / "models" / f"bench-mfu-{name}-v1"
     if (folder / "config.json").exists():
@@ -144,7 +144,8 @@ def run_one(work: Path, p: Preset, model: Path, data: Path, packing: bool, ckpt:
            "checkpoint": {"dir": str(work / "runs"), "save_final": False},
            "logging": {"every_steps": 1, "wandb": {"mode": "disabled"}}, "eval": {"at_start": False}}
     run = prepare(work, name, cfg)
-    proc = subprocess.run([sys.executable, "-m", "launcher.loop", str(run)], cwd=ROOT, capture_output=True,
+    proc = subprocess.run([sys.executable, "-m", "launcher.train.loop", str(run)], cwd=ROOT,
+                          capture_output=True,
                           text=True, env={**os.environ, "OMP_NUM_THREADS": str(threads),
                                           "PYTHONPATH": str(ROOT)})
     if proc.returncode:

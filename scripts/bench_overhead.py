@@ -4,7 +4,7 @@
     python scripts/bench_overhead.py [--repeats 3] [--steps 60]
 
 Start-up: wall time from the command to the first finished optimizer step, for `ftl run`
-(embedded Ray, 2 workers), `torchrun -m launcher.loop` (ftl without Ray) and the plain
+(embedded Ray, 2 workers), `torchrun -m launcher.train.loop` (ftl without Ray) and the plain
 script. Steady state: median step time after 5 warm-up steps, same model and batch.
 Note the plain loop's step time excludes its own tokenisation (done inline before timing),
 and ftl's includes collation of pre-tokenised rows: both time forward+backward+step.
@@ -99,7 +99,7 @@ def main() -> None:
         run2 = prepare(work, "tr", cfg(args.steps))
         start = time.time()
         cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node", "2",
-               "-m", "launcher.loop", str(run2)]
+               "-m", "launcher.train.loop", str(run2)]
         proc = subprocess.Popen(cmd, cwd=ROOT, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
         res["tr_ftl_start"].append(first_step_after(start, run2 / "metrics.jsonl", proc))
         proc.wait()

@@ -113,9 +113,9 @@ def _ftl_cfg(name: str, data: Path, steps: int, max_length: int, packing: bool, 
 
 
 def _ftl_parts(run: Path) -> tuple[Any, Any, Any]:
-    """(config, tokenizer, strategy) built the way ``launcher.loop`` builds them."""
+    """(config, tokenizer, strategy) built the way ``launcher.train.loop`` builds them."""
     from launcher.models.load import load_tokenizer
-    from launcher.rundir import RunFolder
+    from launcher.run.rundir import RunFolder
     from strategies import build_strategy
 
     cfg = RunFolder(run).load_config()

@@ -69,8 +69,8 @@ def main() -> None:
     args = parser.parse_args()
     import ray
 
-    from launcher.driver import run_trainer
-    from launcher.rundir import RunFolder
+    from launcher.run.driver import run_trainer
+    from launcher.run.rundir import RunFolder
 
     temp = tempfile.mkdtemp(prefix="ftl-bench-ray-", dir="/tmp")
     os.environ["RAY_AUTH_MODE"] = "disabled"

@@ -78,8 +78,8 @@ def engines_alone(args: argparse.Namespace) -> dict[str, float]:
 
 def grpo_split(args: argparse.Namespace, work: Path) -> dict[str, dict[str, float]]:
     from cluster.local import start_private_ray, stop_private_ray
-    from launcher.driver import run_trainer
-    from launcher.rundir import RunFolder
+    from launcher.run.driver import run_trainer
+    from launcher.run.rundir import RunFolder
 
     out = {}
     temp = start_private_ray(8)

@@ -40,7 +40,7 @@ def ftl_step_s(work: Path, steps: int) -> float:
            "checkpoint": {"dir": "runs", "save_final": False},
            "logging": {"every_steps": 1, "wandb": {"mode": "disabled"}}, "eval": {"at_start": False}}
     run = prepare(work, "ftl", cfg)
-    subprocess.run([sys.executable, "-m", "launcher.loop", str(run)], check=True, cwd=ROOT,
+    subprocess.run([sys.executable, "-m", "launcher.train.loop", str(run)], check=True, cwd=ROOT,
                    env={**os.environ, "OMP_NUM_THREADS": "2"}, capture_output=True)
     return steady_step_s(run)
 
@@ -108,7 +108,7 @@ def main() -> None:
     t = med["trl"]
     names = {"trl": "TRL SFTTrainer (fp32, no checkpointing)",
              "trl-defaults": "TRL SFTTrainer, TRL defaults (bf16 autocast, gradient checkpointing)",
-             "ftl": "ftl sft (launcher.loop, 1 process)"}
+             "ftl": "ftl sft (launcher.train.loop, 1 process)"}
     rows = [[names[k], f"{med[k] * 1000:.1f}", f"{tokens / med[k]:,.0f}", f"{t / med[k]:.2f}",
              " ".join(f"{x * 1000:.1f}" for x in times[k])]
             for k in ("trl", "trl-defaults", "ftl") if k in med]

@@ -5,7 +5,7 @@
                                 [--cross-entropy plain|chunked|liger] [--ce-only]
 
 Each backend trains the builtin tiny-llama-256 on the reverse task in its own process
-(``python -m launcher.loop RUN_DIR``, a one-rank nccl group) and must lower the training
+(``python -m launcher.train.loop RUN_DIR``, a one-rank nccl group) and must lower the training
 loss. Prints one line per backend and exits non-zero if any failed. Needs torch with CUDA,
 transformers, peft, datasets, deepspeed (for zero*); Ray is not used.
 
@@ -92,7 +92,7 @@ def main() -> int:
     if args.ce_only:
         return 1 if ce_failures else 0
     from launcher.config.load import config_to_dict, validate_config
-    from launcher.rundir import RunFolder
+    from launcher.run.rundir import RunFolder
 
     failures = ce_failures
     work = Path(tempfile.mkdtemp(prefix="ftl-gpu-"))
@@ -112,7 +112,7 @@ def main() -> int:
         folder = RunFolder.create(work, cfg.name)
         folder.write_config(config_to_dict(cfg))
         folder.new_launch()
-        proc = subprocess.run([sys.executable, "-m", "launcher.loop", str(folder.path)], cwd=ROOT,
+        proc = subprocess.run([sys.executable, "-m", "launcher.train.loop", str(folder.path)], cwd=ROOT,
                               env={**os.environ, "PYTHONPATH": str(ROOT)}, capture_output=True, text=True)
         if proc.returncode != 0:
             failures += 1

@@ -128,7 +128,7 @@ def causal_lm_loss(model: nn.Module, batch: dict[str, torch.Tensor], mode: str =
     ``mode``/``chunk_tokens``: ``model.cross_entropy`` (``Strategy.ce``).
 
     ``shift_labels`` instead of ``labels``: already shifted (transformers' name for it), as a
-    sequence-parallel shard needs (``launcher.sequence_parallel``: shifted before slicing)."""
+    sequence-parallel shard needs (``launcher.train.sequence_parallel``: shifted before slicing)."""
     from launcher.models.chunked_ce import aligned_nll_sum, labelled_nll_sum
 
     inputs = {k: v for k, v in batch.items() if k not in ("labels", "shift_labels")}

@@ -10,8 +10,8 @@ from __future__ import annotations
 import torch
 from torch import nn
 
+from launcher.core.errors import HintedValueError
 from launcher.data.batching import IGNORE_INDEX, collate_units, is_packed, pack_unit_rows, units_of
-from launcher.errors import HintedValueError
 from strategies.base import LossOutput, Strategy
 from strategies.heads import SequenceHeadMixin
 

@@ -22,6 +22,7 @@ import torch.distributed as dist
 import torch.nn.functional as F  # noqa: N812
 from torch import nn
 
+from launcher.core.errors import HintedValueError
 from launcher.data.batching import (
     IGNORE_INDEX,
     block_diagonal_mask,
@@ -31,7 +32,6 @@ from launcher.data.batching import (
     segment_sums,
     units_of,
 )
-from launcher.errors import HintedValueError
 from strategies.base import LossOutput, Strategy
 
 FIELDS = ("anchor", "positive", "negative")
@@ -145,7 +145,7 @@ class ContrastiveStrategy(Strategy):
 
     # -- eval: retrieval over the whole held-out set
     def evaluate_set(self, backend: Any, eval_set: Any, cfg: Any) -> dict[str, float]:
-        from launcher.evaluate import sharded_map
+        from launcher.train.evaluate import sharded_map
 
         model = backend.model
         was_training = model.training

@@ -19,8 +19,8 @@ from typing import Any
 import torch
 from torch import nn
 
+from launcher.core.errors import HintedValueError
 from launcher.data.batching import model_inputs
-from launcher.errors import HintedValueError
 
 
 class SequenceHeadMixin:

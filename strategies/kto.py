@@ -29,8 +29,8 @@ import torch
 import torch.nn.functional as F  # noqa: N812
 from torch import nn
 
+from launcher.core.errors import HintedValueError
 from launcher.data.batching import collate_units, is_packed, pack_unit_rows, units_of
-from launcher.errors import HintedValueError
 from strategies.base import LossOutput, Strategy
 from strategies.preference import completion_unit, metadata, pad_completions, sequence_logps, tokenize_answers
 from strategies.reference import ReferenceMixin, stack_reference

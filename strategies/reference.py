@@ -21,9 +21,9 @@ import torch
 from torch import nn
 
 from launcher.data.batching import units_of
-from launcher.evaluate import sharded_map
 from launcher.models.load import model_kwargs
 from launcher.models.tiny import resolve_model_path
+from launcher.train.evaluate import sharded_map
 
 
 class ReferenceMixin:

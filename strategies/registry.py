@@ -10,7 +10,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
-from launcher.registry import Registry
+from launcher.core.registry import Registry
 
 
 @dataclass(frozen=True)
@@ -65,7 +65,7 @@ def strategy(
 def build_strategy(cfg: Any, tokenizer: Any) -> Any:
     """The strategy object of ``cfg.method``, with its spec attached: the one way the loop,
     export, preflight, benchmarks and tests get one (importing the implementation lazily)."""
-    from launcher.lazy import load_object
+    from launcher.core.lazy import load_object
 
     spec = STRATEGIES.get(cfg.method)
     built = load_object(spec.impl)(cfg, tokenizer)

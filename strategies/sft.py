@@ -13,7 +13,7 @@ import difflib
 import torch
 from torch import nn
 
-from launcher.errors import HintedValueError
+from launcher.core.errors import HintedValueError
 from strategies.base import GenerationExample, LossOutput, Strategy, causal_lm_loss
 
 CHAT_ROLES = ("system", "user", "assistant", "tool")

@@ -14,7 +14,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from launcher.dist import RankContext
+from launcher.train.dist import RankContext
 
 OptimizerFactory = Callable[[nn.Module], torch.optim.Optimizer]
 SchedulerFactory = Callable[[torch.optim.Optimizer], Any]

@@ -20,7 +20,7 @@ from torch import nn
 
 from launcher.backends.base import Backend, OptimizerFactory, SchedulerFactory
 from launcher.backends.registry import resolve_sharding
-from launcher.errors import Problem, UserError
+from launcher.core.errors import Problem, UserError
 
 TAG = "ds"
 
@@ -77,7 +77,7 @@ OWNED = {
 
 def validate_ds_config(cfg: Any) -> list[Problem]:
     """Build the merged DeepSpeed config and let DeepSpeed's own schema check it."""
-    from launcher.host import deepspeed_on_host
+    from launcher.core.host import deepspeed_on_host
 
     with deepspeed_on_host():
         from deepspeed.runtime.config import DeepSpeedConfig

@@ -10,8 +10,8 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any
 
-from launcher.errors import Problem, UserError
-from launcher.registry import Registry
+from launcher.core.errors import Problem, UserError
+from launcher.core.registry import Registry
 
 
 @dataclass(frozen=True)
@@ -39,7 +39,7 @@ for spec in [
     BackendSpec("fsdp2", _FSDP, "torch FSDP2: fully_shard per decoder layer, then the root"),
     BackendSpec("fsdp2_offload", _FSDP, "FSDP2 with parameters offloaded to CPU",
                 {"offload_params": "cpu"}),
-    BackendSpec("auto", "launcher.auto_sharding:auto_backend",
+    BackendSpec("auto", "launcher.plan.auto_sharding:auto_backend",
                 "the first of ddp, zero1, zero2, zero3, zero3 + offload_optimizer, zero3_offload whose "
                 "predicted memory fits resources.gpu_memory_gb (see `ftl plan`)"),
 ]:
@@ -106,6 +106,6 @@ def _resolve_auto(section: Any, cfg: Any) -> ResolvedSharding:
         spec = BACKENDS.get(AUTO)
         return ResolvedSharding(AUTO, spec.impl, DEFAULTS["zero_stage"], "none", "none",
                                 section.reshard_after_forward, None)
-    from launcher.auto_sharding import chosen_section
+    from launcher.plan.auto_sharding import chosen_section
 
     return resolve_sharding(chosen_section(cfg))

@@ -16,8 +16,8 @@ import yaml
 from pydantic import BaseModel, Field, ValidationError, create_model
 
 from launcher.config.schema import RunConfigBase
-from launcher.errors import HintedValueError, Problem, UserError
-from launcher.registry import did_you_mean
+from launcher.core.errors import HintedValueError, Problem, UserError
+from launcher.core.registry import did_you_mean
 
 
 @cache
@@ -250,7 +250,7 @@ SEQUENCE_PARALLEL_METHODS = ("full", "sft")
 def _sequence_parallel_checks(cfg: Any) -> list[Problem]:
     """``sharding.sp_size`` against workers, method and attention (elastic mode: the schema's
     elastic check). The heads are checked in preflight
-    (``launcher.preflight.check_sequence_parallel``): they need the model."""
+    (``launcher.run.preflight.check_sequence_parallel``): they need the model."""
     sp = cfg.sharding.sp_size
     if sp == 1:
         return []
@@ -295,7 +295,7 @@ def _foreign_method_sections(data: dict, source: str, lines: dict) -> list[Probl
 
 def load_config(path: str | Path, overrides: list[str] | tuple[str, ...] = ()):
     """Read, override and validate a config file."""
-    from launcher.user_code import importable_from
+    from launcher.core.user_code import importable_from
 
     path = Path(path)
     data, lines = _load_yaml(path)

@@ -22,7 +22,7 @@ class Section(BaseModel):
 
     def code_references(self) -> list[str]:
         """'module:attr' names of user code this section makes the run import (shipped with the
-        run by ``launcher.user_code``); none by default."""
+        run by ``launcher.core.user_code``); none by default."""
         return []
 
 
@@ -147,7 +147,7 @@ class TrainSection(Section):
 
 def _registered(kind: str, name: str) -> str:
     """Check ``name`` against a registry, imported lazily (registries are light)."""
-    from launcher.errors import HintedValueError
+    from launcher.core.errors import HintedValueError
 
     if kind == "method":
         from strategies import STRATEGIES as registry
@@ -397,7 +397,7 @@ class RunConfigBase(Section):
 
     @model_validator(mode="after")
     def _elastic_runs_keep_their_batch(self) -> RunConfigBase:
-        from launcher.errors import HintedValueError
+        from launcher.core.errors import HintedValueError
 
         low, high = self.resources.min_workers, self.resources.num_workers
         if low is None:

@@ -9,7 +9,7 @@ import json
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from launcher.errors import Problem, UserError
+from launcher.core.errors import Problem, UserError
 
 if TYPE_CHECKING:
     import datasets

@@ -15,7 +15,7 @@ import hashlib
 import random
 from collections.abc import Callable
 
-from launcher.registry import Registry
+from launcher.core.registry import Registry
 
 # A task returns (key text that decides the split, the row).
 TaskFn = Callable[[random.Random], tuple[str, dict]]

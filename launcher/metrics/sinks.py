@@ -10,7 +10,7 @@ import logging
 from typing import Any
 
 from launcher.config.load import config_to_dict
-from launcher.rundir import RunFolder
+from launcher.run.rundir import RunFolder
 
 
 class MetricSinks:

@@ -35,10 +35,10 @@ def load_tokenizer(cfg: Any) -> Any:
 def model_kwargs(cfg: Any) -> dict[str, Any]:
     """``from_pretrained`` arguments every copy of the model is built with (the trained model,
     a DPO/KTO reference): fp32 master weights, the configured attention (with
-    ``sharding.sp_size > 1``: sdpa between Ulysses all-to-alls, ``launcher.sequence_parallel``)."""
+    ``sharding.sp_size > 1``: sdpa between Ulysses all-to-alls, ``launcher.train.sequence_parallel``)."""
     attention = cfg.model.attn_implementation
     if cfg.sharding.sp_size > 1:
-        from launcher.sequence_parallel import register_attention
+        from launcher.train.sequence_parallel import register_attention
 
         attention = register_attention()
     return {"dtype": torch.float32, "attn_implementation": attention,
@@ -103,7 +103,7 @@ def apply_lora(model: nn.Module, peft_cfg: Any, task_type: str = "CAUSAL_LM") ->
     from peft import LoraConfig, get_peft_model
 
     if peft_cfg.type == "qlora":
-        raise RuntimeError("qlora must be loaded 4-bit; see launcher.preflight")
+        raise RuntimeError("qlora must be loaded 4-bit; see launcher.run.preflight")
     # peft leaves a sequence classifier's head out of 'all-linear' but not a token classifier's
     # (PPO's value head): a head both adapted and trained in full is an error, so leave it out.
     exclude = ["score", "classifier"] if task_type == "TOKEN_CLS" and peft_cfg.target_modules == \

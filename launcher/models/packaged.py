@@ -12,9 +12,9 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
-from launcher.errors import Problem, UserError
-from launcher.paths import ftl_home
-from launcher.registry import Registry
+from launcher.core.errors import Problem, UserError
+from launcher.core.paths import ftl_home
+from launcher.core.registry import Registry
 
 
 @dataclass(frozen=True)

@@ -18,8 +18,8 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
-from launcher.paths import ftl_home
-from launcher.registry import Registry
+from launcher.core.paths import ftl_home
+from launcher.core.registry import Registry
 
 CHATML_TEMPLATE = (
     "{% for message in messages %}"

@@ -11,8 +11,8 @@ import logging
 from collections import Counter
 from pathlib import Path
 
-from launcher.errors import Problem, UserError
-from launcher.rundir import atomic_write_text
+from launcher.core.errors import Problem, UserError
+from launcher.run.rundir import atomic_write_text
 
 REPORT_DIR = "report"
 INDEX = "index.html"

@@ -52,7 +52,7 @@ def require_matplotlib() -> None:
     try:
         import matplotlib  # noqa: F401
     except ImportError:
-        from launcher.errors import Problem, UserError
+        from launcher.core.errors import Problem, UserError
 
         raise UserError(Problem("matplotlib", "not installed: reports and charts are drawn with it",
                                 "pip install matplotlib (scripts/install.sh installs it)")) from None

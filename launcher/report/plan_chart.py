@@ -1,7 +1,7 @@
 """``ftl plan --png``: the plan's per-rank memory of every role as stacked bars (one segment per
 memory term), against the capacity of one GPU (``resources.gpu_memory_gb``).
 
-The numbers are the planner's (``plan["memory"]``, see ``launcher.planner.memory_section``):
+The numbers are the planner's (``plan["memory"]``, see ``launcher.plan.planner.memory_section``):
 bytes per rank for GPU terms. A last bar shows what one GPU holds in total, as the planner's
 verdict counts it: every role that shares the GPU (one SPMD group, or RL roles colocated), or
 the fullest role when RL roles have GPUs of their own, times the ranks that share a GPU, plus
@@ -13,7 +13,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-from launcher.plan_view import TERM_ORDER, size_text
+from launcher.plan.view import TERM_ORDER, size_text
 from launcher.report.curves import DPI, PNG_METADATA
 
 GB = 1e9
@@ -39,7 +39,7 @@ def gpu_total_parts(memory: dict[str, Any]) -> dict[str, float]:
 
 
 def plan_figure(plan: dict[str, Any]) -> Any:
-    """The stacked-bar ``Figure`` of ``plan`` (a ``launcher.planner.make_plan`` result)."""
+    """The stacked-bar ``Figure`` of ``plan`` (a ``launcher.plan.planner.make_plan`` result)."""
     from matplotlib import colormaps
     from matplotlib.backends.backend_agg import FigureCanvasAgg
     from matplotlib.figure import Figure

@@ -1,6 +1,6 @@
 """What a report shows of a run: its metric series, resolved config, plan and summary.
 
-Reads the run folder only (``launcher.rundir``, ``launcher.metrics.jsonl``): no plotting and
+Reads the run folder only (``launcher.run.rundir``, ``launcher.metrics.jsonl``): no plotting and
 no config validation, so a report can be written for a run whose config no longer validates
 (an older ftl, a strategy module that moved)."""
 
@@ -11,10 +11,10 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from launcher.errors import Problem, UserError
+from launcher.core.errors import Problem, UserError
+from launcher.core.registry import did_you_mean
 from launcher.metrics.jsonl import read_metrics
-from launcher.registry import did_you_mean
-from launcher.rundir import RunFolder, list_runs
+from launcher.run.rundir import RunFolder, list_runs
 
 # Series drawn first, in this order (what people look at first); every other numeric series of
 # the metrics file follows: eval/* then the rest (RL: reward/*, kl/*, response/*, rollout/*...).

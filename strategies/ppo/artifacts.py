@@ -15,8 +15,8 @@ import logging
 from pathlib import Path
 from typing import Any
 
-from launcher.checkpoint import begin, latest_checkpoint, publish, remove_partial
-from launcher.rundir import RunFolder
+from launcher.run.rundir import RunFolder
+from launcher.train.checkpoint import begin, latest_checkpoint, publish, remove_partial
 
 log = logging.getLogger("ftl.ppo.controller")
 
@@ -39,7 +39,7 @@ def close_log(handler: logging.Handler) -> None:
 
 class Checkpoints:
     """The controller's checkpoints: the same layout and atomic publish as the per-rank loop's
-    (launcher.checkpoint), written by this one process."""
+    (launcher.train.checkpoint), written by this one process."""
 
     def __init__(self, folder: RunFolder, keep: int):
         self.root = folder.path / "checkpoints"

@@ -35,11 +35,11 @@ from typing import Any
 
 import torch
 
-from launcher import preemption
-from launcher.errors import JobFailed, Problem, UserError
+from launcher.core import preemption
+from launcher.core.errors import JobFailed, Problem, UserError
 from launcher.metrics.sinks import MetricSinks
 from launcher.report.build import write_run_report_safely
-from launcher.rundir import RunFolder
+from launcher.run.rundir import RunFolder
 from strategies.ppo.advantages import batch_stats, ppo_targets
 from strategies.ppo.artifacts import Checkpoints, close_log, controller_log
 from strategies.ppo.batch import collate_rollouts
@@ -67,7 +67,7 @@ SYNC_BUCKET_MB = 512  # weights travel in object-store buckets of at most this s
 
 
 def run_controller(folder: RunFolder) -> None:
-    """The method's ``controller`` entry point (``launcher.driver.run_trainer`` calls it)."""
+    """The method's ``controller`` entry point (``launcher.run.driver.run_trainer`` calls it)."""
     handler = controller_log(folder)
     try:
         OnlineRL(folder.load_config(), folder).run()
@@ -141,7 +141,7 @@ class OnlineRL:
 
     def _start_roles(self) -> None:
         """Place every role, start its actors (in parallel), set up the learners' process groups."""
-        from launcher.driver import worker_env
+        from launcher.run.driver import worker_env
 
         roles = self.roles()
         self.placement = Placement(self.cfg, role_demands(self.cfg, roles))
@@ -232,7 +232,7 @@ class OnlineRL:
             self._teardown()
 
     def _loop(self, start: int) -> bool:
-        """Train to max_steps; True when a stop request (``launcher.preemption``) ended it early,
+        """Train to max_steps; True when a stop request (``launcher.core.preemption``) ended it early,
         after a checkpoint of the step it stopped at."""
         steps = self.cfg.train.max_steps
         if start >= steps:

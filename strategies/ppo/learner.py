@@ -19,9 +19,9 @@ from typing import Any
 
 import torch
 
-from launcher.dist import RankContext, all_reduce_sum, barrier
-from launcher.lazy import load_object
+from launcher.core.lazy import load_object
 from launcher.models.offload import activation_offload
+from launcher.train.dist import RankContext, all_reduce_sum, barrier
 from strategies.ppo.batch import RolloutBatch, policy_forward, value_forward
 from strategies.ppo.objectives import Experience, MicroLoss, critic_loss, items, loss_type, policy_loss_of
 from strategies.ppo.schedule import update_schedule
@@ -34,7 +34,7 @@ class Learner:
         """``cfg`` is the learner config (``schedule.learner_config``); ``role``: policy | critic."""
         from launcher.backends.registry import resolve_sharding
         from launcher.models.load import load_model, load_tokenizer
-        from launcher.optim import make_optimizer, make_scheduler
+        from launcher.train.optim import make_optimizer, make_scheduler
         from strategies.ppo.models import CriticModel, PolicyModel
 
         self.cfg, self.role, self.ctx = cfg, role, ctx

@@ -3,7 +3,7 @@
 Each returns a *sum* over the items it covers plus that item count (``items``: tokens for PPO,
 the critic and GRPO's token-level variants, sequences for grpo/gspo, sequences x max length for
 dr_grpo), so a learner can divide by the item count of the whole minibatch across micro-batches
-and ranks: accumulation and world size then leave the update unchanged, as in ``launcher.loop``.
+and ranks: accumulation and world size then leave the update unchanged, as in ``launcher.train.loop``.
 The math itself is ``strategies.rl.math`` and ``strategies.rl.policy``.
 """
 

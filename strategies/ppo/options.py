@@ -15,7 +15,7 @@ from typing import Any, Literal
 from pydantic import ConfigDict, Field, field_validator, model_validator
 
 from launcher.config.schema import Section
-from launcher.errors import HintedValueError
+from launcher.core.errors import HintedValueError
 
 
 class RoleResources(Section):

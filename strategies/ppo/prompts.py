@@ -12,8 +12,8 @@ import random
 from dataclasses import dataclass, field, replace
 from typing import Any
 
+from launcher.core.errors import HintedValueError
 from launcher.data.sources import eval_split, load_source, resolve_format, row_location
-from launcher.errors import HintedValueError
 
 
 @dataclass(frozen=True)

@@ -66,7 +66,7 @@ class RewardFunctions:
 
     def __init__(self, specs: Sequence[Any]):
         """``specs``: ``RewardFunction`` entries (name, weight, kwargs) from the config."""
-        from launcher.lazy import load_object
+        from launcher.core.lazy import load_object
 
         self.functions: list[_Bound] = []
         labels: list[str] = []

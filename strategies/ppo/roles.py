@@ -16,7 +16,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from launcher.rundir import RunFolder
+from launcher.run.rundir import RunFolder
 
 
 def _quiet_transformers() -> None:
@@ -69,8 +69,8 @@ class LearnerActor(RoleActor):
 
     def setup(self, master: tuple[str, int], world_size: int, model_path: str | None) -> dict[str, Any]:
         """Join the group's torch.distributed process group, then build the model on the backend."""
-        from launcher.dist import init_distributed
         from launcher.models.load import count_parameters
+        from launcher.train.dist import init_distributed
         from strategies.ppo.learner import Learner
         from strategies.ppo.schedule import learner_config
 
@@ -147,7 +147,7 @@ class RolloutActor(RoleActor):
 
     def generate(self, prompts: list[list[int]], seed: int, step: int, greedy: bool = False
                  ) -> dict[str, Any]:
-        from launcher import failpoints
+        from launcher.core import failpoints
 
         failpoints.hit("rollout.generate", step + 1, self.index)
         out = self.engine.generate(prompts, seed, greedy)
@@ -158,7 +158,7 @@ class RolloutActor(RoleActor):
     def load_weights(self, refs: list[Any], version: int) -> int:
         import ray
 
-        from launcher import failpoints
+        from launcher.core import failpoints
 
         if failpoints.hit("rollout.load_weights", version, self.index):  # a sync that never lands
             self.log.warning("weights v%d NOT loaded (failpoint)", version)

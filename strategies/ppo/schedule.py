@@ -13,7 +13,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any
 
-from launcher.errors import Problem, UserError
+from launcher.core.errors import Problem, UserError
 
 
 @dataclass(frozen=True)

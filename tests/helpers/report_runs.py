@@ -11,8 +11,8 @@ from pathlib import Path
 
 from launcher.config.load import config_to_dict, validate_config
 from launcher.metrics.sinks import MetricSinks
-from launcher.planner import make_plan
-from launcher.rundir import RunFolder
+from launcher.plan.planner import make_plan
+from launcher.run.rundir import RunFolder
 from tests.conftest import tiny_config
 
 STEPS = 20

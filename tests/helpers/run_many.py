@@ -10,7 +10,7 @@ import sys
 
 import torch.distributed as dist
 
-from launcher.loop import train_rank
+from launcher.train.loop import train_rank
 
 if __name__ == "__main__":
     for run_dir in sys.argv[1:]:

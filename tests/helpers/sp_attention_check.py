@@ -2,7 +2,7 @@
 
 ``torchrun --nproc-per-node 2 tests/helpers/sp_attention_check.py OUT.json``: every rank builds
 the same random q/k/v for the whole sequence, runs transformers' sdpa on all of it (the
-reference), then runs ``launcher.sequence_parallel.ulysses_attention`` on its own token chunk;
+reference), then runs ``launcher.train.sequence_parallel.ulysses_attention`` on its own token chunk;
 rank 0 writes the largest differences (outputs and q/k/v gradients) per case to OUT.json.
 """
 
@@ -15,7 +15,7 @@ from types import SimpleNamespace
 import torch
 import torch.distributed as dist
 
-from launcher import sequence_parallel as sp_mod
+from launcher.train import sequence_parallel as sp_mod
 
 CASES = {  # name: (heads, kv heads, sequence length, packed example lengths or None)
     "gqa": (4, 2, 12, None),

@@ -24,9 +24,9 @@ def test_elastic_run_shrinks_on_a_lost_node_and_grows_back(workdir, monkeypatch)
     import ray
     from ray.cluster_utils import Cluster
 
-    from launcher.driver import run_trainer
     from launcher.metrics.jsonl import read_metrics
-    from launcher.submit import prepare_run
+    from launcher.run.driver import run_trainer
+    from launcher.run.submit import prepare_run
     from tests.integration.test_guards import torchrun
     from tests.integration.test_sharding import prepare
 

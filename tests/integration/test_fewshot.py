@@ -10,8 +10,8 @@ from pathlib import Path
 
 import pytest
 
-from launcher.errors import UserError
-from launcher.fewshot import build_messages, build_text, draw_supports, load_examples
+from launcher.core.errors import UserError
+from launcher.tools.fewshot import build_messages, build_text, draw_supports, load_examples
 from tests.conftest import run_ftl, write_config
 
 
@@ -76,8 +76,8 @@ def test_run_with_lora_adapter_loads_base_plus_adapter(tmp_path):
     from peft import LoraConfig, PeftModel, get_peft_model
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
-    from launcher.fewshot import load_model
     from launcher.models.tiny import resolve_model_path
+    from launcher.tools.fewshot import load_model
 
     base_dir = resolve_model_path("builtin:tiny-llama")
     model = get_peft_model(AutoModelForCausalLM.from_pretrained(base_dir),
@@ -107,7 +107,7 @@ def test_run_with_lora_adapter_loads_base_plus_adapter(tmp_path):
 def test_finetuned_run_beats_the_base_model(workdir):
     """A short quickstart-like SFT run (the per-rank loop in one process, ~10 s) answers
     held-out reverse questions the base model never gets right."""
-    from launcher.submit import prepare_run
+    from launcher.run.submit import prepare_run
 
     cfg = {
         "name": "ft", "method": "sft", "model": {"path": "builtin:tiny-llama"},
@@ -118,7 +118,7 @@ def test_finetuned_run_beats_the_base_model(workdir):
         "logging": {"every_steps": 40, "wandb": {"mode": "disabled"}},
     }
     folder, _ = prepare_run(str(write_config(workdir, cfg)), None, (), runs_dir=str(workdir / "runs"))
-    train = subprocess.run([sys.executable, "-m", "launcher.loop", str(folder.path)], cwd=workdir,
+    train = subprocess.run([sys.executable, "-m", "launcher.train.loop", str(folder.path)], cwd=workdir,
                            env=os.environ.copy(), capture_output=True, text=True, timeout=600)
     assert train.returncode == 0, train.stderr[-3000:]
     assert Path(folder.path / "final" / "config.json").exists()

@@ -29,7 +29,7 @@ from tests.integration.test_sharding import prepare
 def torchrun(run: Path, env: dict | None = None) -> subprocess.CompletedProcess:
     return subprocess.run(
         [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node", "2",
-         "-m", "launcher.loop", str(run)],
+         "-m", "launcher.train.loop", str(run)],
         env={**os.environ, "OMP_NUM_THREADS": "1", **(env or {})}, capture_output=True, text=True,
         timeout=300)
 

@@ -17,8 +17,8 @@ from click.testing import CliRunner
 from cluster import kubernetes
 from cluster.kubernetes import KubernetesTarget
 from launcher.cli import cli
-from launcher.errors import UserError
-from launcher.rundir import RunFolder
+from launcher.core.errors import UserError
+from launcher.run.rundir import RunFolder
 from tests.conftest import run_dirs, run_ftl, tiny_config, write_config
 from tests.helpers.fake_k8s import FakeKube
 from tests.helpers.kuberay_schema import crd_available, validate_rayjob

@@ -204,7 +204,7 @@ def test_ctrl_c_stops_everything_and_exits_130(workdir, shutdown):
 def test_same_loop_under_torchrun_and_single_process(reference_run, workdir, monkeypatch):
     """The per-rank loop gives Ray's exact losses under torchrun (2 ranks), and the same
     math in one process with 2 accumulation steps (same global batch)."""
-    from launcher.submit import prepare_run
+    from launcher.run.submit import prepare_run
 
     cfg_path = write_config(workdir, base_config(logging={"every_steps": 1, "wandb": {"mode": "disabled"}}))
     monkeypatch.chdir(workdir)
@@ -212,12 +212,12 @@ def test_same_loop_under_torchrun_and_single_process(reference_run, workdir, mon
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
     torchrun = subprocess.run(
         [sys.executable, "-m", "torch.distributed.run", "--nproc-per-node", "2", "--standalone",
-         "-m", "launcher.loop", str(folder.path)], env=env, capture_output=True, text=True, timeout=600)
+         "-m", "launcher.train.loop", str(folder.path)], env=env, capture_output=True, text=True, timeout=600)
     assert torchrun.returncode == 0, torchrun.stderr[-3000:]
     assert losses(folder.path) == losses(reference_run)
 
     single, _ = prepare_run(str(cfg_path), None, ("resources.num_workers=1", "train.global_batch_size=8"))
-    proc = subprocess.run([sys.executable, "-m", "launcher.loop", str(single.path)], env=env,
+    proc = subprocess.run([sys.executable, "-m", "launcher.train.loop", str(single.path)], env=env,
                           capture_output=True, text=True, timeout=600)
     assert proc.returncode == 0, proc.stderr[-3000:]
     assert json.loads((single.path / "summary.json").read_text())["launcher"] == "single"

@@ -22,11 +22,12 @@ STEPS, MICRO, MAX_LENGTH = 6, 2, 128
 
 def run_loop(workdir, cfg: dict, monkeypatch) -> tuple:
     """Prepare ``cfg`` in ``workdir`` and run the per-rank loop in one process (no Ray)."""
-    from launcher.submit import prepare_run
+    from launcher.run.submit import prepare_run
 
     monkeypatch.chdir(workdir)
     folder, _ = prepare_run(str(write_config(workdir, cfg)), None, ())
-    proc = subprocess.run([sys.executable, "-m", "launcher.loop", str(folder.path)], capture_output=True,
+    proc = subprocess.run([sys.executable, "-m", "launcher.train.loop", str(folder.path)],
+                          capture_output=True,
                           text=True, timeout=600, env={**os.environ, "OMP_NUM_THREADS": "1"})
     assert proc.returncode == 0, proc.stderr[-3000:]
     return folder, json.loads((folder.path / "summary.json").read_text())

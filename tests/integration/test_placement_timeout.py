@@ -1,7 +1,7 @@
 """A worker group Ray cannot place fails within ``resources.placement_timeout_s``, naming the
-resources it waited for (``launcher.placement``), instead of Ray Train retrying for ever.
+resources it waited for (``launcher.run.placement``), instead of Ray Train retrying for ever.
 
-The trainer is built here the way ``launcher.driver.run_trainer`` builds it, on a real embedded
+The trainer is built here the way ``launcher.run.driver.run_trainer`` builds it, on a real embedded
 Ray with 2 CPUs, and asks for one worker with 64 CPUs: preflight is not involved."""
 
 from __future__ import annotations
@@ -12,8 +12,8 @@ import time
 import pytest
 
 from launcher.config.load import validate_config
-from launcher.errors import JobFailed
-from launcher.placement import START_TIMEOUT_ENV, bounded_placement, failure_limits
+from launcher.core.errors import JobFailed
+from launcher.run.placement import START_TIMEOUT_ENV, bounded_placement, failure_limits
 from tests.conftest import tiny_config
 
 
@@ -58,22 +58,12 @@ def test_unplaceable_worker_group_fails_within_the_timeout(private_ray, tmp_path
     assert START_TIMEOUT_ENV not in os.environ  # the driver's environment is restored
 
 
-def _run_trainer_bounds_placement() -> bool:
-    import inspect
-
-    from launcher.driver import run_trainer
-
-    return "bounded_placement" in inspect.getsource(run_trainer)
-
-
-@pytest.mark.skipif(not _run_trainer_bounds_placement(),
-                    reason="launcher.driver.run_trainer does not call launcher.placement yet (lead-owned)")
 def test_run_trainer_fails_an_unplaceable_run_in_bounded_time(workdir, monkeypatch):
     """Through ftl's own driver: preflight saw 4 CPUs (cluster.local.num_cpus), the Ray it runs
     on has 2, and 2 workers x 2 CPUs cannot be placed there."""
     from cluster.local import start_private_ray, stop_private_ray
-    from launcher.driver import run_trainer
-    from launcher.submit import prepare_run
+    from launcher.run.driver import run_trainer
+    from launcher.run.submit import prepare_run
     from tests.conftest import write_config
 
     cfg = tiny_config(resources={"num_workers": 2, "cpus_per_worker": 2, "placement_timeout_s": 4},

@@ -73,7 +73,7 @@ def what_ray_shows(head, submission_id: str) -> list[str]:
 
     jobs, tasks = get("/api/jobs/"), get("/api/v0/tasks?detail=true&limit=1000")
     assert submission_id in jobs
-    # The workers' runtime_env (launcher.driver.worker_env) is in the task list: searched for real.
+    # The workers' runtime_env (launcher.run.driver.worker_env) is in the task list: searched for real.
     assert "RAY_TRAIN_ENABLE_PRINT_PATCH" in tasks and "OMP_NUM_THREADS" in tasks
     return [json.dumps(info.runtime_env), repr(info), jobs, tasks,
             get("/api/v0/runtime_envs?detail=true&limit=1000"), client.get_job_logs(submission_id)]
@@ -96,7 +96,7 @@ def test_dry_run_has_no_secrets_and_submits_nothing(head, workdir):
     proc = run_ftl(["run", ray_config(workdir, head), "--dry-run"], workdir, env=client_env(head))
     assert proc.returncode == 0, proc.stderr
     spec = json.loads(proc.stdout)
-    assert spec["entrypoint"].startswith("python -m launcher.driver ")
+    assert spec["entrypoint"].startswith("python -m launcher.run.driver ")
     env_vars = spec["runtime_env"]["env_vars"]
     assert env_vars["TOKENIZERS_PARALLELISM"] == "false" and not set(SECRETS) & set(env_vars)
     assert run_dirs(workdir) == []
@@ -157,8 +157,8 @@ def test_two_node_cluster_places_workers_on_both_nodes(workdir, monkeypatch):
     import ray
     from ray.cluster_utils import Cluster
 
-    from launcher.driver import run_trainer
-    from launcher.submit import prepare_run
+    from launcher.run.driver import run_trainer
+    from launcher.run.submit import prepare_run
 
     cfg = tiny_config(train={"max_steps": 3}, logging={"every_steps": 1, "wandb": {"mode": "disabled"}})
     path = write_config(workdir, cfg)

@@ -15,7 +15,7 @@ from pathlib import Path
 import psutil
 import pytest
 
-from launcher.rundir import RunFolder
+from launcher.run.rundir import RunFolder
 from tests.conftest import FTL, run_dirs, run_ftl, tiny_config, write_config
 
 

@@ -51,7 +51,7 @@ def test_local_workers_inherit_secrets_from_the_ftl_process(monkeypatch):
 
     from cluster.local import start_private_ray, stop_private_ray
     from launcher.config.load import validate_config
-    from launcher.driver import worker_env
+    from launcher.run.driver import worker_env
 
     for name, value in SECRETS.items():
         monkeypatch.setenv(name, value)
@@ -82,6 +82,6 @@ def read_env(path: Path) -> dict[str, str]:
 def job_env_additions(exported: dict[str, str], in_job: dict[str, str]) -> dict[str, str]:
     """What the batch job's environment has that the environment ftl was started with has not
     (beyond what Slurm and bash set): what the ftl process's own imports put in its os.environ
-    would show here (launcher/submit_env.py)."""
+    would show here (launcher/run/submit_env.py)."""
     return {k: v for k, v in in_job.items()
             if exported.get(k) != v and not k.startswith("SLURM") and k not in SLURM_AND_SHELL}

@@ -63,7 +63,7 @@ def batch_lengths(run: Path) -> list[int]:
     from launcher.data.pipeline import prepare_data
     from launcher.data.sampler import StepSampler
     from launcher.models.load import load_tokenizer
-    from launcher.rundir import RunFolder
+    from launcher.run.rundir import RunFolder
     from strategies import build_strategy
 
     cfg = RunFolder(run).load_config()

@@ -20,7 +20,7 @@ import torch
 import yaml
 
 from launcher.config.load import apply_overrides
-from launcher.rundir import RunFolder
+from launcher.run.rundir import RunFolder
 from tests.conftest import FTL, ROOT, run_ftl, tiny_config, write_config
 from tests.integration.test_local_run import losses
 
@@ -39,7 +39,7 @@ def torchrun_many(run_dirs: list[Path], timeout: float = 900, env: dict | None =
 
 
 def prepare(work: Path, name: str, cfg: dict) -> Path:
-    from launcher.submit import prepare_run
+    from launcher.run.submit import prepare_run
 
     folder, _ = prepare_run(str(write_config(work, cfg, f"{name}.yaml")), None, (),
                             runs_dir=str(work / "runs"))
@@ -131,8 +131,8 @@ def test_export_gives_the_trained_logits(matrix, tmp_path):
     from peft import PeftModel
     from transformers import AutoModelForCausalLM
 
-    from launcher.export import export_run
     from launcher.models.tiny import resolve_model_path
+    from launcher.run.export import export_run
 
     ids = torch.tensor([[1, 40, 50, 60, 70, 2]])
     for backend in ("ddp", "zero2", "zero3", "fsdp2"):
@@ -179,7 +179,7 @@ def test_sharded_loading_never_holds_the_whole_model(tmp_path):
     # The instrument sees a whole model materialized in memory (in a fresh process: this one
     # may reuse pages that earlier tests freed, which RssAnon does not see again):
     probe = ("from transformers import AutoConfig, AutoModelForCausalLM\n"
-             "from launcher.memwatch import PeakAnon\n"
+             "from launcher.train.memwatch import PeakAnon\n"
              "from launcher.models.tiny import resolve_model_path\n"
              "config = AutoConfig.from_pretrained(resolve_model_path('builtin:llama-94m'))\n"
              "with PeakAnon() as whole:\n"

@@ -1,7 +1,7 @@
 """The planner's model-state bytes per rank against what every backend really holds (issue #7).
 
 One ``torchrun --nproc-per-node 2`` launch (CPU, gloo) trains every backend for one step (two
-micro-batches) on a 2.5M-parameter Llama in fp32; ``launcher.state_bytes`` records each rank's
+micro-batches) on a 2.5M-parameter Llama in fp32; ``launcher.train.state_bytes`` records each rank's
 parameters, gradients and optimizer states around that step into ``summary.json``. Each total
 must be within 5% of ``make_plan(cfg)["memory"]["roles"]["policy"]["model_states_per_rank"]`` for
 the same config, and so must each term and the part kept in host RAM by offload settings.
@@ -25,9 +25,9 @@ from types import SimpleNamespace
 
 import pytest
 
-from launcher.planner import make_plan
-from launcher.rundir import RunFolder
-from launcher.state_bytes import TERMS
+from launcher.plan.planner import make_plan
+from launcher.run.rundir import RunFolder
+from launcher.train.state_bytes import TERMS
 from tests.integration.test_sharding import matrix_config, prepare, torchrun_many
 
 BACKENDS = ["ddp", "zero1", "zero2", "zero2_offload", "zero3", "zero3_offload", "fsdp2", "fsdp2_offload"]
@@ -105,7 +105,7 @@ def test_the_measurement_is_taken_once_and_leaves_the_optimizer_as_it_was():
     import torch
 
     from launcher.config.load import validate_config
-    from launcher.state_bytes import FirstStepProbe
+    from launcher.train.state_bytes import FirstStepProbe
     from tests.conftest import tiny_config
 
     model = torch.nn.Linear(4, 2)

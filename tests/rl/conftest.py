@@ -52,8 +52,8 @@ def letters_config(method: str, name: str, **section) -> dict:
 
 def run_in_session(workdir: Path, cfg: dict | Path, overrides: tuple[str, ...] = ()) -> Path:
     """``ftl run`` minus the process and the Ray start: validate, preflight, plan, run the driver."""
-    from launcher.driver import run_trainer
-    from launcher.submit import prepare_run
+    from launcher.run.driver import run_trainer
+    from launcher.run.submit import prepare_run
 
     path = cfg if isinstance(cfg, Path) else write_config(workdir, cfg, f"{cfg['name']}.yaml")
     folder, _ = prepare_run(str(path), None, overrides, runs_dir=str(workdir / "runs"))

@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 
 from launcher.config.load import validate_config
-from launcher.errors import UserError
+from launcher.core.errors import UserError
 from strategies.ppo.options import RewardFunction
 from strategies.ppo.prompts import Prompt
 from strategies.ppo.rewards import RewardError, RewardFunctions

@@ -10,7 +10,7 @@ import pytest
 import torch
 
 from launcher.config.load import apply_overrides, validate_config
-from launcher.errors import UserError
+from launcher.core.errors import UserError
 from strategies.ppo.batch import collate_rollouts, policy_forward, response_mask, truncate_at_eos
 from strategies.ppo.models import pack, unpack
 from strategies.ppo.prompts import step_prompts
@@ -105,7 +105,7 @@ def test_bad_rl_config_names_the_field():
     text = _problems(missing)
     assert "ppo.reward.function" in text and "cannot import 'no_such_module:score'" in text
     folder = validate_config({**cfg, "ppo": {**cfg["ppo"], "reward": {"model": "./no/such/run/final"}}})
-    from launcher.preflight import Notes, check_method_models
+    from launcher.run.preflight import Notes, check_method_models
 
     (problem,) = check_method_models(folder, Notes())  # preflight: a cluster path is only a note
     assert problem.where == "ppo.reward.model" and "folder not found: ./no/such/run/final" in problem.message
@@ -147,7 +147,7 @@ def test_adapter_sync_makes_a_rollout_copy_equal_to_the_trainer(monkeypatch):
     trainer's log-probs exactly (it differs before the sync)."""
     import torch.distributed as dist
 
-    from launcher.dist import init_distributed
+    from launcher.train.dist import init_distributed
     from strategies.ppo.generation import HFEngine
     from strategies.ppo.learner import Learner
     from strategies.ppo.models import sync_state

@@ -124,7 +124,7 @@ def test_grpo_async_through_ftl_run_replaces_a_killed_rollout_worker(tmp_path):
 
 
 def test_roles_that_do_not_fit_the_cluster_fail_before_starting_naming_the_fields(ray_session, tmp_path):
-    from launcher.errors import UserError
+    from launcher.core.errors import UserError
 
     cfg = letters_config("grpo", "too-big", rollout={"num_workers": 2, "batch_size": 8, "cpus_per_worker": 4})
     with pytest.raises(UserError) as info:

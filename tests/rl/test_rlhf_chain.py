@@ -24,9 +24,9 @@ RISE = 1.0  # reward-model units; its chosen-minus-rejected margin on held-out p
 
 def supervised_stages(tmp_path: Path) -> tuple[Path, Path]:
     """SFT and reward model side by side, each as one process running ftl's per-rank loop
-    (``python -m launcher.loop RUN_DIR``: the loop Ray Train runs, without its start-up cost; the
+    (``python -m launcher.train.loop RUN_DIR``: the loop Ray Train runs, without its start-up cost; the
     stages do not depend on each other)."""
-    from launcher.submit import prepare_run
+    from launcher.run.submit import prepare_run
 
     runs = []
     for name, overrides in (("sft.yaml", ("train.max_steps=80",)), ("reward.yaml", ("train.max_steps=100",))):
@@ -34,7 +34,7 @@ def supervised_stages(tmp_path: Path) -> tuple[Path, Path]:
                                 runs_dir=str(tmp_path / "runs"))
         runs.append(folder.path)
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
-    procs = [subprocess.Popen([sys.executable, "-m", "launcher.loop", str(run)], env=env, cwd=ROOT,
+    procs = [subprocess.Popen([sys.executable, "-m", "launcher.train.loop", str(run)], env=env, cwd=ROOT,
                               stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True) for run in runs]
     for proc in procs:
         out, _ = proc.communicate(timeout=600)

@@ -12,7 +12,7 @@ import json
 import psutil
 import pytest
 
-from launcher.errors import JobFailed
+from launcher.core.errors import JobFailed
 from launcher.metrics.jsonl import read_metrics
 from strategies.ppo.engine import vllm_status
 from tests.conftest import run_dirs, run_ftl, write_config

@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import pytest
 
-from launcher.errors import JobFailed
+from launcher.core.errors import JobFailed
 from tests.rl.conftest import letters_config, run_in_session
 
 

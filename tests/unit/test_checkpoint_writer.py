@@ -13,16 +13,16 @@ from pathlib import Path
 import pytest
 import torch
 
-from launcher.checkpoint import (
+from launcher.config.load import validate_config
+from launcher.core.errors import UserError
+from launcher.run.rundir import RunFolder
+from launcher.train.checkpoint import (
     CheckpointManager,
     checkpoint_writer,
     complete_checkpoints,
     refuse_changed_writer,
 )
-from launcher.config.load import validate_config
-from launcher.dist import RankContext
-from launcher.errors import UserError
-from launcher.rundir import RunFolder
+from launcher.train.dist import RankContext
 from tests.conftest import tiny_config
 
 CTX = RankContext(rank=0, world_size=1, local_rank=0, device=torch.device("cpu"), launcher="single")
@@ -115,7 +115,7 @@ def test_every_complete_checkpoint_is_checked_and_a_partial_one_is_not(tmp_path)
 
 
 def test_export_reads_the_backend_from_the_checkpoint_not_from_an_edited_config(tmp_path):
-    from launcher.export import checkpoint_backend
+    from launcher.run.export import checkpoint_backend
 
     folder, ckpt = ddp_run(tmp_path)
     edited = cfg_with(sharding={"backend": "fsdp2"})

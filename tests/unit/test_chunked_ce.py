@@ -167,7 +167,7 @@ def test_activation_offload_changes_nothing(checkpointing):
 
 def test_liger_refused_on_cpu_only_run():
     from launcher.config.load import validate_config
-    from launcher.errors import UserError
+    from launcher.core.errors import UserError
     from tests.conftest import tiny_config
 
     with pytest.raises(UserError) as info:
@@ -183,7 +183,7 @@ def test_liger_refused_on_cpu_only_run():
     # on GPUs it passes the config check; preflight then wants the package (not installed here)
     import importlib.util
 
-    from launcher.preflight import Notes, check_cross_entropy
+    from launcher.run.preflight import Notes, check_cross_entropy
 
     gpu = validate_config(tiny_config(model={"path": "builtin:tiny-llama", "cross_entropy": "liger"},
                                       resources={"num_workers": 1, "gpus_per_worker": 1}))

@@ -7,7 +7,7 @@ import json
 import pytest
 
 from launcher.config.load import apply_overrides, load_config, run_config_model
-from launcher.errors import UserError
+from launcher.core.errors import UserError
 from tests.conftest import tiny_config, write_config
 
 

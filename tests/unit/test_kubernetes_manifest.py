@@ -21,8 +21,8 @@ from cluster.k8s_manifest import (
 )
 from cluster.kubernetes import TERMINAL, job_state
 from launcher.config.load import validate_config
-from launcher.errors import UserError
-from launcher.preemption import stop_reason
+from launcher.core.errors import UserError
+from launcher.core.preemption import stop_reason
 from tests.helpers.kuberay_schema import crd_available, validate_rayjob
 from tests.unit.test_golden_scripts import EXAMPLE_70B, check_golden
 

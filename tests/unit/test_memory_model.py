@@ -11,13 +11,13 @@ import pytest
 import torch
 from click.testing import CliRunner
 
-from launcher import memory_model as mm
-from launcher.auto_sharding import CANDIDATES
 from launcher.backends.registry import resolve_sharding
 from launcher.cli import cli
 from launcher.config.load import validate_config
-from launcher.errors import UserError
-from launcher.planner import count_on_meta, make_plan
+from launcher.core.errors import UserError
+from launcher.plan import memory_model as mm
+from launcher.plan.auto_sharding import CANDIDATES
+from launcher.plan.planner import count_on_meta, make_plan
 from tests.conftest import tiny_config, write_config
 
 DS_ZERO2 = pytest.importorskip("deepspeed.runtime.zero.stage_1_and_2")
@@ -216,7 +216,7 @@ def hub_config(model: str, **sections) -> object:
 def test_bundled_architectures_give_exact_parameter_counts_on_meta(hub_id, params):
     counts = count_on_meta(hub_config(hub_id))
     assert counts["total"] == counts["trainable"] == params
-    assert "launcher/archs/" in counts["config_source"].replace("\\", "/")
+    assert "launcher/plan/archs/" in counts["config_source"].replace("\\", "/")
 
 
 def test_unknown_hub_id_offline_names_the_field_and_the_bundled_models():
@@ -240,7 +240,7 @@ def test_auto_picks_ddp_for_a_tiny_model():
 def test_auto_backend_impl_builds_the_chosen_backend_with_the_chosen_settings():
     """What the per-rank loop does: load_object(resolve_sharding(cfg.sharding).impl)(cfg, ctx)."""
     from launcher.backends.ddp import DDPBackend
-    from launcher.lazy import load_object
+    from launcher.core.lazy import load_object
 
     cfg = validate_config(tiny_config(sharding={"backend": "auto"}))
     backend = load_object(resolve_sharding(cfg.sharding).impl)(cfg, ctx=None)

@@ -10,7 +10,7 @@ from io import StringIO
 
 from rich.console import Console
 
-from launcher import memory_model as mm
+from launcher.plan import memory_model as mm
 from tests.conftest import ROOT
 
 sys.path.insert(0, str(ROOT / "scripts"))
@@ -65,7 +65,7 @@ def test_sequence_parallel_divides_activation_and_logits_terms():
 
 def test_planner_reads_the_switches_from_the_config():
     from launcher.config.load import validate_config
-    from launcher.planner import workload
+    from launcher.plan.planner import workload
     from tests.conftest import tiny_config
 
     cfg = validate_config(tiny_config(model={"path": "builtin:tiny-llama", "cross_entropy": "chunked",
@@ -107,9 +107,9 @@ def test_auto_turns_on_chunked_cross_entropy_only_when_nothing_fits_without(tmp_
     """8B LoRA at 32k tokens per micro-batch on 40 GB GPUs: the logits alone (50 GB) do not fit any
     sharding; with chunked cross-entropy ddp fits. The plan says so, ``ftl run`` writes it into the
     run's config.yaml, and that config chooses the same sharding on the ranks."""
-    from launcher.auto_sharding import apply_chosen_switches, chosen_section
-    from launcher.plan_view import render_plan
-    from launcher.planner import make_plan
+    from launcher.plan.auto_sharding import apply_chosen_switches, chosen_section
+    from launcher.plan.planner import make_plan
+    from launcher.plan.view import render_plan
     from tests.unit.test_memory_model import hub_config
 
     sections = {"sharding": {"backend": "auto"}, "data": {"max_length": 16384},

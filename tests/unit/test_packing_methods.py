@@ -17,8 +17,8 @@ import pytest
 import torch
 
 from launcher.config.load import validate_config
+from launcher.core.errors import HintedValueError
 from launcher.data.synthetic import generate
-from launcher.errors import HintedValueError
 from launcher.models.tiny import resolve_model_path
 from tests.conftest import tiny_config
 from tests.helpers.models import perturbed

@@ -1,4 +1,4 @@
-"""Preflight refuses a run its target cannot place (``launcher.placement``): Slurm allocations and
+"""Preflight refuses a run its target cannot place (``launcher.run.placement``): Slurm allocations and
 KubeRay worker pods as rendered, the local machine; plus the arithmetic they share. The ``ray``
 target's check against a live cluster is in tests/integration/test_ray_target.py, the run-time
 timeout in tests/integration/test_placement_timeout.py."""
@@ -15,8 +15,8 @@ from cluster.local import LocalTarget
 from cluster.ray_jobs import RayJobsTarget
 from cluster.slurm import SlurmTarget
 from launcher.config.load import validate_config
-from launcher.errors import UserError
-from launcher.placement import (
+from launcher.core.errors import UserError
+from launcher.run.placement import (
     NodeOffer,
     WorkerDemand,
     cpu_quantity,
@@ -81,8 +81,8 @@ def test_bounded_placement_sets_only_its_own_timeout_and_names_the_request(monke
     from ray.train import ControllerError
     from ray.train.v2._internal.exceptions import WorkerGroupStartupTimeoutError
 
-    from launcher.errors import JobFailed
-    from launcher.placement import START_TIMEOUT_ENV, bounded_placement
+    from launcher.core.errors import JobFailed
+    from launcher.run.placement import START_TIMEOUT_ENV, bounded_placement
 
     cfg = validate_config(tiny_config(resources={"num_workers": 2, "cpus_per_worker": 3,
                                                  "placement_timeout_s": 90}))

@@ -58,7 +58,7 @@ def models(tmp_path_factory):
 
 @pytest.fixture(autouse=True)
 def single_process(monkeypatch):
-    """A torch.distributed rank's variables left by an earlier in-process test (launcher.dist sets
+    """A torch.distributed rank's variables left by an earlier in-process test (launcher.train.dist sets
     RANK/WORLD_SIZE) would make accelerate try an env:// rendezvous inside TRL's trainer."""
     for key in ("RANK", "WORLD_SIZE", "LOCAL_RANK", "LOCAL_WORLD_SIZE", "MASTER_ADDR", "MASTER_PORT"):
         monkeypatch.delenv(key, raising=False)

@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 
-from launcher.errors import UserError
+from launcher.core.errors import UserError
 from launcher.metrics.jsonl import read_metrics
 from launcher.report.build import write_report, write_run_report_safely
 from launcher.report.curves import curve_figure
@@ -119,7 +119,7 @@ def test_plan_chart_stacks_terms_under_the_gpu_capacity(runs):
 
 def test_plan_chart_of_a_cpu_run_has_no_gpu_line():
     from launcher.config.load import validate_config
-    from launcher.planner import make_plan
+    from launcher.plan.planner import make_plan
     from tests.conftest import tiny_config
 
     plan = make_plan(validate_config(tiny_config()))  # 2 CPU workers, no GPU
@@ -139,7 +139,7 @@ def test_sparkline_follows_the_series(runs):
     assert len(rising) == 16 and list(rising) == sorted(rising) and rising[0] != rising[-1]
     assert len(set(sparkline([2.0] * 10))) == 1 and sparkline([]) == ""
 
-    from launcher.run_list import describe_runs
+    from launcher.run.listing import describe_runs
 
     rows = {Path(r["run"]).name: r for r in describe_runs(str(runs[0].parent))}
     line = rows[runs[0].name]["loss_curve"]
@@ -173,7 +173,7 @@ def test_the_cli_and_ftl_list_do_not_import_matplotlib():
     import subprocess
     import sys
 
-    code = ("import sys, launcher.cli, launcher.run_list, launcher.report.series, launcher.report.build; "
+    code = ("import sys, launcher.cli, launcher.run.listing, launcher.report.series, launcher.report.build; "
             "print(sorted(m for m in sys.modules if m.split('.')[0] == 'matplotlib'))")
     proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
     assert proc.returncode == 0, proc.stderr

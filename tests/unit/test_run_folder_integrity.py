@@ -70,7 +70,7 @@ def test_the_cli_leaves_no_ds_accelerator_for_sbatch_and_workers_get_it_from_the
     import sys
 
     from launcher.config.load import validate_config
-    from launcher.driver import worker_env
+    from launcher.run.driver import worker_env
     from tests.conftest import ROOT, tiny_config, write_config
 
     path = write_config(tmp_path, tiny_config(sharding={"backend": "zero2"}))  # imports DeepSpeed
@@ -121,7 +121,7 @@ def test_a_reader_never_sees_a_record_being_written(tmp_path):
     import subprocess
     import sys
 
-    from launcher.rundir import RunFolder
+    from launcher.run.rundir import RunFolder
 
     folder = RunFolder(tmp_path)
     folder.write_json("plan.json", _big_plan(0))
@@ -142,7 +142,7 @@ def test_a_reader_never_sees_a_record_being_written(tmp_path):
 
 
 def test_config_yaml_is_replaced_not_rewritten_in_place(tmp_path):
-    from launcher.rundir import RunFolder
+    from launcher.run.rundir import RunFolder
 
     folder = RunFolder(tmp_path)
     folder.write_config({"name": "a"})
@@ -161,13 +161,13 @@ def test_a_writer_killed_before_its_rename_leaves_the_previous_record(tmp_path):
     import subprocess
     import sys
 
-    from launcher.rundir import RunFolder
+    from launcher.run.rundir import RunFolder
 
     folder = RunFolder(tmp_path)
     folder.write_json("plan.json", {"workers": 2})
     before = (tmp_path / "plan.json").read_bytes()
     child = ("import os, sys, time\n"
-             "from launcher.rundir import RunFolder\n"
+             "from launcher.run.rundir import RunFolder\n"
              "def stuck(src, dst):\n"
              "    print('renaming', flush=True); time.sleep(600)\n"
              "os.replace = stuck\n"
@@ -192,7 +192,7 @@ def test_a_failed_write_keeps_the_old_file_and_removes_its_temp(tmp_path, monkey
     """A full disk surfaces at fsync: the error reaches the caller, the previous config stays."""
     import errno
 
-    from launcher.rundir import RunFolder
+    from launcher.run.rundir import RunFolder
 
     folder = RunFolder(tmp_path)
     folder.write_config({"name": "before"})
@@ -214,7 +214,7 @@ def test_a_failed_write_keeps_the_old_file_and_removes_its_temp(tmp_path, monkey
 
 def test_records_keep_the_permissions_a_plain_write_would_give(tmp_path):
     """Temp files are not 0600 (mkstemp's mode): others who could read a shared run folder still can."""
-    from launcher.rundir import RunFolder
+    from launcher.run.rundir import RunFolder
 
     umask = os.umask(0o022)
     try:
@@ -227,7 +227,7 @@ def test_records_keep_the_permissions_a_plain_write_would_give(tmp_path):
 # -- one writer per run folder (item 1 of #20)
 
 HOLDER = ("import sys\n"
-          "from launcher.rundir import RunFolder\n"
+          "from launcher.run.rundir import RunFolder\n"
           "folder = RunFolder(sys.argv[1])\n"
           "folder.hold_writer_lock()\n"
           "print('held', flush=True)\n"
@@ -242,7 +242,7 @@ def test_a_second_writer_is_refused_naming_the_holder_until_the_holder_dies(tmp_
     import subprocess
     import sys
 
-    from launcher.rundir import RunFolder
+    from launcher.run.rundir import RunFolder
     from tests.conftest import run_ftl, tiny_config, write_config
 
     run = tmp_path / "runs" / "t-1"
@@ -276,8 +276,8 @@ def test_a_second_writer_is_refused_naming_the_holder_until_the_holder_dies(tmp_
 
 
 def refused(folder) -> str:
-    from launcher.errors import UserError
-    from launcher.submit import refuse_while_job_active
+    from launcher.core.errors import UserError
+    from launcher.run.submit import refuse_while_job_active
 
     try:
         refuse_while_job_active(folder)
@@ -290,8 +290,8 @@ def test_resume_is_refused_while_the_submitted_cluster_job_runs(tmp_path, monkey
     """The writer of a cluster run is its remote driver: a resume asks the target the folder was
     submitted to (here Kubernetes, through the stand-in API server) whether that job still runs,
     whichever target the resume names."""
-    from launcher.rundir import RunFolder
-    from launcher.submit import refuse_while_job_active
+    from launcher.run.rundir import RunFolder
+    from launcher.run.submit import refuse_while_job_active
     from tests.conftest import run_ftl, tiny_config, write_config
     from tests.helpers.fake_k8s import FakeKube
 

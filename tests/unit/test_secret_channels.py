@@ -1,5 +1,5 @@
 """Secrets set in the submitting shell never enter what ftl hands Ray: the workers'
-runtime_env (``launcher.driver.worker_env``) and the Ray job's spec. Workers inherit them from
+runtime_env (``launcher.run.driver.worker_env``) and the Ray job's spec. Workers inherit them from
 the node environment instead (tests/integration/test_secrets.py checks that end to end)."""
 
 from __future__ import annotations
@@ -10,8 +10,8 @@ import pytest
 
 from cluster.ray_jobs import RayJobsTarget
 from launcher.config.load import validate_config
-from launcher.driver import worker_env
-from launcher.rundir import RunFolder
+from launcher.run.driver import worker_env
+from launcher.run.rundir import RunFolder
 from tests.conftest import tiny_config
 
 SECRETS = {"WANDB_API_KEY": "wandb-unit-7f3a9c1e", "HF_TOKEN": "hf_unit-2b8d4e6f"}

@@ -7,9 +7,9 @@ import pytest
 import torch
 
 from launcher.config.load import load_config
-from launcher.errors import UserError
-from launcher.preflight import Notes, check_sequence_parallel
-from launcher.sequence_parallel import SPGroup, shard_batch
+from launcher.core.errors import UserError
+from launcher.run.preflight import Notes, check_sequence_parallel
+from launcher.train.sequence_parallel import SPGroup, shard_batch
 from tests.conftest import tiny_config, write_config
 
 

@@ -6,7 +6,7 @@ import pytest
 
 from launcher.backends.registry import resolve_sharding
 from launcher.config.load import validate_config
-from launcher.errors import UserError
+from launcher.core.errors import UserError
 from tests.conftest import tiny_config
 
 

@@ -1,5 +1,5 @@
 """``launch_environment`` is the environment the process started with, whatever it did to its
-own ``os.environ`` afterwards (what sbatch should export: launcher/submit_env.py)."""
+own ``os.environ`` afterwards (what sbatch should export: launcher/run/submit_env.py)."""
 
 from __future__ import annotations
 
@@ -15,7 +15,7 @@ import json, os
 os.environ["FTL_T_ADDED"] = "by-the-process"
 os.environ["FTL_T_CHANGED"] = "changed"
 os.environ.pop("FTL_T_REMOVED")
-from launcher.submit_env import added_since_start, launch_environment
+from launcher.run.submit_env import added_since_start, launch_environment
 env = launch_environment()
 print(json.dumps({"env": {k: v for k, v in env.items() if k.startswith("FTL_T_")},
                   "added": {k: v for k, v in added_since_start().items() if k.startswith("FTL_T_")}}))

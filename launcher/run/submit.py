@@ -11,7 +11,7 @@ writer of the folder or could not read its checkpoints:
   does not share this filesystem's locks (or this filesystem at all), and a job still PENDING
   has no driver yet to hold anything, while the scheduler knows both;
 - the checkpoints were written by another sharding backend, ZeRO stage, model or adapter set
-  (``launcher.checkpoint.refuse_changed_writer``).
+  (``launcher.train.checkpoint.refuse_changed_writer``).
 """
 
 from __future__ import annotations
@@ -20,13 +20,13 @@ import importlib
 from pathlib import Path
 from typing import Any
 
-from launcher.checkpoint import checkpoint_writer, refuse_changed_writer
 from launcher.config.load import apply_overrides, config_to_dict, load_config, validate_config
-from launcher.errors import Problem, UserError
-from launcher.lazy import load_object
-from launcher.preflight import Notes, preflight
-from launcher.rundir import RunFolder
-from launcher.user_code import add_run_code, ship
+from launcher.core.errors import Problem, UserError
+from launcher.core.lazy import load_object
+from launcher.core.user_code import add_run_code, ship
+from launcher.run.preflight import Notes, preflight
+from launcher.run.rundir import RunFolder
+from launcher.train.checkpoint import checkpoint_writer, refuse_changed_writer
 
 
 def _target(cfg: Any) -> Any:
@@ -50,10 +50,10 @@ def prepare_run(config: str | None, resume_dir: str | None, overrides: tuple[str
                 runs_dir: str | None = None, dry_run: bool = False, smoke: bool = False,
                 notes: Notes | None = None) -> tuple[RunFolder, Any]:
     """Validate and preflight; create (or reopen) the run folder unless ``dry_run``.
-    ``smoke``: run the config shrunk to this machine (launcher/smoke.py). Preflight's warnings
+    ``smoke``: run the config shrunk to this machine (launcher/run/smoke.py). Preflight's warnings
     and notes go to ``notes`` for the caller to show."""
-    from launcher.auto_sharding import apply_chosen_switches
-    from launcher.planner import make_plan
+    from launcher.plan.auto_sharding import apply_chosen_switches
+    from launcher.plan.planner import make_plan
 
     if resume_dir:
         folder = RunFolder(Path(resume_dir))
@@ -66,7 +66,7 @@ def prepare_run(config: str | None, resume_dir: str | None, overrides: tuple[str
     else:
         cfg = load_config(config, overrides)
         if smoke:
-            from launcher.smoke import smoke_config
+            from launcher.run.smoke import smoke_config
 
             cfg, smoke_changes = smoke_config(cfg)
         folder = RunFolder.planned(runs_dir or cfg.checkpoint.dir, cfg.name)

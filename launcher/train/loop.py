@@ -9,7 +9,7 @@ global batch (all micro-batches, all ranks) and multiplied by the world size (DD
 gradients over ranks). The gradient is therefore the exact per-token mean over the global
 batch, whatever the micro/accumulation/world split.
 
-Sequence parallelism (``sharding.sp_size``, ``launcher.sequence_parallel``): the ranks of one
+Sequence parallelism (``sharding.sp_size``, ``launcher.train.sequence_parallel``): the ranks of one
 group take the same samples (the sampler sees ``world / sp`` data-parallel ranks) and each its
 own token chunk of them. A group's items are counted once (by its first rank), and each rank's
 gradient is the gradient of its chunk's loss sum, so the sum over ranks, averaged by the backend
@@ -33,19 +33,19 @@ import numpy as np
 import torch
 import torch.distributed as dist
 
-from launcher import failpoints, preemption
-from launcher.checkpoint import CheckpointManager, checkpoint_writer
-from launcher.dist import RankContext, all_gather_objects, all_reduce_sum, barrier, init_distributed
-from launcher.guard import StepGuard
-from launcher.lazy import load_object
-from launcher.memwatch import PeakAnon
+from launcher.core import failpoints, preemption
+from launcher.core.lazy import load_object
+from launcher.core.paths import ftl_home
 from launcher.metrics.sinks import MetricSinks
 from launcher.models.offload import activation_offload
-from launcher.paths import ftl_home
 from launcher.report.build import write_run_report_safely
-from launcher.rundir import RunFolder
-from launcher.sequence_parallel import SPGroup, active, build_groups, shard_batch
-from launcher.watchdog import StepWatchdog
+from launcher.run.rundir import RunFolder
+from launcher.train.checkpoint import CheckpointManager, checkpoint_writer
+from launcher.train.dist import RankContext, all_gather_objects, all_reduce_sum, barrier, init_distributed
+from launcher.train.guard import StepGuard
+from launcher.train.memwatch import PeakAnon
+from launcher.train.sequence_parallel import SPGroup, active, build_groups, shard_batch
+from launcher.train.watchdog import StepWatchdog
 
 log = logging.getLogger("ftl.loop")
 
@@ -101,9 +101,9 @@ def _train(cfg: Any, ctx: RankContext, folder: RunFolder) -> dict[str, Any]:
     from launcher.backends.registry import resolve_sharding
     from launcher.data.pipeline import prepare_data
     from launcher.data.sampler import StepSampler
-    from launcher.evaluate import evaluate
     from launcher.models.load import count_parameters, load_model, load_tokenizer
-    from launcher.optim import make_optimizer, make_scheduler
+    from launcher.train.evaluate import evaluate
+    from launcher.train.optim import make_optimizer, make_scheduler
     from strategies import build_strategy
 
     wall_start = time.time()
@@ -154,7 +154,7 @@ def _train(cfg: Any, ctx: RankContext, folder: RunFolder) -> dict[str, Any]:
         state["initial"] = evaluate(backend, strategy, data.eval_sets, cfg)
         sinks.emit(0, state["initial"])
 
-    from launcher.state_bytes import FirstStepProbe
+    from launcher.train.state_bytes import FirstStepProbe
 
     # Model-state bytes this rank holds, read around the first optimizer step (hooks, then gone).
     state_bytes = FirstStepProbe(backend)
@@ -315,7 +315,7 @@ def _state_for_save(state: dict[str, Any]) -> dict[str, Any]:
 
 def _stop_saved(folder: RunFolder, ctx: RankContext, sinks: MetricSinks, state: dict[str, Any],
                 reason: str, checkpoint: Path | None) -> dict[str, Any]:
-    """Every rank saved this step on request (``launcher.preemption``): record it and return
+    """Every rank saved this step on request (``launcher.core.preemption``): record it and return
     without the final evaluation or export, so the launcher can exit and a later launch resume."""
     log.warning("stopping at step %d on request (%s); checkpoint %s", state["step"], reason, checkpoint)
     if ctx.is_main:
@@ -365,9 +365,9 @@ def backend_param_bytes(model: Any) -> int:
 
 
 def main() -> None:
-    """``python -m launcher.loop RUN_DIR`` (e.g. under torchrun)."""
+    """``python -m launcher.train.loop RUN_DIR`` (e.g. under torchrun)."""
     if len(sys.argv) != 2:
-        raise SystemExit("usage: python -m launcher.loop RUN_DIR")
+        raise SystemExit("usage: python -m launcher.train.loop RUN_DIR")
     train_rank(sys.argv[1])
     if dist.is_initialized():
         dist.destroy_process_group()

@@ -23,9 +23,9 @@ from typing import Any
 import numpy as np
 import torch
 
-from launcher import failpoints
-from launcher.dist import RankContext, barrier
-from launcher.errors import Problem, UserError
+from launcher.core import failpoints
+from launcher.core.errors import Problem, UserError
+from launcher.train.dist import RankContext, barrier
 
 PREFIX = "step-"
 WRITER_FILE = "writer.json"
@@ -110,7 +110,7 @@ class CheckpointManager:
         """``writer``: what this run writes checkpoints with (``checkpoint_writer(cfg)``),
         recorded in each one. Without it, the record ``prepare_run`` left in launch.json is
         used (none in folders prepared by older versions: such checkpoints get no record)."""
-        from launcher.rundir import RunFolder
+        from launcher.run.rundir import RunFolder
 
         self.root = Path(run_dir) / "checkpoints"
         self.keep = keep
@@ -267,7 +267,7 @@ def refuse_changed_writer(run_dir: Path, cfg: Any) -> None:
         old = recorded_writer(ckpt)
         if old is None:
             if folder_cfg is None:
-                from launcher.rundir import RunFolder
+                from launcher.run.rundir import RunFolder
 
                 folder_cfg = RunFolder(Path(run_dir)).load_config()
             old = legacy_writer(ckpt, folder_cfg)

@@ -23,8 +23,8 @@ import logging
 import math
 from typing import Any
 
-from launcher import memory_model as mm
-from launcher.errors import Problem, UserError
+from launcher.core.errors import Problem, UserError
+from launcher.plan import memory_model as mm
 
 log = logging.getLogger(__name__)
 
@@ -52,7 +52,7 @@ def candidate_section(cfg: Any, settings: dict[str, str]) -> Any:
 def evaluate(cfg: Any, counts: dict[str, Any], settings: dict[str, str], world: int | None = None) -> dict:
     """The plan's memory section for one candidate (optionally at another world size)."""
     from launcher.backends.registry import resolve_sharding
-    from launcher.planner import memory_section
+    from launcher.plan.planner import memory_section
 
     return memory_section(cfg, counts, resolve_sharding(candidate_section(cfg, settings)), world)
 
@@ -77,7 +77,7 @@ def with_switches(cfg: Any, switches: dict[str, Any]) -> Any:
 def choose_sharding(cfg: Any, counts: dict[str, Any] | None = None) -> tuple[str, dict[str, Any]]:
     """(label of the first candidate that fits, the plan made with it). Raises a UserError on
     ``sharding.backend`` naming the smallest cluster that would fit when none does."""
-    from launcher.planner import count_on_meta, make_plan
+    from launcher.plan.planner import count_on_meta, make_plan
 
     counts = counts or count_on_meta(cfg)
     tried = []
@@ -128,7 +128,7 @@ def auto_backend(cfg: Any, ctx: Any) -> Any:
     """The backend ``auto`` resolves to, built with the chosen settings (the registry's impl for
     ``auto``: what ``load_object(resolve_sharding(cfg.sharding).impl)(cfg, ctx)`` calls)."""
     from launcher.backends.registry import resolve_sharding
-    from launcher.lazy import load_object
+    from launcher.core.lazy import load_object
 
     section = chosen_section(cfg)
     concrete = cfg.model_copy(update={"sharding": section})
@@ -140,7 +140,7 @@ def auto_backend(cfg: Any, ctx: Any) -> Any:
 
 def smallest_cluster(cfg: Any, counts: dict[str, Any]) -> tuple[int, str, dict] | None:
     """(world size, label, memory) of the smallest GPU cluster on which a candidate fits."""
-    from launcher.planner import full_node_ranks, uses_gpus
+    from launcher.plan.planner import full_node_ranks, uses_gpus
 
     if not uses_gpus(cfg):
         return None
@@ -158,7 +158,7 @@ def smallest_cluster(cfg: Any, counts: dict[str, Any]) -> tuple[int, str, dict] 
 
 
 def cluster_label(cfg: Any, world: int) -> str:
-    from launcher.planner import full_node_ranks
+    from launcher.plan.planner import full_node_ranks
 
     nodes = math.ceil(world / full_node_ranks(cfg))
     return f"{world} GPUs on one node" if nodes == 1 else f"{nodes} nodes ({world} GPUs)"
@@ -166,7 +166,7 @@ def cluster_label(cfg: Any, world: int) -> str:
 
 def advice(cfg: Any, counts: dict[str, Any], memory: dict[str, Any], label: str) -> list[str]:
     """Plain-language warnings for a plan: what does not fit, and what would."""
-    from launcher.planner import LOW_HEADROOM, need_label, run_label, where_label
+    from launcher.plan.planner import LOW_HEADROOM, need_label, run_label, where_label
 
     if memory["fits"]:
         gpu = memory.get("per_gpu")
@@ -217,7 +217,7 @@ def _remedies(cfg: Any) -> str:
 
 def _floor(cfg: Any, counts: dict[str, Any]) -> str:
     """Why nothing fits at any size: per-rank memory that no sharding divides."""
-    from launcher.planner import full_node_ranks
+    from launcher.plan.planner import full_node_ranks
 
     memory = evaluate(cfg, counts, CANDIDATES[-1][1], full_node_ranks(cfg) * MAX_NODES)
     gpu = memory["roles"]["policy"]["gpu"]
@@ -227,7 +227,7 @@ def _floor(cfg: Any, counts: dict[str, Any]) -> str:
 
 
 def _no_fit(cfg: Any, counts: dict[str, Any], tried: list[dict[str, Any]]) -> Problem:
-    from launcher.planner import run_label, where_label
+    from launcher.plan.planner import run_label, where_label
 
     limit = int(cfg.resources.gpu_memory_gb * mm.GB)
     needs = ", ".join(_need({**t, "gpu_limit": limit}) for t in tried if "switches" not in t)

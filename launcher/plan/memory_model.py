@@ -2,7 +2,7 @@
 
 Why: a 70B run that does not fit is found out after the job queued, the nodes booted and the
 weights streamed in. ``ftl plan`` answers before anything is submitted, and
-``sharding.backend: auto`` (``launcher.auto_sharding``) uses the same numbers to pick the least
+``sharding.backend: auto`` (``launcher.plan.auto_sharding``) uses the same numbers to pick the least
 communicating sharding that fits. Everything here is a pure function of a few integers, so the
 planner can evaluate hundreds of layouts in milliseconds.
 
@@ -35,7 +35,7 @@ Model states
       reducer's flat gradient buckets) or divided by ``N`` (FSDP2).
     * ``RoleMemory.model_states`` lists the three model states per rank wherever they live
       (offloaded ones without the host buffer factor), with ``cpu_offloaded`` the part kept in
-      host RAM by configuration: the figures ``launcher.state_bytes`` measures in a run.
+      host RAM by configuration: the figures ``launcher.train.state_bytes`` measures in a run.
 
 Working buffers of sharded parameters
     ZeRO-3 gathers one module at a time: ``2b * largest_module`` (16-bit weights + gradients,

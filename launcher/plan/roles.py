@@ -20,7 +20,7 @@ import math
 from dataclasses import replace
 from typing import Any
 
-from launcher import memory_model as mm
+from launcher.plan import memory_model as mm
 from strategies.catalog import ReferenceOptions
 
 

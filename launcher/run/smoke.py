@@ -22,7 +22,7 @@ import hashlib
 from pathlib import Path
 from typing import Any
 
-from launcher.paths import ftl_home
+from launcher.core.paths import ftl_home
 
 SMOKE_LAYERS = 2
 SMOKE_HIDDEN = 128
@@ -58,7 +58,7 @@ def smoke_model(arch_path: str) -> str:
     from transformers import AutoConfig
 
     from launcher.models.tiny import build_tokenizer, save_random_model
-    from launcher.planner import planning_model_path
+    from launcher.plan.planner import planning_model_path
 
     config = shrunk_config(AutoConfig.from_pretrained(planning_model_path(arch_path)))
     tokenizer = build_tokenizer(SMOKE_VOCAB)
@@ -142,7 +142,7 @@ def smoke_config(cfg: Any, steps: int = 3) -> tuple[Any, list[str]]:
                     "max_new_tokens": 8, "batch_size": 8}
     changes.append(f"train: {steps} steps x micro batch 2 on 2 CPU workers (local), checkpoint every "
                    "step into ./runs, W&B offline")
-    from launcher.lazy import load_object
+    from launcher.core.lazy import load_object
 
     adjust = SMOKE_ADJUST.get(cfg.method)
     if adjust is not None:

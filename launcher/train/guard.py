@@ -14,7 +14,7 @@ instead: the backends leave the parameters and optimizer state untouched when th
 norm is not finite (``Backend.skip_nonfinite``; DeepSpeed does the same by itself), the count
 is checkpointed and logged as ``train/skipped_steps``, and step N+1 stops the run.
 
-A stop request (``launcher.preemption``) is read on rank 0 only: the file lives in the run
+A stop request (``launcher.core.preemption``) is read on rank 0 only: the file lives in the run
 folder, which every launcher shares, and one reader keeps shared storage quiet at scale.
 """
 
@@ -27,8 +27,8 @@ from pathlib import Path
 
 import torch
 
-from launcher import preemption
-from launcher.dist import RankContext, all_gather_objects, all_reduce_sum
+from launcher.core import preemption
+from launcher.train.dist import RankContext, all_gather_objects, all_reduce_sum
 
 
 class NonFiniteError(RuntimeError):

@@ -35,8 +35,8 @@ from typing import Any
 
 import yaml
 
-from launcher import terminal
-from launcher.errors import Problem, UserError
+from launcher.core import terminal
+from launcher.core.errors import Problem, UserError
 
 LOCK_FILE = ".lock"
 
@@ -90,7 +90,7 @@ class WriterLock:
     ``flock`` to NFS byte-range locks, which the server arbitrates between hosts; a mount with
     ``-o local_lock=flock`` (or ``nolock``) keeps locks on one client, and then two hosts can both
     hold one. Other cluster filesystems (Lustre needs ``-o flock``, GPFS) differ too. A cluster
-    job never relies on this lock alone: ``launcher.submit`` also asks the target whether the
+    job never relies on this lock alone: ``launcher.run.submit`` also asks the target whether the
     run's submitted job still runs."""
 
     def __init__(self, path: Path, fh: Any):
@@ -222,7 +222,7 @@ class RunFolder:
 
     def load_config(self) -> Any:
         from launcher.config.load import validate_config
-        from launcher.user_code import add_run_code
+        from launcher.core.user_code import add_run_code
 
         add_run_code(self.path)  # modules the config names, shipped with the run
         data = yaml.safe_load(self.config_file.read_text())
@@ -248,7 +248,7 @@ class RunFolder:
     # -- launches
     def new_launch(self, writer: dict[str, Any] | None = None) -> str:
         """Record a new launch. ``writer``: what its checkpoints are written with
-        (``launcher.checkpoint.checkpoint_writer``); the checkpoint manager copies it into
+        (``launcher.train.checkpoint.checkpoint_writer``); the checkpoint manager copies it into
         every checkpoint it saves."""
         launch = uuid.uuid4().hex[:12]
         record: dict[str, Any] = {"launch_id": launch, "started": time.time()}

@@ -54,7 +54,7 @@ class HintedValueError(ValueError):
 
 class Preempted(Exception):
     """The run saved and stopped on request (SIGTERM, Slurm's warning, a pod's preStop): the CLI
-    exits 75 (``launcher.preemption.PREEMPTED_EXIT``) and says how to continue."""
+    exits 75 (``launcher.core.preemption.PREEMPTED_EXIT``) and says how to continue."""
 
 
 @dataclass

@@ -1,6 +1,6 @@
 """Bytes of model states one rank really holds: parameters, gradients, optimizer states.
 
-Why: ``ftl plan`` predicts these per rank (``launcher.memory_model``) and ``backend: auto`` picks a
+Why: ``ftl plan`` predicts these per rank (``launcher.plan.memory_model``) and ``backend: auto`` picks a
 sharding from the prediction. This module measures the same quantities inside a real run, so a
 test (``tests/integration/test_state_bytes.py``) can hold the prediction to what every backend
 allocates, and ``summary.json`` records them as ``model_state_bytes_per_rank``.

@@ -10,7 +10,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-from launcher.errors import Problem, UserError
+from launcher.core.errors import Problem, UserError
 
 
 class Notes(list):
@@ -141,8 +141,8 @@ def check_data(cfg: Any, spec: Any, notes: Notes, remote: bool = False, tokenize
 
 
 def check_sharding(cfg: Any) -> list[Problem]:
-    from launcher.auto_sharding import concrete_config
     from launcher.backends.registry import resolve_sharding
+    from launcher.plan.auto_sharding import concrete_config
 
     cfg = concrete_config(cfg)
     sharding = resolve_sharding(cfg.sharding)
@@ -175,7 +175,7 @@ def check_sequence_parallel(cfg: Any, notes: Notes) -> list[Problem]:
     sp = cfg.sharding.sp_size
     if sp == 1:
         return []
-    from launcher.planner import _dims, _read_config
+    from launcher.plan.planner import _dims, _read_config
 
     try:
         config, _ = _read_config(cfg)
@@ -197,8 +197,8 @@ ROWS_CHECKED = 64
 
 
 def _row_problem(source: Any, index: int, fmt: str, exc: Exception) -> Problem:
+    from launcher.core.errors import HintedValueError
     from launcher.data.sources import row_location
-    from launcher.errors import HintedValueError
 
     if isinstance(exc, HintedValueError):
         return Problem(row_location(source, index), str(exc), exc.hint)

@@ -24,7 +24,7 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import TextIO
 
-from launcher.errors import JobFailed, Preempted, UserError
+from launcher.core.errors import JobFailed, Preempted, UserError
 
 #: (stdout, stderr) that reach the user while a gate is open; innermost last.
 _TERMINALS: list[tuple[TextIO, TextIO]] = []

@@ -10,7 +10,7 @@ from rich.table import Table
 
 from launcher.metrics.jsonl import read_metrics
 from launcher.report.sparkline import loss_values, sparkline
-from launcher.rundir import list_runs
+from launcher.run.rundir import list_runs
 
 
 def describe_runs(runs_dir: str) -> list[dict[str, Any]]:

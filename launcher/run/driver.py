@@ -11,9 +11,9 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from launcher import preemption
-from launcher.errors import JobFailed
-from launcher.rundir import RunFolder
+from launcher.core import preemption
+from launcher.core.errors import JobFailed
+from launcher.run.rundir import RunFolder
 
 # Worker environment: no per-line print patching (pages of noise from datasets.map), no
 # tokenizer thread pools fighting the training threads.
@@ -27,7 +27,7 @@ PASS_THROUGH = ("WANDB_MODE", "HF_HOME", "HF_HUB_OFFLINE", "HF_DATASETS_OFFLINE"
 
 
 def _worker_entry(config: dict[str, Any]) -> None:
-    from launcher.loop import train_rank
+    from launcher.train.loop import train_rank
 
     # Relative paths in the config (uploaded data under ftl-data/) are relative to the
     # driver's directory: the job's working_dir, unpacked at the same path on every node.
@@ -53,7 +53,7 @@ def run_trainer(folder: RunFolder) -> None:
     from ray.train import FailureConfig, RunConfig, ScalingConfig, TrainingFailedError
     from ray.train.torch import TorchConfig, TorchTrainer
 
-    from launcher.placement import bounded_placement, failure_limits
+    from launcher.run.placement import bounded_placement, failure_limits
 
     cfg = folder.load_config()
     preemption.clear(folder.path)  # a new launch: an earlier launch's stop request is done
@@ -99,7 +99,7 @@ def _worker_count(cfg: Any) -> int | tuple[int, int]:
 
 def _controller(method: str) -> Any:
     """The method's own controller (``StrategySpec.controller``), or None for a TorchTrainer."""
-    from launcher.lazy import load_object
+    from launcher.core.lazy import load_object
     from strategies import STRATEGIES
 
     spec = STRATEGIES.get(method, "method")
@@ -123,13 +123,13 @@ def job_failure(folder: RunFolder, exc: BaseException | None) -> JobFailed:
 
 
 def main() -> None:
-    """``python -m launcher.driver RUN_DIR [--seed DIR]``: the entrypoint on a cluster (Ray
+    """``python -m launcher.run.driver RUN_DIR [--seed DIR]``: the entrypoint on a cluster (Ray
     Jobs, Slurm). ``--seed`` (re)writes the run folder's config from a staged copy."""
     import argparse
 
     import ray
 
-    parser = argparse.ArgumentParser(prog="python -m launcher.driver")
+    parser = argparse.ArgumentParser(prog="python -m launcher.run.driver")
     parser.add_argument("run_dir")
     parser.add_argument("--seed", default=None)
     args = parser.parse_args()

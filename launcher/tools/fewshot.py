@@ -18,7 +18,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from launcher.errors import Problem, UserError
+from launcher.core.errors import Problem, UserError
 
 BUILTIN_PREFIX = "builtin:"
 BUILTIN_SUPPORT_ROWS = 256  # train-split rows generated as the support set of a builtin task

@@ -37,7 +37,7 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import Any
 
-from launcher.errors import JobFailed, Problem
+from launcher.core.errors import JobFailed, Problem
 
 START_TIMEOUT_ENV = "RAY_TRAIN_WORKER_GROUP_START_TIMEOUT_S"
 _EPS = 1e-9
@@ -166,7 +166,7 @@ def kuberay_problem(cfg: Any, manifests: list[dict[str, Any]]) -> Problem | None
     offered = f"the RayJob's cluster has {describe_nodes(pods)} for workers"
     hint = ("set cluster.kubernetes.gpus_per_pod / cpus_per_pod to what each pod's workers need, "
             "or change resources.num_workers / gpus_per_worker / cpus_per_worker")
-    from launcher.plan_roles import has_roles, rl_gpus
+    from launcher.plan.roles import has_roles, rl_gpus
 
     if has_roles(cfg):
         need, have = rl_gpus(cfg), sum(p.gpus for p in pods)
@@ -221,7 +221,7 @@ def bounded_placement(cfg: Any) -> Iterator[None]:
 
     Ray reads the timeout only from the driver's ``os.environ`` (module docstring), so it is set
     for the duration of ``fit`` and removed after. The driver process runs one trainer at a time
-    (``python -m launcher.driver``, a sweep trial, ``ftl run`` on the local target) and submits
+    (``python -m launcher.run.driver``, a sweep trial, ``ftl run`` on the local target) and submits
     nothing else meanwhile. A value the user exported is left as it is, and used."""
     from ray.train import ControllerError
 

@@ -15,7 +15,7 @@ placement groups a job owns are removed by Ray when the job's driver exits.
 from __future__ import annotations
 
 #: the ``runtime_env`` entry that runs :func:`install` in every worker process of a job
-SETUP_HOOK = {"worker_process_setup_hook": "launcher.ray_patches.install"}
+SETUP_HOOK = {"worker_process_setup_hook": "launcher.run.ray_patches.install"}
 
 
 def install() -> None:

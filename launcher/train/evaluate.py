@@ -11,7 +11,7 @@ from typing import TYPE_CHECKING, Any
 
 import torch
 
-from launcher.dist import RankContext, all_gather_objects, all_reduce_sum
+from launcher.train.dist import RankContext, all_gather_objects, all_reduce_sum
 
 if TYPE_CHECKING:
     from launcher.backends.base import Backend

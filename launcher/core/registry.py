@@ -11,7 +11,7 @@ import difflib
 from collections.abc import Callable, Iterator
 from typing import Generic, TypeVar
 
-from launcher.errors import Problem, UserError
+from launcher.core.errors import Problem, UserError
 
 T = TypeVar("T")
 

@@ -1,6 +1,6 @@
 """Hyperparameter sweeps (``ftl sweep``) on Ray Tune: every trial is a whole ftl run.
 
-A trial starts one process (``python -m launcher.sweep SPEC``) that prepares its run folder
+A trial starts one process (``python -m launcher.tools.sweep SPEC``) that prepares its run folder
 (``prepare_run`` with the trial's values as ``--set`` overrides: validated, preflighted and
 planned like ``ftl run``) under ``<runs>/sweep-<name>-<time>/`` and drives it on the sweep's
 embedded Ray with the driver's ``run_trainer``: the same TorchTrainer and per-rank loop as
@@ -33,7 +33,7 @@ from typing import Any
 
 import yaml
 
-from launcher.errors import JobFailed, Problem, UserError
+from launcher.core.errors import JobFailed, Problem, UserError
 
 DISTRIBUTIONS = ("loguniform", "uniform", "randint", "choice")
 ACCEPTED_FORMS = ("loguniform:LO:HI, uniform:LO:HI, randint:LO:HI (integers, both ends included), "
@@ -90,7 +90,7 @@ def parse_param(raw: str) -> ParamSpec:
         raise _bad(raw, "expected PATH=DISTRIBUTION:ARGS")
     kind, _, args = dist.strip().partition(":")
     if kind not in DISTRIBUTIONS:
-        from launcher.registry import did_you_mean
+        from launcher.core.registry import did_you_mean
 
         close = did_you_mean(kind, DISTRIBUTIONS)
         raise _bad(raw, f"unknown distribution {kind!r}" + (f" (did you mean {close!r}?)" if close else ""))
@@ -220,7 +220,8 @@ def run_trial(params: dict[str, Any], setup: dict[str, Any]) -> None:
                PYTHONUNBUFFERED="1")
     metric, offset, reported, run_dir = setup["metric"], 0, 0, None
     with log_path.open("w") as log:
-        proc = subprocess.Popen([sys.executable, "-m", "launcher.sweep", str(spec_file)], cwd=setup["cwd"],
+        proc = subprocess.Popen([sys.executable, "-m", "launcher.tools.sweep", str(spec_file)],
+                                cwd=setup["cwd"],
                                 env=env, stdout=log, stderr=subprocess.STDOUT, preexec_fn=_die_with_parent)
         try:
             while True:
@@ -249,13 +250,13 @@ def run_trial(params: dict[str, Any], setup: dict[str, Any]) -> None:
 
 
 def trial_main(spec_file: str) -> int:
-    """``python -m launcher.sweep SPEC``: one trial's process. It prepares the run folder as
+    """``python -m launcher.tools.sweep SPEC``: one trial's process. It prepares the run folder as
     ``ftl run`` does (validate, preflight, plan) and drives it on the sweep's Ray as
-    ``python -m launcher.driver`` does: one process, so torch and transformers load once."""
+    ``python -m launcher.run.driver`` does: one process, so torch and transformers load once."""
     import ray
 
-    from launcher.driver import run_trainer
-    from launcher.submit import prepare_run
+    from launcher.run.driver import run_trainer
+    from launcher.run.submit import prepare_run
 
     spec = json.loads(Path(spec_file).read_text())
     try:
@@ -346,8 +347,8 @@ def run_sweep(config: str, params: list[str], overrides: tuple[str, ...] = (), *
     results. Raises UserError before anything starts when an input is wrong, JobFailed when no
     trial produced the metric."""
     from cluster.local import LocalTarget
-    from launcher.rundir import RunFolder
-    from launcher.submit import prepare_run
+    from launcher.run.rundir import RunFolder
+    from launcher.run.submit import prepare_run
 
     if not params:
         raise UserError(Problem("--param", "nothing to sweep", f"accepted forms: {ACCEPTED_FORMS}"))

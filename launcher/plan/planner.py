@@ -3,9 +3,9 @@ predicted memory of every rank.
 
 Parameter counts come from instantiating the architecture on the meta device (no weights are
 read or allocated), so they are exact for any size, 70B included. The architecture is read
-from ``model.path``; a hub id whose config ftl bundles (``launcher/archs``) is planned from
+from ``model.path``; a hub id whose config ftl bundles (``launcher/plan/archs``) is planned from
 that file, so planning needs neither weights nor network. Memory comes from
-``launcher.memory_model`` (pure arithmetic); the plan's ``memory`` section is keyed by role
+``launcher.plan.memory_model`` (pure arithmetic); the plan's ``memory`` section is keyed by role
 (``policy`` today; ``reference``, ``reward``, ``critic``, ``rollout`` slot in beside it) and
 totals what each GPU and each node's host RAM must hold.
 """
@@ -16,9 +16,9 @@ import math
 from pathlib import Path
 from typing import Any
 
-from launcher import memory_model as mm
-from launcher.errors import Problem, UserError
-from launcher.plan_roles import has_roles, resident_reference, rl_gpus, rl_roles
+from launcher.core.errors import Problem, UserError
+from launcher.plan import memory_model as mm
+from launcher.plan.roles import has_roles, resident_reference, rl_gpus, rl_roles
 
 #: CUDA context, NCCL buffers and allocator fragmentation: a flat allowance per GPU.
 GPU_RESERVE_BYTES = 2 * mm.GB
@@ -29,8 +29,8 @@ LOW_HEADROOM = 0.05
 def planning_model_path(path: str) -> str:
     """Where the architecture is read from: a builtin or local folder as is; else a bundled
     config.json when the hub id is known; else the hub id (HF cache or hub)."""
-    from launcher.archs import bundled_config_dir
     from launcher.models.tiny import is_builtin, resolve_model_path
+    from launcher.plan.archs import bundled_config_dir
 
     if is_builtin(path):
         return resolve_model_path(path)
@@ -43,7 +43,7 @@ def planning_model_path(path: str) -> str:
 def _read_config(cfg: Any) -> tuple[Any, str]:
     from transformers import AutoConfig
 
-    from launcher.archs import bundled_names
+    from launcher.plan.archs import bundled_names
 
     path = planning_model_path(cfg.model.path)
     kwargs: dict[str, Any] = {"trust_remote_code": cfg.model.trust_remote_code}
@@ -343,14 +343,14 @@ def make_plan(cfg: Any, *, with_params: bool = True, counts: dict[str, Any] | No
 
     counts = counts or count_on_meta(cfg)
     if cfg.sharding.backend == AUTO:
-        from launcher.auto_sharding import choose_sharding
+        from launcher.plan.auto_sharding import choose_sharding
 
         return choose_sharding(cfg, counts=counts)[1]
     plan["parameters"] = counts
     resolved = resolve_sharding(cfg.sharding)
     plan["sharding"]["resolved"] = _resolved_dict(resolved)
     memory = memory_section(cfg, counts, resolved)
-    from launcher.auto_sharding import advice
+    from launcher.plan.auto_sharding import advice
 
     memory["warnings"] = advice(cfg, counts, memory, label=cfg.sharding.backend)
     plan["memory"] = memory

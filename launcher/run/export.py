@@ -17,7 +17,9 @@ from typing import Any
 
 import torch
 
-from launcher.checkpoint import (
+from launcher.core.errors import Problem, UserError
+from launcher.run.rundir import RunFolder
+from launcher.train.checkpoint import (
     backend_of_files,
     checkpoint_step,
     checkpoint_writer,
@@ -25,8 +27,6 @@ from launcher.checkpoint import (
     recorded_writer,
     writer_changes,
 )
-from launcher.errors import Problem, UserError
-from launcher.rundir import RunFolder
 
 
 def pick_checkpoint(folder: RunFolder, step: int | None) -> Path:
@@ -60,7 +60,7 @@ def consolidated_state_dict(ckpt: Path, kind: str) -> dict[str, torch.Tensor]:
     if kind == "ddp":
         return torch.load(ckpt / "model.pt", map_location="cpu")
     if kind == "deepspeed":
-        from launcher.host import deepspeed_on_host
+        from launcher.core.host import deepspeed_on_host
 
         with deepspeed_on_host():
             from deepspeed.utils.zero_to_fp32 import get_fp32_state_dict_from_zero_checkpoint

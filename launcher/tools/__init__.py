@@ -1,0 +1,1 @@
+"""Commands built on top of runs: few-shot evaluation and hyperparameter sweeps."""
