@@ -24,6 +24,13 @@ class Target:
         """Raise UserError when the job could not reach this run folder (checked before the
         folder is created, so a refused run leaves nothing behind)."""
 
+    def start_early(self, cfg: Any) -> None:
+        """Begin start-up work that needs only the validated config, so that it overlaps the
+        preflight (tokenizer, data) instead of following it; ``run`` uses it. Default: nothing."""
+
+    def discard_early(self) -> None:
+        """Undo ``start_early`` when the run does not go ahead (preflight failed, Ctrl-C)."""
+
     def check_reachable(self, cfg: Any) -> None:
         """Raise UserError when the cluster cannot be reached (skipped by --dry-run)."""
 
