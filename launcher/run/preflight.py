@@ -10,7 +10,10 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
+from launcher.backends.registry import resolve_sharding
 from launcher.core.errors import Problem, UserError
+from launcher.plan.auto_sharding import concrete_config
+from launcher.plan.facts import model_dims, read_model_config
 
 
 class Notes(list):
@@ -141,10 +144,7 @@ def check_data(cfg: Any, spec: Any, notes: Notes, remote: bool = False, tokenize
 
 
 def check_sharding(cfg: Any) -> list[Problem]:
-    from launcher.backends.registry import resolve_sharding
-    from launcher.plan.auto_sharding import concrete_config
-
-    cfg = concrete_config(cfg)
+    cfg = concrete_config(cfg)  # ftl validate: auto as it would choose (ftl run has chosen already)
     sharding = resolve_sharding(cfg.sharding)
     problems: list[Problem] = []
     if sharding.kind == "deepspeed":
@@ -175,13 +175,11 @@ def check_sequence_parallel(cfg: Any, notes: Notes) -> list[Problem]:
     sp = cfg.sharding.sp_size
     if sp == 1:
         return []
-    from launcher.plan.planner import _dims, _read_config
-
     try:
-        config, _ = _read_config(cfg)
+        config, _ = read_model_config(cfg)
     except UserError as exc:
         return exc.problems
-    dims = _dims(config)
+    dims = model_dims(config)
     heads, kv = dims["num_attention_heads"], dims["num_key_value_heads"]
     if heads % sp:
         return [Problem("sharding.sp_size", f"{sp} does not divide the model's {heads} attention heads",

@@ -20,10 +20,13 @@ import importlib
 from pathlib import Path
 from typing import Any
 
+from launcher.backends.registry import AUTO
 from launcher.config.load import apply_overrides, config_to_dict, load_config, validate_config
 from launcher.core.errors import Problem, UserError
 from launcher.core.lazy import load_object
 from launcher.core.user_code import add_run_code, ship
+from launcher.plan.auto_sharding import prepared_config
+from launcher.plan.planner import make_plan
 from launcher.run.preflight import Notes, preflight
 from launcher.run.rundir import RunFolder
 from launcher.train.checkpoint import checkpoint_writer, refuse_changed_writer
@@ -52,9 +55,6 @@ def prepare_run(config: str | None, resume_dir: str | None, overrides: tuple[str
     """Validate and preflight; create (or reopen) the run folder unless ``dry_run``.
     ``smoke``: run the config shrunk to this machine (launcher/run/smoke.py). Preflight's warnings
     and notes go to ``notes`` for the caller to show."""
-    from launcher.plan.auto_sharding import apply_chosen_switches
-    from launcher.plan.planner import make_plan
-
     if resume_dir:
         folder = RunFolder(Path(resume_dir))
         if not folder.config_file.exists():
@@ -71,10 +71,13 @@ def prepare_run(config: str | None, resume_dir: str | None, overrides: tuple[str
             cfg, smoke_changes = smoke_config(cfg)
         folder = RunFolder.planned(runs_dir or cfg.checkpoint.dir, cfg.name)
     target = _target(cfg)
+    plan = None
+    if cfg.sharding.backend == AUTO:  # chosen here, once: preflight, the ranks, a resume read the choice
+        plan = make_plan(cfg)
+        cfg = prepared_config(cfg, plan)  # the chosen backend, and the memory switches auto turned on
     preflight(cfg, target, notes)
     target.check_run_folder(folder, cfg)
-    plan = make_plan(cfg)
-    cfg = apply_chosen_switches(cfg, plan)  # sharding: auto may turn memory switches on
+    plan = plan or make_plan(cfg)
     if resume_dir:
         refuse_changed_writer(folder.path, cfg)
     if dry_run:
