@@ -20,6 +20,7 @@ import importlib
 from pathlib import Path
 from typing import Any
 
+from cluster import TARGETS
 from launcher.backends.registry import AUTO
 from launcher.config.load import apply_overrides, config_to_dict, load_config, validate_config
 from launcher.core.errors import Problem, UserError
@@ -29,12 +30,11 @@ from launcher.plan.auto_sharding import prepared_config
 from launcher.plan.planner import make_plan
 from launcher.run.preflight import Notes, preflight
 from launcher.run.rundir import RunFolder
+from launcher.run.smoke import smoke_config
 from launcher.train.checkpoint import checkpoint_writer, refuse_changed_writer
 
 
 def _target(cfg: Any) -> Any:
-    from cluster import TARGETS
-
     return load_object(TARGETS.get(cfg.cluster.target, "cluster.target").impl)()
 
 
@@ -44,8 +44,6 @@ def target_of(folder: RunFolder) -> Any:
     if not sub:
         raise UserError(Problem(str(folder.path), "this run was not submitted to a cluster",
                                 "status/logs/stop apply to runs started with --target ray|slurm|kubernetes"))
-    from cluster import TARGETS
-
     return load_object(TARGETS.get(sub["target"]).impl)()
 
 
@@ -66,8 +64,6 @@ def prepare_run(config: str | None, resume_dir: str | None, overrides: tuple[str
     else:
         cfg = load_config(config, overrides)
         if smoke:
-            from launcher.run.smoke import smoke_config
-
             cfg, smoke_changes = smoke_config(cfg)
         folder = RunFolder.planned(runs_dir or cfg.checkpoint.dir, cfg.name)
     target = _target(cfg)
