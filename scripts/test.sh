@@ -24,6 +24,7 @@ export FTL_HOME="${FTL_HOME:-$PWD/.cache/ftl}"          # builtin models, compil
 export TORCH_EXTENSIONS_DIR="${TORCH_EXTENSIONS_DIR:-$FTL_HOME/torch_extensions}"
 export HF_HUB_OFFLINE=1 HF_DATASETS_OFFLINE=1 RAY_AUTH_MODE=disabled
 .venv/bin/ruff check launcher strategies cluster tests scripts
+.venv/bin/lint-imports --no-cache   # import contracts: [tool.importlinter] in pyproject.toml
 # Two pytest workers, one test file each at a time (module fixtures such as a Ray session or a
 # Slurm cluster stay in one process): most tests wait on Ray, Slurm or a child process more than
 # they compute, so two at once use this 2-core machine's CPUs. FTL_TEST_WORKERS=0 runs serially.

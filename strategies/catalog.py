@@ -9,7 +9,8 @@ from typing import Literal
 
 from pydantic import Field
 
-from launcher.config.schema import Section
+from launcher.config.section import Section
+from strategies.ppo.options import CriticRole, OnlineRLOptions  # light: pydantic only
 from strategies.registry import strategy
 
 
@@ -135,13 +136,13 @@ class ContrastiveOptions(Section):
 
 
 # -- online RL: a controller drives Ray actor groups instead of a TorchTrainer (strategies/ppo)
-from strategies.ppo.options import CriticRole, OnlineRLOptions  # noqa: E402  (light: pydantic only)
 
 _RL_CONTROLLER = "strategies.ppo.controller:run_controller"
+_RL_ROLE_PLAN = "strategies.ppo.planning"
 
 
 @strategy("ppo", impl="strategies.ppo.models:PolicyModel", formats=("prompt",),
-          controller=_RL_CONTROLLER)
+          controller=_RL_CONTROLLER, role_plan=_RL_ROLE_PLAN)
 class PPOOptions(OnlineRLOptions):
     """PPO actor-critic with separate rollout workers: KL-shaped rewards, GAE, clipped losses."""
 
@@ -155,7 +156,7 @@ class PPOOptions(OnlineRLOptions):
 
 
 @strategy("grpo", impl="strategies.ppo.models:PolicyModel", formats=("prompt",),
-          controller=_RL_CONTROLLER)
+          controller=_RL_CONTROLLER, role_plan=_RL_ROLE_PLAN)
 class GRPOOptions(OnlineRLOptions):
     """GRPO and its family: several responses per prompt, advantages relative to their group (or
     the batch), no critic. ``loss_type`` and ``advantage`` choose the variant:

@@ -10,6 +10,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
+from launcher.core.lazy import load_object
 from launcher.core.registry import Registry
 
 
@@ -24,6 +25,8 @@ class StrategySpec:
     description: str = ""
     #: "module:function" run by the driver instead of a TorchTrainer (online RL: actor groups)
     controller: str | None = None
+    #: "module" sizing the roles beside the policy for the planner (``launcher.plan.roles``)
+    role_plan: str | None = None
 
 
 STRATEGIES: Registry[StrategySpec] = Registry("method")
@@ -37,11 +40,13 @@ def strategy(
     needs_chat_template: bool = False,
     generative: bool = True,
     controller: str | None = None,
+    role_plan: str | None = None,
 ) -> Callable[[type], type]:
     """Register the decorated options model as method ``name`` implemented by ``impl``.
 
     ``controller`` ("module:function" taking the run folder) replaces the TorchTrainer for
-    methods whose roles are not one SPMD worker group (PPO/GRPO drive several actor groups)."""
+    methods whose roles are not one SPMD worker group (PPO/GRPO drive several actor groups);
+    ``role_plan`` (a module, see ``launcher.plan.roles``) sizes those roles for the planner."""
 
     def decorate(options: type) -> type:
         doc = (options.__doc__ or "").strip().splitlines()
@@ -55,6 +60,7 @@ def strategy(
                 generative=generative,
                 description=doc[0] if doc else "",
                 controller=controller,
+                role_plan=role_plan,
             )
         )
         return options
@@ -65,8 +71,6 @@ def strategy(
 def build_strategy(cfg: Any, tokenizer: Any) -> Any:
     """The strategy object of ``cfg.method``, with its spec attached: the one way the loop,
     export, preflight, benchmarks and tests get one (importing the implementation lazily)."""
-    from launcher.core.lazy import load_object
-
     spec = STRATEGIES.get(cfg.method)
     built = load_object(spec.impl)(cfg, tokenizer)
     built.spec = spec

@@ -19,14 +19,7 @@ from torch import nn
 
 from launcher.backends.base import Backend, OptimizerFactory, SchedulerFactory
 from launcher.backends.registry import resolve_sharding
-
-
-def decoder_layers(model: nn.Module) -> list[nn.Module]:
-    """The repeated blocks: elements of the largest ModuleList (Llama: model.layers)."""
-    lists = [m for m in model.modules() if isinstance(m, nn.ModuleList)]
-    if not lists:
-        return []
-    return list(max(lists, key=lambda m: sum(p.numel() for p in m.parameters())))
+from launcher.models.layers import decoder_layers
 
 
 class FSDP2Backend(Backend):

@@ -51,7 +51,7 @@ AUTO = "auto"
 
 @dataclass(frozen=True)
 class ResolvedSharding:
-    kind: str  # ddp | deepspeed | fsdp2 | auto (not chosen yet: no full config was given)
+    kind: str  # ddp | deepspeed | fsdp2 | auto (not chosen yet: a config ftl run did not prepare)
     impl: str
     zero_stage: int
     offload_optimizer: str
@@ -60,12 +60,13 @@ class ResolvedSharding:
     deepspeed_config: dict[str, Any] | None
 
 
-def resolve_sharding(section: Any, cfg: Any = None) -> ResolvedSharding:
-    """The backend and settings a ``sharding:`` section means. ``backend: auto`` needs the whole
-    config (model, batch, resources) to choose: with ``cfg`` it resolves to the chosen preset;
-    without, it stays ``kind="auto"``, whose impl chooses when the backend is built."""
+def resolve_sharding(section: Any) -> ResolvedSharding:
+    """The backend and settings a ``sharding:`` section means. ``backend: auto`` is chosen once,
+    when ``ftl run`` prepares the run (``launcher.plan.auto_sharding.prepared_config``): the run's
+    config names the chosen backend. A section that still says ``auto`` (a config not prepared:
+    ``ftl validate``, tests) resolves to ``kind="auto"``, whose impl chooses when it is built."""
     if section.backend == AUTO:
-        return _resolve_auto(section, cfg)
+        return _resolve_auto(section)
     spec = BACKENDS.get(section.backend, "sharding.backend")
     kind = {_DS: "deepspeed", _FSDP: "fsdp2"}.get(spec.impl, "ddp")
     values: dict[str, Any] = {}
@@ -96,16 +97,12 @@ def resolve_sharding(section: Any, cfg: Any = None) -> ResolvedSharding:
                             section.deepspeed_config)
 
 
-def _resolve_auto(section: Any, cfg: Any) -> ResolvedSharding:
+def _resolve_auto(section: Any) -> ResolvedSharding:
     problems = [Problem(f"sharding.{key}", "backend: auto chooses this itself",
                         "remove it, or name a backend, e.g. backend: zero3")
                 for key in (*DEFAULTS, "deepspeed_config") if getattr(section, key) is not None]
     if problems:
         raise UserError(problems)
-    if cfg is None:
-        spec = BACKENDS.get(AUTO)
-        return ResolvedSharding(AUTO, spec.impl, DEFAULTS["zero_stage"], "none", "none",
-                                section.reshard_after_forward, None)
-    from launcher.plan.auto_sharding import chosen_section
-
-    return resolve_sharding(chosen_section(cfg))
+    spec = BACKENDS.get(AUTO)
+    return ResolvedSharding(AUTO, spec.impl, DEFAULTS["zero_stage"], "none", "none",
+                            section.reshard_after_forward, None)

@@ -15,16 +15,17 @@ from typing import Any, get_args, get_origin
 import yaml
 from pydantic import BaseModel, Field, ValidationError, create_model
 
+from launcher.backends.registry import resolve_sharding
 from launcher.config.schema import RunConfigBase
 from launcher.core.errors import HintedValueError, Problem, UserError
 from launcher.core.registry import did_you_mean
+from launcher.core.user_code import importable_from
+from strategies import STRATEGIES
 
 
 @cache
 def run_config_model() -> type[RunConfigBase]:
     """RunConfig = the base sections + one optional section per registered method."""
-    from strategies import STRATEGIES
-
     # Optional here; validate_config fills in the chosen method's section, so its required
     # fields (e.g. classify.labels) are reported while other methods' sections stay absent.
     method_fields: dict[str, Any] = {
@@ -226,8 +227,6 @@ def validate_config(data: dict, source: str = "<config>", lines: dict | None = N
 
 def _cross_checks(cfg: Any) -> list[Problem]:
     """Checks that span sections (run after the schema passed)."""
-    from launcher.backends.registry import resolve_sharding
-
     problems: list[Problem] = []
     try:
         resolve_sharding(cfg.sharding)
@@ -280,8 +279,6 @@ UNPACKABLE: dict[str, str] = {}
 
 def _foreign_method_sections(data: dict, source: str, lines: dict) -> list[Problem]:
     """A section for another method would be silently ignored: report it instead."""
-    from strategies import STRATEGIES
-
     method = data.get("method")
     problems = []
     for name in STRATEGIES:
@@ -295,8 +292,6 @@ def _foreign_method_sections(data: dict, source: str, lines: dict) -> list[Probl
 
 def load_config(path: str | Path, overrides: list[str] | tuple[str, ...] = ()):
     """Read, override and validate a config file."""
-    from launcher.core.user_code import importable_from
-
     path = Path(path)
     data, lines = _load_yaml(path)
     data = apply_overrides(data, overrides)
@@ -306,8 +301,6 @@ def load_config(path: str | Path, overrides: list[str] | tuple[str, ...] = ()):
 
 def config_to_dict(cfg: BaseModel) -> dict:
     """The resolved config as plain data (what ``config.yaml`` in a run folder holds)."""
-    from strategies import STRATEGIES
-
     data = cfg.model_dump(mode="json", exclude_none=False)
     method = data.get("method")
     return {k: v for k, v in data.items() if k not in STRATEGIES or k == method}

@@ -12,18 +12,13 @@ from __future__ import annotations
 
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+from pydantic import BaseModel, Field, field_validator, model_validator
 
-
-class Section(BaseModel):
-    """Base for every config section: unknown keys are errors, values are checked on set."""
-
-    model_config = ConfigDict(extra="forbid", validate_assignment=True)
-
-    def code_references(self) -> list[str]:
-        """'module:attr' names of user code this section makes the run import (shipped with the
-        run by ``launcher.core.user_code``); none by default."""
-        return []
+from cluster.registry import TARGETS
+from launcher.backends.registry import BACKENDS
+from launcher.config.section import Section
+from launcher.core.errors import HintedValueError
+from strategies import STRATEGIES
 
 
 class ModelSection(Section):
@@ -145,16 +140,13 @@ class TrainSection(Section):
     freeze: FreezeSection | None = Field(None, description="Freeze parameters (transfer learning).")
 
 
-def _registered(kind: str, name: str) -> str:
-    """Check ``name`` against a registry, imported lazily (registries are light)."""
-    from launcher.core.errors import HintedValueError
+#: the registries config names are checked against (all light: no torch, no Ray)
+_REGISTRIES = {"method": STRATEGIES, "backend": BACKENDS, "target": TARGETS}
 
-    if kind == "method":
-        from strategies import STRATEGIES as registry
-    elif kind == "backend":
-        from launcher.backends import BACKENDS as registry
-    else:
-        from cluster import TARGETS as registry
+
+def _registered(kind: str, name: str) -> str:
+    """Check ``name`` against the registry of ``kind``."""
+    registry = _REGISTRIES[kind]
     if name not in registry:
         problem = registry.unknown(name)
         raise HintedValueError(problem.message, problem.hint)
@@ -397,8 +389,6 @@ class RunConfigBase(Section):
 
     @model_validator(mode="after")
     def _elastic_runs_keep_their_batch(self) -> RunConfigBase:
-        from launcher.core.errors import HintedValueError
-
         low, high = self.resources.min_workers, self.resources.num_workers
         if low is None:
             return self

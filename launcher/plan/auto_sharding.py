@@ -12,19 +12,35 @@ same one; the plan records it with what each candidate needed.
 When no candidate fits, ``auto`` may also turn on the memory switches the user left at their
 defaults, cheapest first: ``model.cross_entropy: chunked`` (recomputes the LM head per chunk
 in backward, a few percent of a step) and then ``model.activation_offload`` (PCIe traffic
-every step). The plan says so (``sharding.memory_switches``) and ``ftl run`` writes them into
-the run's resolved config, so every rank and a resume see the same settings (and, with them
-set, choose the same sharding again).
+every step). The plan says so (``sharding.memory_switches``).
+
+``ftl run`` chooses once, when it prepares the run (``prepared_config``): the run's
+``config.yaml`` holds the chosen sharding and switches, ``plan.json`` that ``auto`` chose them
+and what every candidate needed. Every rank, a resume and ``ftl export`` read the chosen
+backend's name from the config; none chooses again.
 """
 
 from __future__ import annotations
 
 import logging
 import math
+from dataclasses import dataclass
 from typing import Any
 
+from launcher.backends.registry import AUTO, resolve_sharding
 from launcher.core.errors import Problem, UserError
+from launcher.core.lazy import load_object
 from launcher.plan import memory_model as mm
+from launcher.plan.facts import count_on_meta
+from launcher.plan.sizing import (
+    LOW_HEADROOM,
+    full_node_ranks,
+    memory_section,
+    need_label,
+    run_label,
+    uses_gpus,
+    where_label,
+)
 
 log = logging.getLogger(__name__)
 
@@ -40,7 +56,17 @@ CANDIDATES: tuple[tuple[str, dict[str, str]], ...] = (
 #: The largest cluster the no-fit message searches (nodes of resources.gpus_per_node GPUs).
 MAX_NODES = 1024
 
-_chosen: dict[str, tuple[str, dict[str, str]]] = {}
+
+@dataclass(frozen=True)
+class Choice:
+    """What ``auto`` chose for a config: the candidate, the memory switches it turned on, the
+    config with both in place (what the run is prepared with) and every candidate it tried."""
+
+    label: str
+    settings: dict[str, str]
+    switches: dict[str, Any]
+    config: Any
+    tried: list[dict[str, Any]]
 
 
 def candidate_section(cfg: Any, settings: dict[str, str]) -> Any:
@@ -51,9 +77,6 @@ def candidate_section(cfg: Any, settings: dict[str, str]) -> Any:
 
 def evaluate(cfg: Any, counts: dict[str, Any], settings: dict[str, str], world: int | None = None) -> dict:
     """The plan's memory section for one candidate (optionally at another world size)."""
-    from launcher.backends.registry import resolve_sharding
-    from launcher.plan.planner import memory_section
-
     return memory_section(cfg, counts, resolve_sharding(candidate_section(cfg, settings)), world)
 
 
@@ -74,11 +97,9 @@ def with_switches(cfg: Any, switches: dict[str, Any]) -> Any:
     return cfg.model_copy(update={"model": cfg.model.model_copy(update=switches)})
 
 
-def choose_sharding(cfg: Any, counts: dict[str, Any] | None = None) -> tuple[str, dict[str, Any]]:
-    """(label of the first candidate that fits, the plan made with it). Raises a UserError on
+def choose_sharding(cfg: Any, counts: dict[str, Any] | None = None) -> Choice:
+    """The first candidate that fits (with the fewest memory switches). Raises a UserError on
     ``sharding.backend`` naming the smallest cluster that would fit when none does."""
-    from launcher.plan.planner import count_on_meta, make_plan
-
     counts = counts or count_on_meta(cfg)
     tried = []
     for switches in switch_levels(cfg):
@@ -88,16 +109,21 @@ def choose_sharding(cfg: Any, counts: dict[str, Any] | None = None) -> tuple[str
             tried.append({**_summary(label, memory), **({"switches": switches} if switches else {})})
             if memory["fits"]:
                 concrete = switched.model_copy(update={"sharding": candidate_section(cfg, settings)})
-                plan = make_plan(concrete, counts=counts)
-                plan["sharding"] = {"backend": "auto", "chosen": label, "settings": settings,
-                                    "resolved": plan["sharding"]["resolved"], "tried": tried}
-                if switches:
-                    plan["sharding"]["memory_switches"] = {f"model.{k}": v for k, v in switches.items()}
-                    turned = ", ".join(f"model.{k}: {v}" for k, v in switches.items())
-                    plan["memory"]["warnings"].insert(0, f"no sharding fits as configured: auto turned on "
-                                                      f"{turned} (written to the run's config.yaml)")
-                return label, plan
+                return Choice(label, settings, switches, concrete, tried)
     raise UserError(_no_fit(cfg, counts, tried))
+
+
+def record_choice(plan: dict[str, Any], choice: Choice) -> dict[str, Any]:
+    """``plan`` (made for ``choice.config``) as the plan of the ``auto`` config: its sharding
+    section says what auto chose, which switches it turned on and what each candidate needed."""
+    plan["sharding"] = {"backend": AUTO, "chosen": choice.label, "settings": choice.settings,
+                        "resolved": plan["sharding"]["resolved"], "tried": choice.tried}
+    if choice.switches:
+        plan["sharding"]["memory_switches"] = {f"model.{k}": v for k, v in choice.switches.items()}
+        turned = ", ".join(f"model.{k}: {v}" for k, v in choice.switches.items())
+        plan["memory"]["warnings"].insert(0, f"no sharding fits as configured: auto turned on "
+                                          f"{turned} (written to the run's config.yaml)")
+    return plan
 
 
 def apply_chosen_switches(cfg: Any, plan: dict[str, Any]) -> Any:
@@ -106,33 +132,37 @@ def apply_chosen_switches(cfg: Any, plan: dict[str, Any]) -> Any:
     return with_switches(cfg, {k.split(".", 1)[1]: v for k, v in switches.items()})
 
 
+def prepared_config(cfg: Any, plan: dict[str, Any]) -> Any:
+    """The config ``ftl run`` writes into the run folder: with ``backend: auto``, the sharding
+    and memory switches ``plan`` chose (so no rank, resume or export chooses again); any other
+    config as it is."""
+    if plan.get("sharding", {}).get("backend") != AUTO or cfg.sharding.backend != AUTO:
+        return cfg
+    prepared = apply_chosen_switches(cfg, plan)
+    return prepared.model_copy(update={"sharding": candidate_section(cfg, plan["sharding"]["settings"])})
+
+
 def chosen_section(cfg: Any) -> Any:
-    """The sharding section ``auto`` stands for in ``cfg`` (cached: every rank asks)."""
-    key = cfg.model_dump_json() if hasattr(cfg, "model_dump_json") else None
-    if key is None or key not in _chosen:
-        label, plan = choose_sharding(cfg)
-        _chosen[key] = (label, plan["sharding"]["settings"])
-        log.info("sharding.backend auto: chose %s", label)
-    return candidate_section(cfg, _chosen[key][1])
+    """The sharding section ``auto`` stands for in ``cfg``."""
+    choice = choose_sharding(cfg)
+    log.info("sharding.backend auto: chose %s", choice.label)
+    return candidate_section(cfg, choice.settings)
 
 
 def concrete_config(cfg: Any) -> Any:
     """``cfg`` with ``auto`` replaced by the sharding it chose (unchanged otherwise): what
-    DeepSpeed-config validation and export read."""
-    if cfg.sharding.backend != "auto":
+    DeepSpeed-config validation and the export of an older run folder read."""
+    if cfg.sharding.backend != AUTO:
         return cfg
     return cfg.model_copy(update={"sharding": chosen_section(cfg)})
 
 
 def auto_backend(cfg: Any, ctx: Any) -> Any:
-    """The backend ``auto`` resolves to, built with the chosen settings (the registry's impl for
-    ``auto``: what ``load_object(resolve_sharding(cfg.sharding).impl)(cfg, ctx)`` calls)."""
-    from launcher.backends.registry import resolve_sharding
-    from launcher.core.lazy import load_object
-
-    section = chosen_section(cfg)
-    concrete = cfg.model_copy(update={"sharding": section})
-    return load_object(resolve_sharding(section).impl)(concrete, ctx)
+    """The registry's impl for ``auto``: the chosen backend, built with the chosen settings.
+    Configs ``ftl run`` prepared never reach it (their config names the chosen backend); it
+    serves code that builds a backend straight from a config with ``auto`` (tests, benchmarks)."""
+    concrete = concrete_config(cfg)
+    return load_object(resolve_sharding(concrete.sharding).impl)(concrete, ctx)
 
 
 # ---------------------------------------------------------------------------- advice
@@ -140,8 +170,6 @@ def auto_backend(cfg: Any, ctx: Any) -> Any:
 
 def smallest_cluster(cfg: Any, counts: dict[str, Any]) -> tuple[int, str, dict] | None:
     """(world size, label, memory) of the smallest GPU cluster on which a candidate fits."""
-    from launcher.plan.planner import full_node_ranks, uses_gpus
-
     if not uses_gpus(cfg):
         return None
     per_node = full_node_ranks(cfg)
@@ -158,16 +186,12 @@ def smallest_cluster(cfg: Any, counts: dict[str, Any]) -> tuple[int, str, dict] 
 
 
 def cluster_label(cfg: Any, world: int) -> str:
-    from launcher.plan.planner import full_node_ranks
-
     nodes = math.ceil(world / full_node_ranks(cfg))
     return f"{world} GPUs on one node" if nodes == 1 else f"{nodes} nodes ({world} GPUs)"
 
 
 def advice(cfg: Any, counts: dict[str, Any], memory: dict[str, Any], label: str) -> list[str]:
     """Plain-language warnings for a plan: what does not fit, and what would."""
-    from launcher.plan.planner import LOW_HEADROOM, need_label, run_label, where_label
-
     if memory["fits"]:
         gpu = memory.get("per_gpu")
         if gpu and gpu["headroom_bytes"] < LOW_HEADROOM * gpu["limit_bytes"]:
@@ -217,8 +241,6 @@ def _remedies(cfg: Any) -> str:
 
 def _floor(cfg: Any, counts: dict[str, Any]) -> str:
     """Why nothing fits at any size: per-rank memory that no sharding divides."""
-    from launcher.plan.planner import full_node_ranks
-
     memory = evaluate(cfg, counts, CANDIDATES[-1][1], full_node_ranks(cfg) * MAX_NODES)
     gpu = memory["roles"]["policy"]["gpu"]
     unshardable = sum(gpu.get(k, 0) for k in ("activations", "logits", "autocast_weight_copies"))
@@ -227,8 +249,6 @@ def _floor(cfg: Any, counts: dict[str, Any]) -> str:
 
 
 def _no_fit(cfg: Any, counts: dict[str, Any], tried: list[dict[str, Any]]) -> Problem:
-    from launcher.plan.planner import run_label, where_label
-
     limit = int(cfg.resources.gpu_memory_gb * mm.GB)
     needs = ", ".join(_need({**t, "gpu_limit": limit}) for t in tried if "switches" not in t)
     switched = [t["switches"] for t in tried if "switches" in t]

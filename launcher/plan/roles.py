@@ -1,99 +1,62 @@
-"""Memory of the other roles of online RL (PPO/GRPO): critic, reference, reward, rollout.
+"""The roles a run holds besides the policy, as the planner sees them.
 
-The policy is planned like any trained model. The others follow from the method's section:
+Two kinds: a frozen reference resident on every policy rank (DPO/KTO with ``reference: model``:
+the method's options say so through ``keeps_reference_model()``), and roles that run in actor
+groups of their own (online RL: critic, reference, reward, rollout). The second are sized by the
+method itself: its ``StrategySpec.role_plan`` names a module that defines
 
-- critic (PPO): trained like the policy (same sharding, its own ``critic.num_workers`` ranks),
-  with a one-output head instead of the LM head;
-- reference and reward model: frozen, weights in the compute dtype, sharded like ZeRO-3 when
-  the backend shards parameters (``frozen_role_memory``); a rule reward costs no GPU;
-- rollout worker: weights in the compute dtype split over its GPUs (tensor/pipeline parallel)
-  plus the KV cache of its share of one step's sequences (prompt + response tokens); a vLLM
-  engine takes ``gpu_memory_utilization`` of its GPUs whatever it needs, which the plan notes.
+    role_memory(cfg, shape, work, layout) -> {role: (RoleMemory per actor, GPUs in total)}
+    role_gpus(cfg) -> float     GPUs the whole run asks for, the trainer's included
+    colocated(cfg) -> bool      every role shares the trainer's GPUs
 
-The reward model and critic are assumed to share the policy's architecture (the usual case
-in RLHF; a different reward architecture is noted, not sized).
+(``strategies.ppo.planning``). The planner reaches it through the strategy registry, so
+``launcher.plan`` knows no method by name.
 """
 
 from __future__ import annotations
 
-import math
 from dataclasses import replace
+from types import ModuleType
 from typing import Any
 
+from launcher.core.lazy import load_object
 from launcher.plan import memory_model as mm
-from strategies.catalog import ReferenceOptions
+from strategies import STRATEGIES
+
+
+def _role_plan(cfg: Any) -> ModuleType | None:
+    hook = STRATEGIES.get(cfg.method).role_plan
+    return load_object(hook) if hook else None
 
 
 def has_roles(cfg: Any) -> bool:
     """A method run by a controller over several actor groups (online RL), not one SPMD group."""
-    from strategies import STRATEGIES
-
-    return STRATEGIES.get(cfg.method).controller is not None
+    return STRATEGIES.get(cfg.method).role_plan is not None
 
 
-def _world_layout(base: mm.Layout, world: int) -> mm.Layout:
-    return replace(base, world=world, ranks_per_node=min(world, base.ranks_per_node))
-
-
-def resident_reference(cfg: Any, shape: mm.ModelShape, work: mm.Workload) -> mm.RoleMemory | None:
-    """DPO/KTO with ``reference: model``: a frozen fp32 copy, whole on every rank, beside the
-    policy (adapters and precomputed references cost no memory; cpo/orpo/simpo have none)."""
-    opts = cfg.method_options()
-    if not (isinstance(opts, ReferenceOptions) and opts.keeps_reference_model()):
-        return None
-    replicated = mm.Layout(kind="ddp")
-    mem = mm.frozen_role_memory(replace(shape, trainable=0), replace(work, dtype="fp32"), replicated)
-    mem.notes.append("a frozen fp32 copy on every rank; reference: precomputed needs no memory")
-    return mem
-
-
-def rl_roles(cfg: Any, shape: mm.ModelShape, work: mm.Workload, lay: mm.Layout
-             ) -> dict[str, tuple[mm.RoleMemory, float]]:
-    """role -> (its memory per actor, GPUs it uses in total)."""
-    opts = cfg.method_options()
-    dtype_bytes = mm.DTYPE_BYTES[work.dtype]
-    roles: dict[str, tuple[mm.RoleMemory, float]] = {}
-    frozen = replace(shape, trainable=0)
-    critic = getattr(opts, "critic", None)
-    if critic is not None:
-        critic_shape = replace(shape, vocab=1)  # value head: one output per token
-        mem = mm.policy_memory(critic_shape, work, _world_layout(lay, critic.num_workers))
-        roles["critic"] = (mem, critic.num_workers * critic.gpus_per_worker)
-    if getattr(opts, "beta", None) != 0:  # grpo with beta 0 starts no reference
-        ref = opts.reference
-        roles["reference"] = (mm.frozen_role_memory(frozen, work, _world_layout(lay, ref.num_workers)),
-                              ref.num_workers * ref.gpus_per_worker)
-    reward = opts.reward
-    if reward.model is not None:
-        mem = mm.frozen_role_memory(replace(frozen, vocab=1), work, _world_layout(lay, reward.num_workers))
-        mem.notes.append("sized with the policy's architecture")
-        roles["reward"] = (mem, reward.num_workers * reward.gpus_per_worker)
-    rollout = opts.rollout
-    rows_per_worker = math.ceil(opts.rollout_rows() / rollout.num_workers)
-    tokens = rows_per_worker * (cfg.data.max_length + rollout.max_new_tokens)
-    split = max(1, math.ceil(rollout.gpus_per_worker))
-    mem = mm.rollout_memory(shape, tokens, dtype_bytes, tensor_parallel=split)
-    if split > 1:
-        mem.notes.append(f"weights split over {split} GPUs per worker")
-    if rollout.engine == "vllm":
-        mem.notes.append(f"vLLM reserves gpu_memory_utilization={rollout.gpu_memory_utilization} of each "
-                         "GPU it uses (weights + KV cache); the cache above is one step's need")
-    roles["rollout"] = (mem, rollout.num_workers * rollout.gpus_per_worker)
-    return roles
+def role_memory(cfg: Any, shape: mm.ModelShape, work: mm.Workload, lay: mm.Layout
+                ) -> dict[str, tuple[mm.RoleMemory, float]]:
+    """role -> (its memory per actor, GPUs it uses in total), for a method with roles."""
+    return _role_plan(cfg).role_memory(cfg, shape, work, lay)
 
 
 def rl_gpus(cfg: Any) -> float:
     """GPUs the run asks for: the trainer's plus every other role's (placement: separate;
     colocated roles share the trainer's)."""
-    opts = cfg.method_options()
-    own = cfg.resources.num_workers * cfg.resources.gpus_per_worker
-    if opts.placement == "colocate":
-        return own
-    groups = [opts.rollout, opts.reference]
-    if getattr(opts, "critic", None) is not None:
-        groups.append(opts.critic)
-    if opts.reward.model is not None:
-        groups.append(opts.reward)
-    if getattr(opts, "beta", None) == 0:
-        groups.remove(opts.reference)
-    return own + sum(g.num_workers * g.gpus_per_worker for g in groups)
+    return _role_plan(cfg).role_gpus(cfg)
+
+
+def colocated(cfg: Any) -> bool:
+    return _role_plan(cfg).colocated(cfg)
+
+
+def resident_reference(cfg: Any, shape: mm.ModelShape, work: mm.Workload) -> mm.RoleMemory | None:
+    """DPO/KTO with ``reference: model``: a frozen fp32 copy, whole on every rank, beside the
+    policy (adapters and precomputed references cost no memory; cpo/orpo/simpo have none)."""
+    keeps = getattr(cfg.method_options(), "keeps_reference_model", None)
+    if keeps is None or not keeps():
+        return None
+    replicated = mm.Layout(kind="ddp")
+    mem = mm.frozen_role_memory(replace(shape, trainable=0), replace(work, dtype="fp32"), replicated)
+    mem.notes.append("a frozen fp32 copy on every rank; reference: precomputed needs no memory")
+    return mem

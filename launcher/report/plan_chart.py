@@ -1,7 +1,7 @@
 """``ftl plan --png``: the plan's per-rank memory of every role as stacked bars (one segment per
 memory term), against the capacity of one GPU (``resources.gpu_memory_gb``).
 
-The numbers are the planner's (``plan["memory"]``, see ``launcher.plan.planner.memory_section``):
+The numbers are the planner's (``plan["memory"]``, see ``launcher.plan.sizing.memory_section``):
 bytes per rank for GPU terms. A last bar shows what one GPU holds in total, as the planner's
 verdict counts it: every role that shares the GPU (one SPMD group, or RL roles colocated), or
 the fullest role when RL roles have GPUs of their own, times the ranks that share a GPU, plus

@@ -17,7 +17,10 @@ from typing import Any
 
 import torch
 
+from launcher.backends.registry import resolve_sharding
 from launcher.core.errors import Problem, UserError
+from launcher.models.load import load_model, load_tokenizer
+from launcher.plan.auto_sharding import concrete_config
 from launcher.run.rundir import RunFolder
 from launcher.train.checkpoint import (
     backend_of_files,
@@ -27,6 +30,7 @@ from launcher.train.checkpoint import (
     recorded_writer,
     writer_changes,
 )
+from strategies import build_strategy
 
 
 def pick_checkpoint(folder: RunFolder, step: int | None) -> Path:
@@ -76,10 +80,6 @@ def consolidated_state_dict(ckpt: Path, kind: str) -> dict[str, torch.Tensor]:
 
 def export_run(run_dir: str, to: str, *, merge_lora: bool = False, step: int | None = None,
                overwrite: bool = False) -> dict[str, Any]:
-    from launcher.backends.registry import resolve_sharding
-    from launcher.models.load import load_model, load_tokenizer
-    from strategies import build_strategy
-
     folder = RunFolder(Path(run_dir))
     if not folder.config_file.exists():
         raise UserError(Problem(run_dir, "not a run folder (no config.yaml)"))
@@ -95,7 +95,8 @@ def export_run(run_dir: str, to: str, *, merge_lora: bool = False, step: int | N
     if merge_lora and cfg.peft is None:
         raise UserError(Problem("--merge-lora", "this run has no LoRA adapters to merge"))
     ckpt = pick_checkpoint(folder, step)
-    kind = checkpoint_backend(ckpt, cfg) or resolve_sharding(cfg.sharding, cfg).kind  # auto: its choice
+    # a folder written before ftl run recorded auto's choice in config.yaml: choose as it did
+    kind = checkpoint_backend(ckpt, cfg) or resolve_sharding(concrete_config(cfg).sharding).kind
     state_dict = consolidated_state_dict(ckpt, kind)
     tokenizer = load_tokenizer(cfg)
     strategy = build_strategy(cfg, tokenizer)

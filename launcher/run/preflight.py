@@ -10,7 +10,16 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-from launcher.core.errors import Problem, UserError
+from launcher.backends.registry import resolve_sharding
+from launcher.core.errors import HintedValueError, Problem, UserError
+from launcher.data.report import RowError, measure_source
+from launcher.data.sources import eval_split, load_source, resolve_format, row_location, source_label
+from launcher.models.packaged import PACKAGED
+from launcher.models.tiny import TINY_MODELS, is_builtin
+from launcher.plan.auto_sharding import concrete_config
+from launcher.plan.facts import model_dims, read_model_config
+from strategies import STRATEGIES, build_strategy
+from strategies.ppo.engine import vllm_status
 
 
 class Notes(list):
@@ -25,9 +34,6 @@ class Notes(list):
 
 
 def check_model(cfg: Any, notes: Notes, remote: bool = False) -> list[Problem]:
-    from launcher.models.packaged import PACKAGED
-    from launcher.models.tiny import TINY_MODELS, is_builtin
-
     path = cfg.model.path
     if is_builtin(path):
         name = path.split(":", 1)[1]
@@ -113,8 +119,6 @@ def check_data(cfg: Any, spec: Any, notes: Notes, remote: bool = False, tokenize
                ) -> list[Problem]:
     """Columns of every source, then the first rows through the method's own tokenizer step
     (catches e.g. a label that is not in classify.labels as file:row)."""
-    from launcher.data.sources import eval_split, load_source, resolve_format
-
     problems: list[Problem] = []
     groups = [("data.train", cfg.data.train), ("data.eval", cfg.data.eval)]
     for prefix, sources in groups:
@@ -141,10 +145,7 @@ def check_data(cfg: Any, spec: Any, notes: Notes, remote: bool = False, tokenize
 
 
 def check_sharding(cfg: Any) -> list[Problem]:
-    from launcher.backends.registry import resolve_sharding
-    from launcher.plan.auto_sharding import concrete_config
-
-    cfg = concrete_config(cfg)
+    cfg = concrete_config(cfg)  # ftl validate: auto as it would choose (ftl run has chosen already)
     sharding = resolve_sharding(cfg.sharding)
     problems: list[Problem] = []
     if sharding.kind == "deepspeed":
@@ -175,13 +176,11 @@ def check_sequence_parallel(cfg: Any, notes: Notes) -> list[Problem]:
     sp = cfg.sharding.sp_size
     if sp == 1:
         return []
-    from launcher.plan.planner import _dims, _read_config
-
     try:
-        config, _ = _read_config(cfg)
+        config, _ = read_model_config(cfg)
     except UserError as exc:
         return exc.problems
-    dims = _dims(config)
+    dims = model_dims(config)
     heads, kv = dims["num_attention_heads"], dims["num_key_value_heads"]
     if heads % sp:
         return [Problem("sharding.sp_size", f"{sp} does not divide the model's {heads} attention heads",
@@ -197,9 +196,6 @@ ROWS_CHECKED = 64
 
 
 def _row_problem(source: Any, index: int, fmt: str, exc: Exception) -> Problem:
-    from launcher.core.errors import HintedValueError
-    from launcher.data.sources import row_location
-
     if isinstance(exc, HintedValueError):
         return Problem(row_location(source, index), str(exc), exc.hint)
     return Problem(row_location(source, index), f"cannot read this row as {fmt!r} data: {exc}",
@@ -207,8 +203,6 @@ def _row_problem(source: Any, index: int, fmt: str, exc: Exception) -> Problem:
 
 
 def _check_rows(cfg: Any, tokenizer: Any, ds: Any, source: Any, fmt: str) -> list[Problem]:
-    from strategies import build_strategy
-
     strategy = build_strategy(cfg, tokenizer)
     for i in range(min(len(ds), ROWS_CHECKED)):
         try:
@@ -223,10 +217,6 @@ def _measure_train_source(cfg: Any, tokenizer: Any, ds: Any, source: Any, fmt: s
     """Every row (up to ROWS_MEASURED) through the method, with and without data.max_length:
     unreadable rows and data that would train on nothing are errors, rows losing their answer
     a warning, and the token summary a note (``ftl validate`` prints it)."""
-    from launcher.data.report import RowError, measure_source
-    from launcher.data.sources import row_location, source_label
-    from strategies import build_strategy
-
     unlimited = cfg.model_copy(update={"data": cfg.data.model_copy(update={"max_length": 10**9})})
     try:
         report = measure_source(build_strategy(cfg, tokenizer), build_strategy(unlimited, tokenizer), ds, fmt,
@@ -261,8 +251,6 @@ def check_rollout_engine(cfg: Any, notes: Notes, remote: bool = False) -> list[P
     rollout = getattr(cfg.method_options(), "rollout", None)
     if rollout is None or rollout.engine != "vllm":
         return []
-    from strategies.ppo.engine import vllm_status
-
     where = f"{cfg.method}.rollout.engine"
     problems = []
     if rollout.gpus_per_worker and rollout.gpus_per_worker != rollout.tensor_parallel_size:
@@ -297,8 +285,6 @@ def check_cross_entropy(cfg: Any, notes: Notes, remote: bool = False) -> list[Pr
 def preflight(cfg: Any, target: Any | None = None, notes: Notes | None = None) -> Any:
     """Run every check; raise one UserError listing all problems. Returns the tokenizer.
     What cannot be checked from here (cluster paths, offline hub ids) goes to ``notes``."""
-    from strategies import STRATEGIES
-
     notes = Notes() if notes is None else notes
     remote = target is not None and not target.paths_are_local
     spec = STRATEGIES.get(cfg.method, "method")

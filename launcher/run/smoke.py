@@ -58,7 +58,7 @@ def smoke_model(arch_path: str) -> str:
     from transformers import AutoConfig
 
     from launcher.models.tiny import build_tokenizer, save_random_model
-    from launcher.plan.planner import planning_model_path
+    from launcher.plan.facts import planning_model_path
 
     config = shrunk_config(AutoConfig.from_pretrained(planning_model_path(arch_path)))
     tokenizer = build_tokenizer(SMOKE_VOCAB)

@@ -20,18 +20,21 @@ import importlib
 from pathlib import Path
 from typing import Any
 
+from cluster import TARGETS
+from launcher.backends.registry import AUTO
 from launcher.config.load import apply_overrides, config_to_dict, load_config, validate_config
 from launcher.core.errors import Problem, UserError
 from launcher.core.lazy import load_object
 from launcher.core.user_code import add_run_code, ship
+from launcher.plan.auto_sharding import prepared_config
+from launcher.plan.planner import make_plan
 from launcher.run.preflight import Notes, preflight
 from launcher.run.rundir import RunFolder
+from launcher.run.smoke import smoke_config
 from launcher.train.checkpoint import checkpoint_writer, refuse_changed_writer
 
 
 def _target(cfg: Any) -> Any:
-    from cluster import TARGETS
-
     return load_object(TARGETS.get(cfg.cluster.target, "cluster.target").impl)()
 
 
@@ -41,8 +44,6 @@ def target_of(folder: RunFolder) -> Any:
     if not sub:
         raise UserError(Problem(str(folder.path), "this run was not submitted to a cluster",
                                 "status/logs/stop apply to runs started with --target ray|slurm|kubernetes"))
-    from cluster import TARGETS
-
     return load_object(TARGETS.get(sub["target"]).impl)()
 
 
@@ -54,9 +55,6 @@ def prepare_run(config: str | None, resume_dir: str | None, overrides: tuple[str
     and notes go to ``notes`` for the caller to show. ``start_early``: the caller runs the job
     attached right after, so the target may start its runtime while preflight reads the model and
     data (``Target.start_early``); it is discarded if anything here fails."""
-    from launcher.plan.auto_sharding import apply_chosen_switches
-    from launcher.plan.planner import make_plan
-
     if resume_dir:
         folder = RunFolder(Path(resume_dir))
         if not folder.config_file.exists():
@@ -68,18 +66,19 @@ def prepare_run(config: str | None, resume_dir: str | None, overrides: tuple[str
     else:
         cfg = load_config(config, overrides)
         if smoke:
-            from launcher.run.smoke import smoke_config
-
             cfg, smoke_changes = smoke_config(cfg)
         folder = RunFolder.planned(runs_dir or cfg.checkpoint.dir, cfg.name)
     target = _target(cfg)
     if start_early and not dry_run:
         target.start_early(cfg)
     try:
+        plan = None
+        if cfg.sharding.backend == AUTO:  # chosen here, once: preflight, the ranks, a resume read the choice
+            plan = make_plan(cfg)
+            cfg = prepared_config(cfg, plan)  # the chosen backend, and the memory switches auto turned on
         preflight(cfg, target, notes)
         target.check_run_folder(folder, cfg)
-        plan = make_plan(cfg)
-        cfg = apply_chosen_switches(cfg, plan)  # sharding: auto may turn memory switches on
+        plan = plan or make_plan(cfg)
         if resume_dir:
             refuse_changed_writer(folder.path, cfg)
         if dry_run:

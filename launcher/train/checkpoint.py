@@ -180,7 +180,7 @@ def checkpoint_writer(cfg: Any) -> dict[str, Any]:
     part of it: a resume may change those."""
     from launcher.backends.registry import resolve_sharding
 
-    sharding = resolve_sharding(cfg.sharding, cfg)
+    sharding = resolve_sharding(cfg.sharding)  # ftl run wrote auto's choice into the config
     peft = cfg.peft
     return {
         "backend": sharding.kind,

@@ -14,7 +14,7 @@ from typing import Any, Literal
 
 from pydantic import ConfigDict, Field, field_validator, model_validator
 
-from launcher.config.schema import Section
+from launcher.config.section import Section
 from launcher.core.errors import HintedValueError
 
 

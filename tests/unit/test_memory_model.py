@@ -16,7 +16,7 @@ from launcher.cli import cli
 from launcher.config.load import validate_config
 from launcher.core.errors import UserError
 from launcher.plan import memory_model as mm
-from launcher.plan.auto_sharding import CANDIDATES
+from launcher.plan.auto_sharding import CANDIDATES, prepared_config
 from launcher.plan.planner import count_on_meta, make_plan
 from tests.conftest import tiny_config, write_config
 
@@ -233,8 +233,8 @@ def test_auto_picks_ddp_for_a_tiny_model():
     cfg = validate_config(tiny_config(sharding={"backend": "auto"}))
     plan = make_plan(cfg)
     assert plan["sharding"]["chosen"] == "ddp" and plan["memory"]["fits"]
-    assert resolve_sharding(cfg.sharding).kind == "auto"  # undecided without the whole config
-    assert resolve_sharding(cfg.sharding, cfg).kind == "ddp"
+    assert resolve_sharding(cfg.sharding).kind == "auto"  # undecided until ftl run prepares the run
+    assert resolve_sharding(prepared_config(cfg, plan).sharding).kind == "ddp"
 
 
 def test_auto_backend_impl_builds_the_chosen_backend_with_the_chosen_settings():
@@ -256,7 +256,7 @@ def test_auto_picks_zero3_for_70b_full_on_64_gpus():
     assert [t["fits"] for t in plan["sharding"]["tried"]] == [False, False, False, True]
     per_gpu = plan["memory"]["per_gpu"]
     assert per_gpu["fits"] and per_gpu["total_bytes"] <= 80 * mm.GB
-    resolved = resolve_sharding(cfg.sharding, cfg)
+    resolved = resolve_sharding(prepared_config(cfg, plan).sharding)
     assert (resolved.kind, resolved.zero_stage, resolved.offload_optimizer) == ("deepspeed", 3, "none")
 
 

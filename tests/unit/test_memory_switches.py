@@ -65,7 +65,7 @@ def test_sequence_parallel_divides_activation_and_logits_terms():
 
 def test_planner_reads_the_switches_from_the_config():
     from launcher.config.load import validate_config
-    from launcher.plan.planner import workload
+    from launcher.plan.sizing import workload
     from tests.conftest import tiny_config
 
     cfg = validate_config(tiny_config(model={"path": "builtin:tiny-llama", "cross_entropy": "chunked",
