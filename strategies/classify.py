@@ -11,14 +11,7 @@ import torch
 from torch import nn
 
 from launcher.core.errors import HintedValueError
-from launcher.data.batching import (
-    IGNORE_INDEX,
-    collate_units,
-    is_packed,
-    pack_unit_rows,
-    pad_rows,
-    units_of,
-)
+from launcher.data.batching import IGNORE_INDEX, collate_units, is_packed, pack_unit_rows, pad_rows, units_of
 from strategies.base import LossOutput, Strategy
 from strategies.heads import SequenceHeadMixin
 
