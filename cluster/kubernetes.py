@@ -23,6 +23,7 @@ from cluster.base import SubmittingTarget
 from cluster.k8s_manifest import GROUP, PLURAL, VERSION, owner_reference, render_manifests
 from cluster.staging import flat_seed_files
 from launcher.core.errors import Problem, UserError
+from launcher.core.registry import BUILTIN_PREFIX
 from launcher.run.rundir import RunFolder
 
 TERMINAL = {"SUCCEEDED", "FAILED", "STOPPED"}
@@ -99,7 +100,7 @@ class KubernetesTarget(SubmittingTarget):
         for section in ("train", "eval"):
             for i, src in enumerate(getattr(cfg.data, section)):
                 path = src.path or ""
-                if not path.startswith(("builtin:", "/")) and Path(path).exists():
+                if not path.startswith((BUILTIN_PREFIX, "/")) and Path(path).exists():
                     problems.append(Problem(f"data.{section}.{i}.path", "a local file is not visible to pods",
                                             "copy it to the runs PVC and use its absolute path"))
         if not problems:

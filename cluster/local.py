@@ -23,7 +23,7 @@ from typing import Any
 from rich.console import Console
 
 from cluster.base import Target
-from launcher.core import failpoints, preemption, terminal
+from launcher.core import env, failpoints, preemption, terminal
 from launcher.core.errors import Preempted, Problem, UserError
 from launcher.run.ray_patches import SETUP_HOOK
 from launcher.run.rundir import RunFolder
@@ -215,7 +215,7 @@ def _interrupt_with_deadline(stacks: Path) -> Any:
     watchdog saves every thread's stack to ``stacks`` first, to find what blocked."""
 
     def handler(signum: int, frame: Any) -> None:
-        grace = float(os.environ.get("FTL_INTERRUPT_GRACE_S", "30"))
+        grace = env.interrupt_grace_s()
         threading.Thread(target=_kill_tree_after, args=(grace, stacks), name="ftl-interrupt-deadline",
                          daemon=True).start()
         raise KeyboardInterrupt

@@ -26,11 +26,13 @@ from typing import Any
 
 from cluster.base import SubmittingTarget
 from cluster.staging import SEED_DIR, stage
+from launcher.core.env import FAILPOINT, FAILPOINT_RANK
 from launcher.core.errors import Problem, UserError
+from launcher.core.workers import WORKER_ENV
 from launcher.run.placement import NodeOffer, describe_nodes, offer_problem, worker_demand
 from launcher.run.rundir import RunFolder
 
-PLAIN_ENV = ("WANDB_MODE", "HF_HUB_OFFLINE", "HF_DATASETS_OFFLINE", "FTL_FAILPOINT", "FTL_FAILPOINT_RANK")
+PLAIN_ENV = ("WANDB_MODE", "HF_HUB_OFFLINE", "HF_DATASETS_OFFLINE", FAILPOINT, FAILPOINT_RANK)
 TERMINAL = {"SUCCEEDED", "FAILED", "STOPPED"}
 
 
@@ -114,7 +116,7 @@ class RayJobsTarget(SubmittingTarget):
     # -- what is submitted
     def job_spec(self, folder: RunFolder, cfg: Any, working_dir: str) -> dict[str, Any]:
         env = {k: os.environ[k] for k in PLAIN_ENV if k in os.environ}
-        env.update({"RAY_TRAIN_ENABLE_PRINT_PATCH": "0", "TOKENIZERS_PARALLELISM": "false"})
+        env.update(WORKER_ENV)
         runtime_env: dict[str, Any] = {"working_dir": working_dir, "env_vars": env}
         if cfg.cluster.ray.pip:
             runtime_env["pip"] = list(cfg.cluster.ray.pip)

@@ -16,6 +16,7 @@ from typing import Any
 import yaml
 
 from launcher.core.errors import Problem, UserError
+from launcher.core.registry import BUILTIN_PREFIX
 from launcher.core.user_code import CODE_DIR
 from launcher.run.rundir import RunFolder
 
@@ -56,7 +57,7 @@ def _stage_data(config: dict[str, Any], out: Path) -> dict[str, Any]:
         for i, entry in enumerate(entries):
             path = entry.get("path") or ""
             local = Path(path).expanduser()
-            if path.startswith("builtin:") or not local.exists():
+            if path.startswith(BUILTIN_PREFIX) or not local.exists():
                 continue  # builtin tasks and hub ids resolve on the cluster
             if local.is_dir():
                 raise UserError(Problem(f"data.{section}.{i}.path", "a local folder cannot be uploaded",

@@ -1,7 +1,6 @@
-#!/usr/bin/env python3
 """GPU check: the per-rank loop without Ray on one CUDA GPU, bf16 + nccl, for each backend.
 
-    python scripts/gpu_check.py [--backends ddp,zero2,zero3,fsdp2] [--steps 30]
+    python -m scripts.gpu_check [--backends ddp,zero2,zero3,fsdp2] [--steps 30]
                                 [--cross-entropy plain|chunked|liger] [--ce-only]
 
 Each backend trains the builtin tiny-llama-256 on the reverse task in its own process
@@ -26,7 +25,6 @@ import tempfile
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))
 
 
 def cross_entropy_check() -> int:

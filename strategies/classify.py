@@ -11,7 +11,7 @@ import torch
 from torch import nn
 
 from launcher.core.errors import HintedValueError
-from launcher.data.batching import IGNORE_INDEX, collate_units, is_packed, pack_unit_rows, units_of
+from launcher.data.batching import IGNORE_INDEX, collate_units, is_packed, pack_unit_rows, pad_rows, units_of
 from strategies.base import LossOutput, Strategy
 from strategies.heads import SequenceHeadMixin
 
@@ -43,12 +43,7 @@ class ClassifyStrategy(SequenceHeadMixin, Strategy):
             batch = collate_units(features, self.tokenizer.pad_token_id, ("text",))
             batch["label"] = torch.tensor([u["label"] for f in features for u in units_of(f)])
             return batch
-        longest = max(len(f["input_ids"]) for f in features)
-        ids = torch.full((len(features), longest), self.tokenizer.pad_token_id, dtype=torch.long)
-        mask = torch.zeros_like(ids)
-        for i, f in enumerate(features):
-            ids[i, : len(f["input_ids"])] = torch.tensor(f["input_ids"])
-            mask[i, : len(f["input_ids"])] = 1
+        ids, mask = pad_rows([f["input_ids"] for f in features], self.tokenizer.pad_token_id)
         return {"input_ids": ids, "attention_mask": mask,
                 "label": torch.tensor([f["label"] for f in features])}
 

@@ -29,6 +29,7 @@ from launcher.data.batching import (
     collate_units,
     is_packed,
     pack_unit_rows,
+    pad_rows,
     segment_sums,
     units_of,
 )
@@ -83,12 +84,7 @@ class ContrastiveStrategy(Strategy):
             return batch
         groups = [f for f in FIELDS if all(f in x for x in features)]
         seqs = [x[f] for f in groups for x in features]
-        longest = max(len(s) for s in seqs)
-        ids = torch.full((len(seqs), longest), self.tokenizer.pad_token_id or 0, dtype=torch.long)
-        mask = torch.zeros_like(ids)
-        for i, s in enumerate(seqs):
-            ids[i, : len(s)] = torch.tensor(s)
-            mask[i, : len(s)] = 1
+        ids, mask = pad_rows(seqs, self.tokenizer.pad_token_id or 0)
         return {"input_ids": ids, "attention_mask": mask, "groups": torch.tensor(len(groups))}
 
     def count_items(self, batch: dict[str, torch.Tensor]) -> float:

@@ -19,6 +19,7 @@ from launcher.data.batching import (
     is_packed,
     model_inputs,
     pack_unit_rows,
+    pad_rows,
     segment_sums,
     units_of,
 )
@@ -76,14 +77,10 @@ def pad_completions(prompts: list[list[int]], completions: list[list[int]], pad_
                     ) -> dict[str, torch.Tensor]:
     """Right-padded ``prompt + completion`` rows with ``labels`` on the completion tokens only."""
     seqs = [p + c for p, c in zip(prompts, completions)]
-    longest = max(len(s) for s in seqs)
-    ids = torch.full((len(seqs), longest), pad_id, dtype=torch.long)
+    ids, mask = pad_rows(seqs, pad_id)
     labels = torch.full_like(ids, IGNORE_INDEX)
-    mask = torch.zeros_like(ids)
     for i, (seq, prompt) in enumerate(zip(seqs, prompts)):
-        ids[i, : len(seq)] = torch.tensor(seq)
         labels[i, len(prompt) : len(seq)] = ids[i, len(prompt) : len(seq)]
-        mask[i, : len(seq)] = 1
     return {"input_ids": ids, "attention_mask": mask, "labels": labels}
 
 

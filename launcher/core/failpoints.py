@@ -18,6 +18,8 @@ import os
 import signal
 import time
 
+from launcher.core import env
+
 
 class FailpointError(RuntimeError):
     """Raised by a failpoint armed with the ``raise`` action."""
@@ -25,7 +27,7 @@ class FailpointError(RuntimeError):
 
 def _armed(name: str, step: int) -> str | None:
     """The action armed for ``name`` at ``step`` (an entry without a step: every step)."""
-    for item in filter(None, (s.strip() for s in os.environ.get("FTL_FAILPOINT", "").split(","))):
+    for item in filter(None, (s.strip() for s in (env.failpoint() or "").split(","))):
         armed_name, _, rest = item.partition(":")
         armed_step, _, action = rest.partition(":")
         if armed_name == name and (int(armed_step) if armed_step else -1) in (step, -1):
@@ -36,20 +38,19 @@ def _armed(name: str, step: int) -> str | None:
 def hit(name: str, step: int, rank: int | None = None) -> bool:
     """Fail here if failpoint ``name`` is armed for ``step`` (and this rank); True when it is
     armed with ``skip``."""
-    if "FTL_FAILPOINT" not in os.environ:
+    if env.failpoint() is None:
         return False
     action = _armed(name, step)
     if action is None:
         return False
-    only_rank = os.environ.get("FTL_FAILPOINT_RANK")
-    if only_rank is not None and rank is not None and int(only_rank) != rank:
+    if rank is not None and env.failpoint_rank() not in (None, rank):
         return False
     if action == "skip":
         return True
     if action == "raise":
         raise FailpointError(f"failpoint {name} at step {step}")
     if action == "hold":
-        pattern = os.environ.get("FTL_FAILPOINT_HOLD", "").replace("{step}", str(step))
+        pattern = env.failpoint_hold().replace("{step}", str(step))
         deadline = time.monotonic() + 120
         while not glob.glob(pattern) and time.monotonic() < deadline:
             time.sleep(0.1)

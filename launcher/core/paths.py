@@ -2,10 +2,11 @@
 
 from __future__ import annotations
 
-import os
 from pathlib import Path
+
+from launcher.core import env
 
 
 def ftl_home() -> Path:
     """Cache root for builtin models and compiled extensions (FTL_HOME, default ~/.cache/ftl)."""
-    return Path(os.environ.get("FTL_HOME") or Path.home() / ".cache" / "ftl")
+    return env.home()

@@ -15,6 +15,10 @@ from launcher.core.errors import Problem, UserError
 
 T = TypeVar("T")
 
+# ``builtin:<name>`` names an entry of a builtin registry (a tiny model, a synthetic task)
+# wherever a model or data path is accepted; nothing else starts with it.
+BUILTIN_PREFIX = "builtin:"
+
 
 def did_you_mean(name: str, choices: list[str] | tuple[str, ...] | set[str]) -> str | None:
     """The closest known name to ``name``, or None when nothing is close."""

@@ -18,6 +18,22 @@ import torch
 IGNORE_INDEX = -100
 
 
+def pad_rows(rows: Sequence[Sequence[int]], pad_id: int, *, left: bool = False,
+             width: int | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+    """``(input_ids, attention_mask)`` of token rows padded to the longest (or ``width``).
+
+    Right padding for training and scoring; ``left=True`` for generation, where every row's
+    last prompt token must sit in the last column so new tokens follow it directly."""
+    longest = max(len(r) for r in rows) if width is None else width
+    ids = torch.full((len(rows), longest), pad_id, dtype=torch.long)
+    mask = torch.zeros_like(ids)
+    for i, row in enumerate(rows):
+        where = slice(longest - len(row), longest) if left else slice(0, len(row))
+        ids[i, where] = torch.tensor(list(row), dtype=torch.long)
+        mask[i, where] = 1
+    return ids, mask
+
+
 def collate(features: Sequence[dict], pad_id: int) -> dict[str, torch.Tensor]:
     """Right-pad to the longest row. Packed rows (with ``position_ids``) get no attention mask."""
     longest = max(len(f["input_ids"]) for f in features)

@@ -10,13 +10,13 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from launcher.core.errors import Problem, UserError
+from launcher.core.registry import BUILTIN_PREFIX
 
 if TYPE_CHECKING:
     import datasets
 
     from launcher.config.schema import DataSource
 
-BUILTIN_PREFIX = "builtin:"
 FILE_BUILDERS = {".jsonl": "json", ".json": "json", ".parquet": "parquet", ".csv": "csv"}
 
 # Columns each format needs; the first format whose columns are all present wins in 'auto'.

@@ -6,7 +6,6 @@ costs ~1.8 s a call) keeps training at full speed and works the same for any lau
 
 from __future__ import annotations
 
-import json
 import threading
 from pathlib import Path
 
@@ -19,6 +18,8 @@ from rich.progress import (
     TimeElapsedColumn,
     TimeRemainingColumn,
 )
+
+from launcher.metrics.jsonl import JsonlTail
 
 _TRAIN_KEYS = (("train/loss", "loss {:.4f}"), ("reward/mean", "reward {:.3f}"),
                ("kl/ref_per_token", "kl {:.4f}"), ("response/length_mean", "len {:.1f}"),
@@ -39,7 +40,7 @@ def _fmt(metrics: dict) -> str:
 def follow(metrics_path: Path, total_steps: int, done: threading.Event, console: Console,
            enabled: bool = True, poll_s: float = 0.5) -> None:
     """Show progress until ``done`` is set; eval results are printed as lines."""
-    offset, inode = 0, None
+    tail = JsonlTail(metrics_path)
     columns = [TextColumn("[bold]step"), MofNCompleteColumn(), BarColumn(),
                TextColumn("{task.fields[info]}"), TimeElapsedColumn(), TextColumn("eta"),
                TimeRemainingColumn()]
@@ -47,24 +48,12 @@ def follow(metrics_path: Path, total_steps: int, done: threading.Event, console:
         task = progress.add_task("train", total=total_steps, info="starting workers...")
         while True:
             finished = done.wait(poll_s)
-            if metrics_path.exists():
-                st = metrics_path.stat()
-                if st.st_ino != inode or st.st_size < offset:  # replaced (resume): start over
-                    offset, inode = 0, st.st_ino
-                with metrics_path.open() as fh:
-                    fh.seek(offset)
-                    chunk = fh.read()
-                complete = chunk[: chunk.rfind("\n") + 1]
-                offset += len(complete.encode())
-                for line in complete.splitlines():
-                    if not line.strip():
-                        continue
-                    row = json.loads(line)
-                    step = row.get("step", 0)
-                    progress.update(task, completed=step)
-                    if any(k.startswith("train/") for k in row):
-                        progress.update(task, info=_fmt(row))
-                    elif any(k.startswith("eval/") for k in row):
-                        progress.console.print(f"step {step}: {_fmt(row)}", soft_wrap=True)
+            for row in tail.read():
+                step = row.get("step", 0)
+                progress.update(task, completed=step)
+                if any(k.startswith("train/") for k in row):
+                    progress.update(task, info=_fmt(row))
+                elif any(k.startswith("eval/") for k in row):
+                    progress.console.print(f"step {step}: {_fmt(row)}", soft_wrap=True)
             if finished:
                 break

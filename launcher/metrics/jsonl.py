@@ -42,6 +42,31 @@ class JsonlSink:
         self._fh.close()
 
 
+class JsonlTail:
+    """The rows appended to a growing JSONL file since the last ``read``.
+
+    A line still being written (no newline yet) is left for the next read. A file replaced by a
+    shorter one (``JsonlSink`` rewrites it on resume) is read again from its start."""
+
+    def __init__(self, path: Path):
+        self.path = path
+        self.offset = 0
+        self._inode: int | None = None
+
+    def read(self) -> list[dict[str, Any]]:
+        if not self.path.exists():
+            return []
+        st = self.path.stat()
+        if st.st_ino != self._inode or st.st_size < self.offset:  # replaced (resume): start over
+            self.offset, self._inode = 0, st.st_ino
+        with self.path.open("rb") as fh:
+            fh.seek(self.offset)
+            chunk = fh.read()
+        end = chunk.rfind(b"\n") + 1
+        self.offset += end
+        return [json.loads(line) for line in chunk[:end].decode().splitlines() if line.strip()]
+
+
 def read_metrics(path: Path) -> list[dict[str, Any]]:
     if not path.exists():
         return []

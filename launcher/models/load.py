@@ -16,6 +16,7 @@ from typing import Any
 import torch
 from torch import nn
 
+from launcher.core.seeds import mix_seed
 from launcher.models.tiny import resolve_model_path
 
 
@@ -132,7 +133,7 @@ def canonical_name(name: str) -> str:
 
 
 def _seeded(seed: int, name: str) -> torch.Generator:
-    return torch.Generator().manual_seed(seed * 1_000_003 + zlib.crc32(canonical_name(name).encode()))
+    return torch.Generator().manual_seed(mix_seed(seed, zlib.crc32(canonical_name(name).encode())))
 
 
 @torch.no_grad()

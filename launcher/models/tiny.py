@@ -19,7 +19,7 @@ from pathlib import Path
 from typing import Any
 
 from launcher.core.paths import ftl_home
-from launcher.core.registry import Registry
+from launcher.core.registry import BUILTIN_PREFIX, Registry
 
 CHATML_TEMPLATE = (
     "{% for message in messages %}"
@@ -59,7 +59,6 @@ TINY_MODELS.register("tiny-llama-256")(TinySpec(256, 512, 4, 8, 4))
 # ~94M parameters (375 MB fp32): big enough that holding it whole shows in memory figures.
 TINY_MODELS.register("llama-94m")(TinySpec(1024, 2816, 8, 16, 8))
 
-BUILTIN_PREFIX = "builtin:"
 _FORMAT_VERSION = 1
 
 

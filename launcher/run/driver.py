@@ -11,18 +11,16 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from launcher.core import preemption
+from launcher.core import env, preemption
 from launcher.core.errors import JobFailed
+from launcher.core.workers import WORKER_ENV, thread_env, worker_threads
 from launcher.run.rundir import RunFolder
 
-# Worker environment: no per-line print patching (pages of noise from datasets.map), no
-# tokenizer thread pools fighting the training threads.
-WORKER_ENV = {"RAY_TRAIN_ENABLE_PRINT_PATCH": "0", "TOKENIZERS_PARALLELISM": "false"}
 # Environment passed through to workers when set on the driver. This becomes the workers'
 # Ray runtime_env, which Ray shows in its dashboard, state API and logs: never a secret here.
 # WANDB_API_KEY and HF_TOKEN reach workers from the node's own environment (README, Secrets).
-PASS_THROUGH = ("WANDB_MODE", "HF_HOME", "HF_HUB_OFFLINE", "HF_DATASETS_OFFLINE", "FTL_HOME",
-                "FTL_FAILPOINT", "FTL_FAILPOINT_RANK", "FTL_FAILPOINT_HOLD", "TORCH_EXTENSIONS_DIR",
+PASS_THROUGH = ("WANDB_MODE", "HF_HOME", "HF_HUB_OFFLINE", "HF_DATASETS_OFFLINE", env.HOME,
+                env.FAILPOINT, env.FAILPOINT_RANK, env.FAILPOINT_HOLD, "TORCH_EXTENSIONS_DIR",
                 "PYTHONPATH")
 
 
@@ -40,12 +38,10 @@ def worker_env(cfg: Any) -> dict[str, str]:
     """The workers' ``runtime_env`` variables: settings only. Secrets are inherited from the
     node environment (the raylet's), never passed here: a runtime_env is visible to anyone who
     can read the Ray dashboard."""
-    threads = cfg.resources.threads_per_worker or max(1, int(cfg.resources.cpus_per_worker))
-    env = {**WORKER_ENV, "OMP_NUM_THREADS": str(threads)}
-    if not cfg.resources.gpus_per_worker:  # from the config, not from the submitting host
-        env["DS_ACCELERATOR"] = "cpu"
-    env.update({k: os.environ[k] for k in PASS_THROUGH if k in os.environ})
-    return env
+    cpu = not cfg.resources.gpus_per_worker  # from the config, not from the submitting host
+    variables = {**WORKER_ENV, **thread_env(worker_threads(cfg.resources), cpu=cpu)}
+    variables.update({k: os.environ[k] for k in PASS_THROUGH if k in os.environ})
+    return variables
 
 
 def run_trainer(folder: RunFolder) -> None:
@@ -74,7 +70,7 @@ def run_trainer(folder: RunFolder) -> None:
                                  timeout_s=cfg.train.collective_timeout_s),
         scaling_config=ScalingConfig(
             num_workers=_worker_count(cfg), use_gpu=use_gpu, resources_per_worker=resources,
-            elastic_resize_monitor_interval_s=float(os.environ.get("FTL_ELASTIC_RESIZE_CHECK_S", "60")),
+            elastic_resize_monitor_interval_s=env.elastic_resize_check_s(),
         ),
         run_config=RunConfig(
             name=f"{folder.path.name}-{launch_id}",  # unique: Ray resumes same-named runs

@@ -23,6 +23,7 @@ from pathlib import Path
 from typing import Any
 
 from launcher.core.paths import ftl_home
+from launcher.core.registry import BUILTIN_PREFIX
 
 SMOKE_LAYERS = 2
 SMOKE_HIDDEN = 128
@@ -73,7 +74,7 @@ def smoke_model(arch_path: str) -> str:
 
 
 def _readable_here(path: str | None) -> bool:
-    if not path or path.startswith("builtin:"):
+    if not path or path.startswith(BUILTIN_PREFIX):
         return True
     return Path(path).expanduser().exists()
 

@@ -19,8 +19,8 @@ from pathlib import Path
 from typing import Any
 
 from launcher.core.errors import Problem, UserError
+from launcher.core.registry import BUILTIN_PREFIX
 
-BUILTIN_PREFIX = "builtin:"
 BUILTIN_SUPPORT_ROWS = 256  # train-split rows generated as the support set of a builtin task
 
 
@@ -265,6 +265,8 @@ def generate_answers(lm: LoadedModel, prompts: list[list[int]], max_new_tokens: 
     """Greedy answers, left-padded batches (as the training-time exact match does)."""
     import torch
 
+    from launcher.data.batching import pad_rows
+
     tok = lm.tokenizer
     pad = tok.pad_token_id if tok.pad_token_id is not None else tok.eos_token_id
     chat = bool(getattr(tok, "chat_template", None))
@@ -272,12 +274,8 @@ def generate_answers(lm: LoadedModel, prompts: list[list[int]], max_new_tokens: 
     with torch.no_grad():
         for start in range(0, len(prompts), batch_size):
             rows = prompts[start:start + batch_size]
-            longest = max(len(p) for p in rows)
-            ids = torch.full((len(rows), longest), pad, dtype=torch.long)
-            mask = torch.zeros_like(ids)
-            for i, p in enumerate(rows):
-                ids[i, longest - len(p):] = torch.tensor(p)
-                mask[i, longest - len(p):] = 1
+            ids, mask = pad_rows(rows, pad, left=True)
+            longest = ids.shape[1]
             out = lm.model.generate(input_ids=ids, attention_mask=mask, max_new_tokens=max_new_tokens,
                                     do_sample=False, pad_token_id=pad, eos_token_id=tok.eos_token_id)
             for gen in out[:, longest:]:

@@ -11,6 +11,7 @@ from typing import TYPE_CHECKING, Any
 
 import torch
 
+from launcher.data.batching import pad_rows
 from launcher.train.dist import RankContext, all_gather_objects, all_reduce_sum
 
 if TYPE_CHECKING:
@@ -84,12 +85,8 @@ def exact_match(backend: Backend, strategy: Strategy, examples: list[GenerationE
     correct = 0.0
     for chunk, real in _batches(mine, cfg.eval.batch_size, ctx, len(examples)):
         rows = chunk if real else examples[:1]
-        longest = max(len(e.prompt_ids) for e in rows)
-        ids = torch.full((len(rows), longest), pad, dtype=torch.long)
-        mask = torch.zeros_like(ids)
-        for i, e in enumerate(rows):  # left padding for generation
-            ids[i, longest - len(e.prompt_ids):] = torch.tensor(e.prompt_ids)
-            mask[i, longest - len(e.prompt_ids):] = 1
+        ids, mask = pad_rows([e.prompt_ids for e in rows], pad, left=True)
+        longest = ids.shape[1]
         with backend.autocast():
             out = model.generate(
                 input_ids=ids.to(ctx.device),

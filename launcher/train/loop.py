@@ -36,6 +36,7 @@ import torch.distributed as dist
 from launcher.core import failpoints, preemption
 from launcher.core.lazy import load_object
 from launcher.core.paths import ftl_home
+from launcher.core.workers import worker_threads
 from launcher.metrics.sinks import MetricSinks
 from launcher.models.offload import activation_offload
 from launcher.report.build import write_run_report_safely
@@ -107,7 +108,7 @@ def _train(cfg: Any, ctx: RankContext, folder: RunFolder) -> dict[str, Any]:
     from strategies import build_strategy
 
     wall_start = time.time()
-    threads = cfg.resources.threads_per_worker or max(1, int(cfg.resources.cpus_per_worker))
+    threads = worker_threads(cfg.resources)
     torch.set_num_threads(threads)
     seed_everything(cfg.train.seed)
     tokenizer = load_tokenizer(cfg)

@@ -18,6 +18,7 @@ from dataclasses import dataclass, fields
 import torch
 from torch import Tensor, nn
 
+from launcher.data.batching import pad_rows
 from strategies.rl.math import entropy_from_logits, logprobs_from_logits
 
 
@@ -162,21 +163,12 @@ def collate_rollouts(prompts: Sequence[Sequence[int]], responses: Sequence[Seque
     """Pad variable-length prompts (left) and responses (right) into one ``RolloutBatch``."""
     if len(prompts) != len(responses) or not prompts:
         raise ValueError(f"need as many prompts as responses (got {len(prompts)} and {len(responses)})")
-    B = len(prompts)
-    P = max(len(p) for p in prompts)
-    R = max(1, max(len(r) for r in responses))
-    prompt_ids = torch.full((B, P), pad_id, dtype=torch.long)
-    prompt_mask = torch.zeros((B, P), dtype=torch.long)
-    response_ids = torch.full((B, R), pad_id, dtype=torch.long)
-    lengths = torch.zeros(B, dtype=torch.long)
-    for i, (p, r) in enumerate(zip(prompts, responses)):
+    for i, p in enumerate(prompts):
         if not p:
             raise ValueError(f"prompt {i} has no tokens: the first response token needs a context")
-        prompt_ids[i, P - len(p):] = torch.tensor(list(p))
-        prompt_mask[i, P - len(p):] = 1
-        if r:
-            response_ids[i, : len(r)] = torch.tensor(list(r))
-        lengths[i] = len(r)
+    prompt_ids, prompt_mask = pad_rows(prompts, pad_id, left=True)
+    response_ids, _ = pad_rows(responses, pad_id, width=max(1, max(len(r) for r in responses)))
+    lengths = torch.tensor([len(r) for r in responses], dtype=torch.long)
     return RolloutBatch(prompt_ids, prompt_mask, response_ids, response_mask(response_ids, eos_ids, lengths))
 
 

@@ -36,7 +36,9 @@ from typing import Any
 import torch
 
 from launcher.core import preemption
+from launcher.core.env import FAILPOINT
 from launcher.core.errors import JobFailed, Problem, UserError
+from launcher.core.workers import thread_env, worker_threads
 from launcher.metrics.sinks import MetricSinks
 from launcher.report.build import write_run_report_safely
 from launcher.run.rundir import RunFolder
@@ -149,8 +151,8 @@ class OnlineRL:
         run_dir = str(self.folder.path.resolve())
         for role in roles:
             section = self.cfg.resources if role == "policy" else getattr(self.opts, role)
-            threads = section.threads_per_worker or max(1, int(section.cpus_per_worker))
-            env = {**base_env, "OMP_NUM_THREADS": str(threads)}
+            threads = worker_threads(section)
+            env = {**base_env, **thread_env(threads)}
             cls = LearnerGroup if role in ("policy", "critic") else ActorGroup
             self.groups[role] = cls(role, self.placement, run_dir, threads, env, section.num_workers)
         setups = {}
@@ -163,7 +165,7 @@ class OnlineRL:
         self.setup_info = {role: self._get(refs, role) for role, refs in setups.items()}
         # A replacement must not re-fire a failpoint that killed its predecessor: disarm it (set it
         # empty; workers may also inherit the variable from the raylet's own environment).
-        self.pool = RolloutPool(self.groups["rollout"], {**self.groups["rollout"].env, "FTL_FAILPOINT": ""})
+        self.pool = RolloutPool(self.groups["rollout"], {**self.groups["rollout"].env, FAILPOINT: ""})
         specials = self._get(self.groups["rollout"].actors[0].special_ids.remote(), "rollout")
         self.pad_id, self.eos_ids = specials["pad"], specials["eos"]
         self._record_identities()

@@ -17,6 +17,7 @@ from typing import Any
 
 import torch
 
+from launcher.data.batching import pad_rows
 from strategies.ppo.batch import RolloutBatch, policy_forward, truncate_at_eos
 from strategies.ppo.models import PolicyModel, load_synced, unpack
 
@@ -79,12 +80,8 @@ class HFEngine:
         size = self.chunk or len(prompts)
         for start in range(0, len(prompts), size):
             part = prompts[start:start + size]
-            width = max(len(p) for p in part)
-            ids = torch.full((len(part), width), self.pad_id, dtype=torch.long)
-            mask = torch.zeros_like(ids)
-            for i, p in enumerate(part):
-                ids[i, width - len(p):] = torch.tensor(p)
-                mask[i, width - len(p):] = 1
+            ids, mask = pad_rows(part, self.pad_id, left=True)
+            width = ids.shape[1]
             out = self.model.generate(input_ids=ids.to(self.device), attention_mask=mask.to(self.device),
                                       generation_config=config)
             for row in out[:, width:].tolist():

@@ -20,6 +20,7 @@ from typing import Any
 import torch
 
 from launcher.core.lazy import load_object
+from launcher.core.seeds import mix_seed
 from launcher.models.offload import activation_offload
 from launcher.train.dist import RankContext, all_reduce_sum, barrier
 from strategies.ppo.batch import RolloutBatch, policy_forward, value_forward
@@ -94,7 +95,7 @@ class Learner:
         items_total, tokens, grad_norms = 0.0, 0.0, []
         exp = dataclasses.replace(exp, batch=self._layout(exp.batch))
         for epoch in range(self.opts.ppo_epochs):
-            gen = torch.Generator().manual_seed(self.cfg.train.seed * 1_000_003 + step * 1_009 + epoch)
+            gen = torch.Generator().manual_seed(mix_seed(self.cfg.train.seed, step * 1_009 + epoch))
             order = torch.randperm(len(exp), generator=gen)
             for m in range(self.opts.minibatches):
                 idx = order[m * sched.per_rank:(m + 1) * sched.per_rank]

@@ -16,6 +16,7 @@ from pydantic import ConfigDict, Field, field_validator, model_validator
 
 from launcher.config.section import Section
 from launcher.core.errors import HintedValueError
+from launcher.core.workers import worker_threads
 
 
 class RoleResources(Section):
@@ -28,7 +29,7 @@ class RoleResources(Section):
         None, gt=0, description="torch intra-op threads per actor; default: cpus_per_worker.")
 
     def threads(self) -> int:
-        return self.threads_per_worker or max(1, int(self.cpus_per_worker))
+        return worker_threads(self)
 
 
 class SyncCheck(Section):

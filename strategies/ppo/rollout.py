@@ -21,6 +21,7 @@ import time
 from dataclasses import dataclass, field
 from typing import Any
 
+from launcher.core.seeds import mix_seed
 from strategies.ppo.roles import ActorGroup
 
 log = logging.getLogger("ftl.ppo.rollout")
@@ -79,7 +80,7 @@ class RolloutPool:
         from strategies.ppo.roles import split
 
         chunks = split(prompts, len(self.workers))
-        seeds = [seed * 1_000_003 + step * 7_919 + i for i in range(len(chunks))]
+        seeds = [mix_seed(seed, step * 7_919 + i) for i in range(len(chunks))]
         refs = [w.generate.remote(c, s, step, greedy) if c else None
                 for w, c, s in zip(self.workers, chunks, seeds)]
         return Launch(step, chunks, seeds, refs, self.version, greedy)

@@ -12,6 +12,7 @@ from typing import Any
 
 import torch
 
+from launcher.data.batching import pad_rows
 from launcher.models.chunked_ce import ce_options
 from strategies.ppo.batch import RolloutBatch, policy_forward
 
@@ -86,12 +87,7 @@ class RewardModelScorer:
         scores: list[float] = []
         for start in range(0, len(seqs), self.batch_size):
             part = seqs[start:start + self.batch_size]
-            width = max(len(s) for s in part)
-            ids = torch.full((len(part), width), pad, dtype=torch.long)
-            mask = torch.zeros_like(ids)
-            for i, s in enumerate(part):
-                ids[i, : len(s)] = torch.tensor(s)
-                mask[i, : len(s)] = 1
+            ids, mask = pad_rows(part, pad)
             logits = self.model(input_ids=ids.to(self.device), attention_mask=mask.to(self.device),
                                 use_cache=False).logits
             scores.extend(logits.squeeze(-1).float().cpu().tolist())

@@ -14,7 +14,7 @@ pytestmark = [pytest.mark.gpu, pytest.mark.skipif(not torch.cuda.is_available(),
 
 
 def test_every_backend_trains_on_one_gpu():
-    proc = subprocess.run([sys.executable, str(ROOT / "scripts" / "gpu_check.py"), "--steps", "20"],
+    proc = subprocess.run([sys.executable, "-m", "scripts.gpu_check", "--steps", "20"], cwd=ROOT,
                           capture_output=True, text=True, timeout=1200)
     assert proc.returncode == 0, proc.stdout + proc.stderr
     assert proc.stdout.count(" ok") == 4

@@ -12,10 +12,8 @@ import sys
 import pytest
 
 from launcher.metrics.jsonl import read_metrics
-from tests.conftest import ROOT, tiny_config, write_config
-
-sys.path.insert(0, str(ROOT / "scripts"))
-from bench_common import replayed_rows  # noqa: E402  (rebuilds rows independently of the loop)
+from scripts.bench.common import replayed_rows  # rebuilds rows independently of the loop
+from tests.conftest import tiny_config, write_config
 
 STEPS, MICRO, MAX_LENGTH = 6, 2, 128
 

@@ -3,15 +3,10 @@ split into their examples (attention FLOPs grow with each example's length, not 
 
 from __future__ import annotations
 
-import sys
-
 import pytest
 import torch
 
-from tests.conftest import ROOT
-
-sys.path.insert(0, str(ROOT / "scripts"))
-bench_mfu = pytest.importorskip("bench_mfu")
+from scripts.bench import mfu as bench_mfu
 
 
 @pytest.mark.parametrize("preset", sorted(bench_mfu.PRESETS))

@@ -4,17 +4,13 @@ cross-entropy against the planner's prediction."""
 
 from __future__ import annotations
 
-import sys
 import threading
 from io import StringIO
 
 from rich.console import Console
 
 from launcher.plan import memory_model as mm
-from tests.conftest import ROOT
-
-sys.path.insert(0, str(ROOT / "scripts"))
-import bench_memory  # noqa: E402  (the benchmark's one-configuration measurement)
+from scripts.bench import memory as bench_memory  # the benchmark's one-configuration measurement
 
 SHAPE = mm.ModelShape(params=8_030_261_248, trainable=8_030_261_248, layers=32, hidden=4096,
                       intermediate=14336, heads=32, kv_heads=8, head_dim=128, vocab=128256,

@@ -1,16 +1,15 @@
-#!/usr/bin/env python3
 """A plain torchrun DDP training loop: the baseline ftl's loop is measured against.
 
-    torchrun --nproc-per-node 2 scripts/bench_plain_ddp.py MODEL_DIR STEPS BATCH OUT_JSON
+    torchrun --nproc-per-node 2 -m scripts.bench.plain_ddp MODEL_DIR STEPS BATCH OUT_JSON
 
-Nothing from ftl: tokenises chats with the tokenizer's template, pads, trains with AdamW.
-Writes per-step seconds and the wall time of the first finished step (since FTL_BENCH_T0).
+Nothing of ftl's training code (its own padding, its own loop): tokenises chats with the
+tokenizer's template, pads, trains with AdamW. Writes per-step seconds and the wall time of the
+first finished step (since ``FTL_BENCH_T0``, read through ``launcher.core.env``).
 """
 
 from __future__ import annotations
 
 import json
-import os
 import random
 import sys
 import time
@@ -19,6 +18,8 @@ import torch
 import torch.distributed as dist
 from torch.nn.parallel import DistributedDataParallel
 from transformers import AutoModelForCausalLM, AutoTokenizer
+
+from launcher.core.env import bench_t0
 
 
 def main() -> None:
@@ -56,7 +57,7 @@ def main() -> None:
         opt.zero_grad(set_to_none=True)
         times.append(time.perf_counter() - t0)
         if first_step_wall is None:
-            first_step_wall = time.time() - float(os.environ.get("FTL_BENCH_T0", time.time()))
+            first_step_wall = time.time() - bench_t0(default=time.time())
     if rank == 0:
         with open(out, "w") as fh:
             json.dump({"step_s": times, "first_step_wall_s": first_step_wall}, fh)

@@ -1,7 +1,6 @@
-#!/usr/bin/env python3
 """ftl's launch overhead and per-step cost against a plain torchrun DDP loop.
 
-    python scripts/bench_overhead.py [--repeats 3] [--steps 60]
+    python -m scripts.bench.overhead [--repeats 3] [--steps 60]
 
 Start-up: wall time from the command to the first finished optimizer step, for `ftl run`
 (embedded Ray, 2 workers), `torchrun -m launcher.train.loop` (ftl without Ray) and the plain
@@ -22,7 +21,8 @@ import tempfile
 import time
 from pathlib import Path
 
-from bench_common import ROOT, append_section, prepare, steady_step_s
+from launcher.core.env import BENCH_T0
+from scripts.bench.common import ROOT, append_section, prepare, steady_step_s
 
 BATCH = 16
 
@@ -108,9 +108,8 @@ def main() -> None:
         out = work / "plain.json"
         start = time.time()
         plain_cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node", "2",
-                     str(ROOT / "scripts" / "bench_plain_ddp.py"), model_dir, str(args.steps), str(BATCH),
-                     str(out)]
-        subprocess.run(plain_cmd, env={**env, "FTL_BENCH_T0": str(start)}, check=True,
+                     "-m", "scripts.bench.plain_ddp", model_dir, str(args.steps), str(BATCH), str(out)]
+        subprocess.run(plain_cmd, cwd=ROOT, env={**env, BENCH_T0: str(start)}, check=True,
                        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
         plain = json.loads(out.read_text())
         res["plain_start"].append(plain["first_step_wall_s"])
@@ -126,7 +125,7 @@ def main() -> None:
     split = "; ".join(f"{PHASES[k]} {statistics.median(v):.1f} s" for k, v in phases.items())
     print(append_section(
         "Launcher overhead vs a plain torchrun DDP loop (CPU, 2 ranks)",
-        f"python scripts/bench_overhead.py --repeats {args.repeats} --steps {args.steps}",
+        f"python -m scripts.bench.overhead --repeats {args.repeats} --steps {args.steps}",
         ["measure", "ftl run (Ray)", "ftl loop under torchrun", "plain torchrun DDP",
          "plain / ftl run (1.0 = same speed)"], rows,
         "Model: builtin tiny-llama-256, micro batch 16 per rank, fp32, 1 thread per rank. `ftl run` "

@@ -1,7 +1,6 @@
-#!/usr/bin/env python3
 """Ulysses sequence parallelism (``sharding.sp_size``) on long sequences: memory and step time.
 
-    python scripts/bench_sp.py [--max-length 8192] [--steps 8]
+    python -m scripts.bench.sp [--max-length 8192] [--steps 8]
 
 Two ranks (gloo, one torch thread each), the same global batch of 2 sequences of ``max-length``
 tokens per step (method ``full``, builtin letters-text cut into fixed blocks), two layouts:
@@ -25,7 +24,8 @@ import json
 import tempfile
 from pathlib import Path
 
-from bench_common import Contention, append_section, prepare, steady_step_s, torchrun, wait_quiet
+from launcher.metrics.jsonl import read_metrics
+from scripts.bench.common import Contention, append_section, prepare, steady_step_s, torchrun, wait_quiet
 
 MODEL = "builtin:tiny-llama-256"
 
@@ -45,7 +45,7 @@ def config(name: str, sp: int, max_length: int, steps: int) -> dict:
 
 
 def losses(run: Path) -> dict[int, float]:
-    rows = [json.loads(x) for x in (run / "metrics.jsonl").read_text().splitlines() if x.strip()]
+    rows = read_metrics(run / "metrics.jsonl")
     return {r["step"]: r["train/loss"] for r in rows if "train/loss" in r}
 
 
@@ -86,7 +86,7 @@ def main() -> None:
     notes = (f"Model: {MODEL} (4 layers, hidden 256), fp32, fsdp2 on 2 ranks, 2 sequences of "
              f"{args.max_length:,} tokens per step, {args.steps} steps. Max loss difference dp vs sp over "
              f"the steps: {diff:.1e}. 'other load': share of the machine other processes used meanwhile.")
-    command = f"python scripts/bench_sp.py --max-length {args.max_length} --steps {args.steps}"
+    command = f"python -m scripts.bench.sp --max-length {args.max_length} --steps {args.steps}"
     title = "Ulysses sequence parallelism: memory per rank on long sequences (CPU, 2 ranks)"
     if args.no_write:
         print(title, header, *rows, notes, sep="\n")

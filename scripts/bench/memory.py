@@ -1,10 +1,9 @@
-#!/usr/bin/env python3
 """Memory switches side by side on this CPU: cross-entropy plain vs chunked, gradient
 checkpointing off/on, activation offload off/on: tokens/s and peak memory of a short training
 loop, each configuration in a fresh process (peak RSS is a per-process high-water mark).
 
-    python scripts/bench_memory.py [--steps 6] [--repeats 2] [--no-write]
-    python scripts/bench_memory.py --one '{"cross_entropy": "chunked"}'   # one config, JSON out
+    python -m scripts.bench.memory [--steps 6] [--repeats 2] [--no-write]
+    python -m scripts.bench.memory --one '{"cross_entropy": "chunked"}'   # one config, JSON out
 
 Model: a random Llama with SmolLM2's vocabulary (49,152), hidden 64, 2 layers, fp32; micro
 batch 4 x 512 tokens: the logits dominate, as they do for a large-vocabulary model at long
@@ -26,8 +25,7 @@ import sys
 import time
 from pathlib import Path
 
-ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))
+ROOT = Path(__file__).resolve().parents[2]
 
 SHAPE = {"vocab": 49152, "hidden": 64, "intermediate": 128, "layers": 2, "heads": 4, "kv_heads": 2}
 MICRO, SEQ = 4, 512
@@ -125,7 +123,7 @@ def run_one(opts: dict, timeout: float = 600) -> dict:
     keep = ("PATH", "HOME", "LANG", "TMPDIR", "OMP_NUM_THREADS", "HF_HOME", "HF_HUB_OFFLINE")
     env = {**{k: os.environ[k] for k in keep if k in os.environ},
            "MALLOC_MMAP_THRESHOLD_": "131072", "PYTHONPATH": str(ROOT)}
-    proc = subprocess.run([sys.executable, str(Path(__file__).resolve()), "--one", json.dumps(opts)],
+    proc = subprocess.run([sys.executable, "-m", "scripts.bench.memory", "--one", json.dumps(opts)],
                           capture_output=True, text=True, timeout=timeout, cwd=ROOT, env=env)
     if proc.returncode != 0:
         raise RuntimeError(proc.stderr[-3000:])
@@ -153,7 +151,7 @@ def main() -> int:
     if args.one:
         print(json.dumps(measure(json.loads(args.one))))
         return 0
-    from bench_common import Contention, append_section, wait_quiet
+    from scripts.bench.common import Contention, append_section, wait_quiet
 
     results: dict[str, list[dict]] = {label: [] for label, _ in CONFIGS}
     for _ in range(args.repeats):  # interleaved, so machine load spreads over every config
@@ -176,12 +174,9 @@ def main() -> int:
         notes = ("Model: random Llama with SmolLM2's vocabulary 49,152, hidden 64, 2 layers, fp32; "
                  f"micro batch {MICRO} x {SEQ} tokens, AdamW, one process, 2 threads; "
                  f"{args.steps} steps per process "
-                 f"(median of steps 2..{args.steps}), {args.repeats} processes per configuration (medians). "
-                 "Peak = peak RSS (VmHWM) after the steps minus after a warm-up step of 8 tokens. On CPU "
-                 "activation offload moves nothing (the tensors are already in host memory): its row "
-                 "shows the hooks' cost.")
+                 f"(median of steps 2..{args.steps}), {args.repeats} processes per configuration (medians).")
         append_section("Memory switches: chunked cross-entropy, checkpointing, activation offload (CPU)",
-                       f"python scripts/bench_memory.py --steps {args.steps} --repeats {args.repeats}",
+                       f"python -m scripts.bench.memory --steps {args.steps} --repeats {args.repeats}",
                        ["configuration", "tokens/s", "vs plain", "peak step MiB", "planned logits MiB",
                         "CPU taken by others"],
                        rows, notes)

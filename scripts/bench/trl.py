@@ -1,7 +1,6 @@
-#!/usr/bin/env python3
 """ftl's ``sft`` against TRL's ``SFTTrainer``: same model, data, batch, steps, one process each.
 
-    python scripts/bench_trl.py [--repeats 3] [--steps 60]
+    python -m scripts.bench.trl [--repeats 3] [--steps 60]
 
 Both train the builtin tiny-llama-256 on the same chat rows (loss on assistant tokens, no
 packing, fp32, 2 torch threads); the figure is the median optimizer-step time after 5
@@ -26,7 +25,8 @@ import tempfile
 import time
 from pathlib import Path
 
-from bench_common import ROOT, append_section, prepare, steady_step_s
+from launcher.core.workers import thread_env
+from scripts.bench.common import ROOT, append_section, prepare, steady_step_s
 
 BATCH, MAX_LEN = 16, 64
 
@@ -41,7 +41,7 @@ def ftl_step_s(work: Path, steps: int) -> float:
            "logging": {"every_steps": 1, "wandb": {"mode": "disabled"}}, "eval": {"at_start": False}}
     run = prepare(work, "ftl", cfg)
     subprocess.run([sys.executable, "-m", "launcher.train.loop", str(run)], check=True, cwd=ROOT,
-                   env={**os.environ, "OMP_NUM_THREADS": "2"}, capture_output=True)
+                   env={**os.environ, **thread_env(2)}, capture_output=True)
     return steady_step_s(run)
 
 
@@ -113,13 +113,13 @@ def main() -> None:
              " ".join(f"{x * 1000:.1f}" for x in times[k])]
             for k in ("trl", "trl-defaults", "ftl") if k in med]
     title = "ftl sft vs TRL SFTTrainer (CPU, one process, no packing)"
-    command = f"python scripts/bench_trl.py --repeats {args.repeats} --steps {args.steps}" + (
+    command = f"python -m scripts.bench.trl --repeats {args.repeats} --steps {args.steps}" + (
         " --trl-defaults" if args.trl_defaults else "")
     header = ["trainer", "median step (ms)", "real tokens/s", "speed vs TRL", "per-repeat medians (ms)"]
     notes = (f"Model: builtin tiny-llama-256; batch {BATCH} chats of the reverse task ({tokens / BATCH:.1f} "
              f"tokens each on average), max_length {MAX_LEN}, fp32 on both sides (TRL set to bf16=False, "
              "gradient_checkpointing=False), constant LR, 2 torch threads. Packing on variable-length data: "
-             "scripts/bench_packing.py.")
+             "scripts.bench.packing.")
     if args.no_append:
         print(json.dumps({"table": [header, *rows], "notes": notes}))
     else:

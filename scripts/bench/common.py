@@ -12,8 +12,10 @@ import time
 from pathlib import Path
 from typing import Any
 
-ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))
+from launcher.core.workers import thread_env
+from launcher.metrics.jsonl import read_metrics
+
+ROOT = Path(__file__).resolve().parents[2]
 BENCHMARKS = ROOT / "BENCHMARKS.md"
 
 
@@ -47,8 +49,9 @@ def append_section(title: str, command: str, header: list[str], rows: list[list[
         lines += ["", notes]
     text = "\n".join(lines) + "\n"
     if not BENCHMARKS.exists():
-        BENCHMARKS.write_text("# Benchmarks\n\nEach section is appended by a `scripts/bench_*.py` run: "
-                              "ratios of runs made side by side in one invocation, medians of repeats.\n")
+        BENCHMARKS.write_text("# Benchmarks\n\nEach section is appended by a "
+                              "`python -m scripts.bench.<name>` run: ratios of runs made side by side "
+                              "in one invocation, medians of repeats.\n")
     with BENCHMARKS.open("a") as fh:
         fh.write(text)
     return text
@@ -68,19 +71,18 @@ def prepare(work: Path, name: str, cfg: dict) -> Path:
 def run_loop(run: Path, threads: int) -> dict[int, dict]:
     """Run the per-rank loop on a prepared run folder in one process (no Ray); its logged rows
     that time a step, by step."""
-    import json
 
     proc = subprocess.run([sys.executable, "-m", "launcher.train.loop", str(run)], cwd=ROOT,
                           capture_output=True,
-                          text=True, env={**os.environ, "OMP_NUM_THREADS": str(threads)})
+                          text=True, env={**os.environ, **thread_env(threads)})
     if proc.returncode:
         raise RuntimeError(proc.stderr[-3000:])
-    rows = [json.loads(x) for x in (run / "metrics.jsonl").read_text().splitlines() if x.strip()]
+    rows = read_metrics(run / "metrics.jsonl")
     return {r["step"]: r for r in rows if "train/step_s" in r}
 
 
 def torchrun(run_dirs: list[Path], nproc: int = 2) -> None:
-    env = {**os.environ, "OMP_NUM_THREADS": "1", "DS_ACCELERATOR": "cpu"}
+    env = {**os.environ, **thread_env(1, cpu=True)}
     cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node", str(nproc),
            str(ROOT / "tests" / "helpers" / "run_many.py"), *map(str, run_dirs)]
     proc = subprocess.run(cmd, env=env, capture_output=True, text=True)
@@ -108,9 +110,8 @@ def replayed_rows(run: Path, steps: int) -> list[list[dict]]:
 
 def steady_step_s(run: Path, skip: int = 5) -> float:
     """Median seconds per optimizer step, from per-step metrics, after ``skip`` warm-up steps."""
-    import json
 
-    rows = [json.loads(x) for x in (run / "metrics.jsonl").read_text().splitlines() if x.strip()]
+    rows = read_metrics(run / "metrics.jsonl")
     steps = [r["train/step_s"] for r in rows if "train/step_s" in r and r["step"] > skip]
     return statistics.median(steps)
 

@@ -1,7 +1,6 @@
-#!/usr/bin/env python3
 """PPO/GRPO throughput, sync vs one-step-off-policy async, side by side on the same machine.
 
-    python scripts/bench_ppo.py [--method ppo] [--repeats 3] [--steps 16] [--no-append]
+    python -m scripts.bench.ppo [--method ppo] [--repeats 3] [--steps 16] [--no-append]
 
 Both modes run the same config (builtin tiny Llama on builtin:prompts-letters with the
 letter-'a' rule, 1 policy trainer, 2 rollout workers, 1 thread per actor) in one private Ray
@@ -21,7 +20,8 @@ import statistics
 import tempfile
 from pathlib import Path
 
-from bench_common import LoadSampler, append_section, prepare, wait_quiet
+from launcher.metrics.jsonl import read_metrics
+from scripts.bench.common import LoadSampler, append_section, prepare, wait_quiet
 
 PHASES = ("generate", "score", "train", "sync")
 
@@ -48,7 +48,7 @@ def config(method: str, steps: int, async_: bool, new_tokens: int, workers: int,
 
 
 def measure(run: Path, skip: int = 2) -> dict[str, float]:
-    rows = [json.loads(x) for x in (run / "metrics.jsonl").read_text().splitlines() if x.strip()]
+    rows = read_metrics(run / "metrics.jsonl")
     rows = [r for r in rows if "time/step_s" in r and r["step"] > skip]
     out = {"step": statistics.median(r["time/step_s"] for r in rows),
            "rollout_busy": statistics.median(r["rollout/busy_s"] for r in rows)}
@@ -109,15 +109,11 @@ def main() -> None:
         roles.append("reference")
     notes = (f"Method {args.method}: builtin tiny-llama, 32 responses of up to {args.new_tokens} tokens per "
              "step on builtin:prompts-letters (letter-'a' rule), 1 epoch x 2 minibatches; roles: "
-             f"{', '.join(roles)}, each a Ray actor with 1 torch thread (placement separate). Time split = "
-             "medians of what the controller waits for per step: under async, `generate` is only the part "
-             "of generation that training did not hide; `rollout busy` is the workers' own generation "
-             "time; `runnable tasks` is the machine's mean run queue during the runs (this benchmark's "
-             "actors included; each run starts once the machine is quiet). "
+             f"{', '.join(roles)}, each a Ray actor with 1 torch thread (placement separate). "
              f"Sync / async step time: {ratio:.2f}.")
     print(append_section(
         f"RL rollout overlap: {args.method} sync vs one-step-off async (CPU)",
-        f"python scripts/bench_ppo.py --method {args.method} --repeats {args.repeats} --steps {args.steps} "
+        f"python -m scripts.bench.ppo --method {args.method} --repeats {args.repeats} --steps {args.steps} "
         f"--new-tokens {args.new_tokens} --rollout-workers {args.rollout_workers}"
         + (f" --beta {args.beta}" if args.method == "grpo" else ""),
         ["mode", "median step (ms)", "speed vs sync", "generate / score / train / sync (ms)",

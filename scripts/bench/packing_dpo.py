@@ -1,7 +1,6 @@
-#!/usr/bin/env python3
 """Packed vs unpacked DPO on variable-length preference pairs (ftl, CPU, one process).
 
-    python scripts/bench_packing_dpo.py [--repeats 3] [--steps 20] [--max-length 256]
+    python -m scripts.bench.packing_dpo [--repeats 3] [--steps 20] [--max-length 256]
 
 Unpacked, a DPO micro-batch is ``[chosen rows; rejected rows]`` padded to the longest of them,
 so one long answer makes every row of the batch long. Packed (``data.packing: true``), whole
@@ -29,7 +28,8 @@ import statistics
 import tempfile
 from pathlib import Path
 
-from bench_common import Contention, append_section, prepare, replayed_rows, run_loop, wait_quiet
+from launcher.core.workers import OMP_NUM_THREADS
+from scripts.bench.common import Contention, append_section, prepare, replayed_rows, run_loop, wait_quiet
 
 MODEL = "builtin:tiny-llama-256"
 PAIRS_PER_STEP = 16
@@ -123,7 +123,7 @@ def main() -> None:
         args.repeats = len(logged["packed"])
         print(section(args, logged, head["pairs_per_row"], head["packed_rows_per_step"]))
         return
-    os.environ.setdefault("OMP_NUM_THREADS", str(THREADS))
+    os.environ.setdefault(OMP_NUM_THREADS, str(THREADS))
     rows = variable_pairs(NUM_ROWS, args.max_length)
     per_row = pairs_per_row(rows, args.max_length)
     packed_rows = max(1, round(PAIRS_PER_STEP / per_row))
@@ -150,7 +150,7 @@ def main() -> None:
 def best_per_step(runs: list[dict]) -> float:
     """Real tokens/s from the fastest time of each step over all runs of one layout: every run
     sees the same batches (seeded sampler) and other jobs only ever slow a step down, so this is
-    the least disturbed estimate on a busy machine (``timeit``'s rule; as bench_packing.py)."""
+    the least disturbed estimate on a busy machine (``timeit``'s rule; as scripts.bench.packing)."""
     if any(r["tokens"] != runs[0]["tokens"] for r in runs):
         raise ValueError("runs of one layout saw different batches")
     return sum(runs[0]["tokens"]) / sum(min(times) for times in zip(*(r["step_s"] for r in runs)))
@@ -173,23 +173,16 @@ def section(args: argparse.Namespace, results: dict[str, list[dict]], per_row: f
              for name, runs in results.items()]
     notes = (f"**packed / unpacked = {tps['packed'] / tps['unpacked']:.2f}** (real tokens/s, medians of "
              f"{args.repeats} runs; {best['packed'] / best['unpacked']:.2f} from each step's fastest time "
-             f"over the runs, which see the same batches). Data: {NUM_ROWS} synthetic text pairs "
-             "(`variable_pairs` in the script), "
+             f"over the runs, which see the same batches). Data: {NUM_ROWS} synthetic text pairs, "
              f"prompt, chosen and rejected each log-uniform from 2 to {args.max_length // 3} letters; "
-             f"max_length {args.max_length}; {per_row:.2f} pairs per packed row on average. Model {MODEL} "
-             f"(4 layers, hidden 256), fp32, sdpa, {THREADS} torch threads, one process, DPO sigmoid beta "
-             "0.1 with the reference precomputed before step 1 (not timed). Real tokens/s of a run = median "
-             "over "
-             f"steps {SKIP + 1}..{args.steps} of the step's non-padding tokens (replayed from ftl's pipeline "
-             "and sampler) / its time. The step-1 loss is log 2 in both (policy = reference): the packed "
-             "run's reference scores are its own pairs'. Strategy-level equality of packed and unpacked "
-             "losses is tests/unit/test_packing_methods.py. 'other' is the share of the cores other "
-             "processes took during each run (a shared machine: runs wait up to "
-             f"{args.max_wait:.0f} s for a quiet moment, and alternate).")
+             f"max_length {args.max_length}; {per_row:.2f} pairs per packed row on average. Model {MODEL}, "
+             f"fp32, sdpa, {THREADS} torch threads, one process, DPO sigmoid beta 0.1, reference "
+             f"precomputed. Real tokens/s over steps {SKIP + 1}..{args.steps}; runs waited up to "
+             f"{args.max_wait:.0f} s for a quiet machine.")
     header = ["run", "rows per step", "pairs/step", "real tokens/step", "median step (ms)",
               "real tokens/s (median)", "vs unpacked", "real tokens/s (best per step)", "vs unpacked",
               "loss at step 1", "per-run tokens/s", "other"]
-    command = (f"python scripts/bench_packing_dpo.py --repeats {args.repeats} --steps {args.steps} "
+    command = (f"python -m scripts.bench.packing_dpo --repeats {args.repeats} --steps {args.steps} "
                f"--max-length {args.max_length}")
     if args.no_append:
         return json.dumps({"table": [header, *table], "notes": notes})

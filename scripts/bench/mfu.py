@@ -1,8 +1,7 @@
-#!/usr/bin/env python3
 """Model FLOPs utilisation (MFU) of ftl's SFT loop: packing on/off x gradient checkpointing on/off.
 
-    python scripts/bench_mfu.py                  # GPU: ~1.1B Llama-like (TinyLlama's shape), bf16
-    python scripts/bench_mfu.py --preset cpu     # this CPU box: a 4-layer model, fp32
+    python -m scripts.bench.mfu                  # GPU: ~1.1B Llama-like (TinyLlama's shape), bf16
+    python -m scripts.bench.mfu --preset cpu     # this CPU box: a 4-layer model, fp32
 
 Each configuration runs the per-rank loop without Ray (``python -m launcher.train.loop RUN_DIR``, one
 rank) on the same variable-length chats (log-uniform lengths up to ``max_length``), side by side
@@ -31,8 +30,10 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
-from bench_common import ROOT, append_section, prepare, replayed_rows, steady_step_s
-from bench_packing import variable_chats
+from launcher.core.workers import thread_env
+from launcher.metrics.jsonl import read_metrics
+from scripts.bench.common import ROOT, append_section, prepare, replayed_rows, steady_step_s
+from scripts.bench.packing.chats import variable_chats
 
 # bf16 dense tensor-core peaks (datasheet, SXM parts), FLOP/s.
 GPU_PEAKS = {"H200": 989.4e12, "H100": 989.4e12, "A100": 312e12}
@@ -104,7 +105,7 @@ def peak_flops(args: argparse.Namespace, threads: int) -> tuple[float, str]:
         for key, peak in GPU_PEAKS.items():
             if key in name:
                 return peak, f"{name}: bf16 dense {peak / 1e12:.1f} TFLOP/s"
-        raise SystemExit(f"bench_mfu: unknown GPU {name!r}; pass --peak-tflops")
+        raise SystemExit(f"scripts.bench.mfu: unknown GPU {name!r}; pass --peak-tflops")
     torch.set_num_threads(threads)
     a, b = torch.randn(1024, 1024), torch.randn(1024, 1024)
     best = float("inf")
@@ -146,11 +147,11 @@ def run_one(work: Path, p: Preset, model: Path, data: Path, packing: bool, ckpt:
     run = prepare(work, name, cfg)
     proc = subprocess.run([sys.executable, "-m", "launcher.train.loop", str(run)], cwd=ROOT,
                           capture_output=True,
-                          text=True, env={**os.environ, "OMP_NUM_THREADS": str(threads),
+                          text=True, env={**os.environ, **thread_env(threads),
                                           "PYTHONPATH": str(ROOT)})
     if proc.returncode:
         raise RuntimeError(f"{name}: {proc.stderr[-3000:]}")
-    rows = [json.loads(x) for x in (run / "metrics.jsonl").read_text().splitlines() if x.strip()]
+    rows = read_metrics(run / "metrics.jsonl")
     by_step = {r["step"]: r for r in rows if "train/step_s" in r}
     keep = range(p.skip + 1, p.steps + 1)
     flops = steps_flops(run, p)
@@ -211,7 +212,7 @@ def main() -> None:
              f"median over steps {p.skip + 1}..{p.steps}, repeats {args.repeats}. Peak: {peak_note}.")
     if not args.no_append:
         append_section(f"SFT model FLOPs utilisation ({preset})",
-                       f"python scripts/bench_mfu.py --preset {preset} --repeats {args.repeats}",
+                       f"python -m scripts.bench.mfu --preset {preset} --repeats {args.repeats}",
                        ["data", "grad. checkpointing", "median step (ms)", "real tokens/s", "model TFLOP/s",
                         "MFU", "peak GPU MB (or host RSS MB)"], table, notes)
     print(json.dumps({k: [{kk: vv for kk, vv in r.items()} for r in v] for k, v in results.items()}))

@@ -1,7 +1,6 @@
-#!/usr/bin/env python3
 """Rollout engines side by side: vLLM vs HF generate, same model, prompts and sampling.
 
-    python scripts/bench_rollout.py [--model builtin:smollm2-135m-instruct] [--prompts 64]
+    python -m scripts.bench.rollout [--model builtin:smollm2-135m-instruct] [--prompts 64]
         [--new-tokens 64] [--repeats 3] [--grpo-steps 4] [--no-append]
 
 Part 1 (engines alone, one process, no Ray): both engines are built from one GRPO config
@@ -29,7 +28,8 @@ import tempfile
 import time
 from pathlib import Path
 
-from bench_common import append_section, prepare
+from launcher.metrics.jsonl import read_metrics
+from scripts.bench.common import append_section, prepare
 
 PHASES = ("generate", "score", "train", "sync")
 
@@ -89,7 +89,7 @@ def grpo_split(args: argparse.Namespace, work: Path) -> dict[str, dict[str, floa
                               args.device == "cuda")
             run = prepare(work, f"grpo-{engine}", cfg)
             run_trainer(RunFolder(run))
-            rows = [json.loads(x) for x in (run / "metrics.jsonl").read_text().splitlines() if x.strip()]
+            rows = read_metrics(run / "metrics.jsonl")
             rows = [r for r in rows if "time/step_s" in r and r["step"] > 1]
             out[engine] = {p: statistics.median(r[f"time/{p}_s"] for r in rows) for p in PHASES}
             out[engine]["step"] = statistics.median(r["time/step_s"] for r in rows)
@@ -109,7 +109,7 @@ def main() -> None:
     parser.add_argument("--device", choices=("cpu", "cuda"), default="cpu")
     parser.add_argument("--no-append", action="store_true")
     args = parser.parse_args()
-    command = "python scripts/bench_rollout.py " + " ".join(sys.argv[1:])
+    command = "python -m scripts.bench.rollout " + " ".join(sys.argv[1:])
     rates = engines_alone(args)
     rows = [["vLLM", f"{rates['vllm']:.0f}", f"{rates['vllm'] / rates['hf']:.2f}"],
             ["HF generate", f"{rates['hf']:.0f}", "1.00"]]

@@ -1,7 +1,6 @@
-#!/usr/bin/env python3
 """ZeRO-2, ZeRO-3 and FSDP2 against DDP on CPU: median step time, same model, data and batch.
 
-    python scripts/bench_backends.py [--repeats 3] [--steps 40]
+    python -m scripts.bench.backends [--repeats 3] [--steps 40]
 
 All backends run in one torchrun launch per repeat (2 ranks, gloo, 1 thread each), in a
 rotated order so no backend always runs first; the ratio is DDP's step time over the
@@ -15,7 +14,7 @@ import statistics
 import tempfile
 from pathlib import Path
 
-from bench_common import append_section, prepare, steady_step_s, torchrun
+from scripts.bench.common import append_section, prepare, steady_step_s, torchrun
 
 BACKENDS = ["ddp", "zero2", "zero3", "fsdp2"]
 
@@ -49,11 +48,10 @@ def main() -> None:
              " ".join(f"{t * 1000:.1f}" for t in times[b])] for b in BACKENDS]
     print(append_section(
         "Sharding backends vs DDP (CPU, 2 ranks, gloo)",
-        f"python scripts/bench_backends.py --repeats {args.repeats} --steps {args.steps}",
+        f"python -m scripts.bench.backends --repeats {args.repeats} --steps {args.steps}",
         ["backend", "median step (ms)", "DDP step / backend step", "per-repeat medians (ms)"], rows,
         "Model: builtin tiny-llama-256 (4 layers, hidden 256), micro batch 16 x 2 ranks, max_length 64, "
-        "fp32. On CPU the sharded backends pay for extra collectives and (DeepSpeed) bucketing with no "
-        "memory pressure to win back; the point of this table is the overhead, not a speed-up."))
+        "fp32."))
 
 
 if __name__ == "__main__":
