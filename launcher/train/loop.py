@@ -4,10 +4,11 @@
 launcher passes is a path. It resumes from the newest checkpoint in the folder when there is
 one (``ftl run --resume`` and Ray's worker-group restarts both rely on that).
 
-Loss normalisation: each micro-batch's summed loss is divided by the item count of the whole
-global batch (all micro-batches, all ranks) and multiplied by the world size (DDP averages
-gradients over ranks). The gradient is therefore the exact per-token mean over the global
-batch, whatever the micro/accumulation/world split.
+Loss normalisation (``launcher.train.step``, shared with the RL learners): each micro-batch's
+summed loss is divided by the item count of the whole global batch (all micro-batches, all
+ranks) and multiplied by the world size (DDP averages gradients over ranks). The gradient is
+therefore the exact per-token mean over the global batch, whatever the micro/accumulation/world
+split.
 
 Sequence parallelism (``sharding.sp_size``, ``launcher.train.sequence_parallel``): the ranks of one
 group take the same samples (the sampler sees ``world / sp`` data-parallel ranks) and each its
