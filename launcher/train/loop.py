@@ -4,10 +4,11 @@
 launcher passes is a path. It resumes from the newest checkpoint in the folder when there is
 one (``ftl run --resume`` and Ray's worker-group restarts both rely on that).
 
-Loss normalisation: each micro-batch's summed loss is divided by the item count of the whole
-global batch (all micro-batches, all ranks) and multiplied by the world size (DDP averages
-gradients over ranks). The gradient is therefore the exact per-token mean over the global
-batch, whatever the micro/accumulation/world split.
+Loss normalisation (``launcher.train.step``, shared with the RL learners): each micro-batch's
+summed loss is divided by the item count of the whole global batch (all micro-batches, all
+ranks) and multiplied by the world size (DDP averages gradients over ranks). The gradient is
+therefore the exact per-token mean over the global batch, whatever the micro/accumulation/world
+split.
 
 Sequence parallelism (``sharding.sp_size``, ``launcher.train.sequence_parallel``): the ranks of one
 group take the same samples (the sampler sees ``world / sp`` data-parallel ranks) and each its
@@ -26,6 +27,7 @@ import resource
 import sys
 import time
 import traceback
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -34,18 +36,18 @@ import torch
 import torch.distributed as dist
 
 from launcher.core import failpoints, preemption
-from launcher.core.lazy import load_object
 from launcher.core.paths import ftl_home
 from launcher.core.workers import worker_threads
 from launcher.metrics.sinks import MetricSinks
-from launcher.models.offload import activation_offload
 from launcher.report.build import write_run_report_safely
 from launcher.run.rundir import RunFolder
+from launcher.train.build import build_backend, write_final
 from launcher.train.checkpoint import CheckpointManager, checkpoint_writer
 from launcher.train.dist import RankContext, all_gather_objects, all_reduce_sum, barrier, init_distributed
 from launcher.train.guard import StepGuard
 from launcher.train.memwatch import PeakAnon
 from launcher.train.sequence_parallel import SPGroup, active, build_groups, shard_batch
+from launcher.train.step import StepResult, optimizer_step
 from launcher.train.watchdog import StepWatchdog
 
 log = logging.getLogger("ftl.loop")
@@ -96,15 +98,55 @@ def train_rank(run_dir: str) -> dict[str, Any]:
 
 
 def _train(cfg: Any, ctx: RankContext, folder: RunFolder) -> dict[str, Any]:
+    """One rank's run, phase by phase (each phase's docstring says why it stands alone)."""
+    from launcher.train.evaluate import evaluate
+    from launcher.train.state_bytes import FirstStepProbe
+
+    run = _set_up(cfg, ctx, folder)
+    _resume(run)
+    sinks = MetricSinks(cfg, folder, run.start_step, log, writes=ctx.is_main)
+    feed = _StepFeed(run)
+    if run.start_step == 0 and run.data.eval_sets and cfg.eval.at_start:
+        run.state["initial"] = evaluate(run.backend, run.strategy, run.data.eval_sets, cfg)
+        sinks.emit(0, run.state["initial"])
+    # Model-state bytes this rank holds, read around the first optimizer step (hooks, then gone).
+    state_bytes = FirstStepProbe(run.backend)
+    stop_reason = _step_loop(run, feed, sinks)
+    if stop_reason is not None:
+        return _stop_saved(folder, ctx, sinks, run.state, stop_reason, run.ckpts.latest())
+    return _finish(run, sinks, state_bytes.result)
+
+
+@dataclass
+class _Run:
+    """What the phases of one rank's run share: built by ``_set_up``, advanced by the others."""
+
+    cfg: Any
+    ctx: RankContext
+    folder: RunFolder
+    tokenizer: Any
+    strategy: Any
+    data: Any
+    backend: Any
+    ckpts: CheckpointManager
+    load_stats: dict[str, float]
+    parameters: tuple[int, int]
+    wall_start: float
+    #: checkpointed progress (``_state_for_save``); ``_resume`` fills it
+    state: dict[str, Any] = field(default_factory=dict)
+    start_step: int = 0
+
+
+def _set_up(cfg: Any, ctx: RankContext, folder: RunFolder) -> _Run:
+    """Threads, seeds, tokenizer, strategy, data, backend with model and optimizer.
+
+    Separate because everything here is built from the config alone, the same way on a fresh
+    launch and a resumed one; nothing in it reads a checkpoint."""
     from transformers.utils import logging as hf_logging
 
     hf_logging.disable_progress_bar()
-    from launcher.backends.registry import resolve_sharding
     from launcher.data.pipeline import prepare_data
-    from launcher.data.sampler import StepSampler
-    from launcher.models.load import count_parameters, load_model, load_tokenizer
-    from launcher.train.evaluate import evaluate
-    from launcher.train.optim import make_optimizer, make_scheduler
+    from launcher.models.load import count_parameters, load_tokenizer
     from strategies import build_strategy
 
     wall_start = time.time()
@@ -116,141 +158,192 @@ def _train(cfg: Any, ctx: RankContext, folder: RunFolder) -> dict[str, Any]:
     data = prepare_data(cfg, strategy)
     log.info("data: %d train examples, eval sets %s", len(data.train),
              [(e.name, len(e.features)) for e in data.eval_sets])
-    backend = load_object(resolve_sharding(cfg.sharding).impl)(cfg, ctx)
-    backend.strategy = strategy
-    with PeakAnon() as load_mem:
-        model = backend.load_model(lambda: load_model(cfg, strategy))
-    load_stats = {"peak_anon_mb": load_mem.peak_delta / 2**20,
-                  "param_mb": backend_param_bytes(model) / 2**20}
-    total_params, trainable_params = count_parameters(model)
-    backend.setup(model, lambda m: make_optimizer(m, cfg.train),
-                  lambda o: make_scheduler(o, cfg.train))
-    strategy.on_setup(backend, data)
+    load_mem = PeakAnon()
+    loaded: dict[str, Any] = {}
 
+    def on_loaded(model: Any) -> None:  # as loaded: before setup wraps it or casts frozen weights
+        loaded["param_mb"] = backend_param_bytes(model) / 2**20
+        loaded["parameters"] = count_parameters(model)
+
+    backend = build_backend(cfg, ctx, strategy, around_load=load_mem, on_loaded=on_loaded)
+    load_stats = {"peak_anon_mb": load_mem.peak_delta / 2**20, "param_mb": loaded["param_mb"]}
+    strategy.on_setup(backend, data)
     ckpts = CheckpointManager(folder.path, cfg.checkpoint.keep, ctx, writer=checkpoint_writer(cfg))
+    return _Run(cfg, ctx, folder, tokenizer, strategy, data, backend, ckpts, load_stats,
+                loaded["parameters"], wall_start)
+
+
+def _resume(run: _Run) -> None:
+    """Continue from the newest checkpoint in the folder, else start the state at step 0.
+
+    Separate because ``ftl run --resume`` and Ray's worker-group restarts both land here, and a
+    restart within the same launch must be counted (``restarts``) while a new launch must not."""
+    ckpts = run.ckpts
     ckpts.clean_partial()
-    launch_id = folder.launch_id()
+    launch_id = run.folder.launch_id()
     state: dict[str, Any] = {"step": 0, "tokens": 0, "train_time_s": 0.0, "restarts": 0,
                              "initial": {}, "launch_id": launch_id, "skipped_steps": 0}
     latest = ckpts.latest()
     if latest is not None:
         ckpts.check_writer(latest)  # a clear error instead of a shape mismatch inside load
-        backend.load(latest)
+        run.backend.load(latest)
         state.update(ckpts.load_state(latest))
         if state.get("launch_id") == launch_id:  # same launch: Ray restarted the worker group
             state["restarts"] = state.get("restarts", 0) + 1
         state["launch_id"] = launch_id
         log.info("resumed from %s at step %d", latest, state["step"])
-    start_step = state["step"]
+    run.state, run.start_step = state, state["step"]
 
-    sinks = MetricSinks(cfg, folder, start_step, log, writes=ctx.is_main)
-    sampler = StepSampler(data.source_sizes, data.weights, cfg.train.seed)
-    accum = cfg.grad_accum_for(ctx.world_size)  # elastic runs: the same global batch on any size
-    sp = _sequence_parallel(cfg, ctx)
-    data_rank, data_world = (sp.dp_rank, sp.dp_world) if sp else (ctx.rank, ctx.world_size)
-    pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
-    micro = cfg.train.micro_batch_size
 
-    if start_step == 0 and data.eval_sets and cfg.eval.at_start:
-        state["initial"] = evaluate(backend, strategy, data.eval_sets, cfg)
-        sinks.emit(0, state["initial"])
+class _StepFeed:
+    """This rank's micro-batches of each optimizer step, and how each reaches the device.
 
-    from launcher.train.state_bytes import FirstStepProbe
+    Separate because which rows a rank takes (data-parallel rank, sequence-parallel group) and
+    who counts them are decided once, and the step primitive only sees the result."""
 
-    # Model-state bytes this rank holds, read around the first optimizer step (hooks, then gone).
-    state_bytes = FirstStepProbe(backend)
-    guard = StepGuard(ctx, folder.path, cfg.train.skip_nonfinite, state["skipped_steps"], ckpts.latest)
-    stop_reason: str | None = None
-    backend.model.train()
-    logged_tokens, logged_time = 0.0, 0.0
-    last_logged_step = start_step
-    with StepWatchdog(cfg.train.hang_timeout_s, ctx.rank, folder.logs) as watchdog:
-        for step in range(start_step, cfg.train.max_steps):
+    def __init__(self, run: _Run):
+        from launcher.data.sampler import StepSampler
+
+        cfg, ctx = run.cfg, run.ctx
+        self.run = run
+        self.sampler = StepSampler(run.data.source_sizes, run.data.weights, cfg.train.seed)
+        self.accum = cfg.grad_accum_for(ctx.world_size)  # elastic runs: the same global batch on any size
+        self.sp = _sequence_parallel(cfg, ctx)
+        self.data_rank, self.data_world = ((self.sp.dp_rank, self.sp.dp_world) if self.sp
+                                           else (ctx.rank, ctx.world_size))
+        tokenizer = run.tokenizer
+        self.pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
+        self.micro = cfg.train.micro_batch_size
+
+    def batches(self, step: int) -> tuple[list[dict[str, torch.Tensor]], float, float]:
+        """Step ``step``'s (0-based) collated micro-batches, with this rank's item and token counts."""
+        data, strategy = self.run.data, self.run.strategy
+        micro_idx = self.sampler.micro_batches(step, self.data_rank, self.data_world, self.micro, self.accum)
+        features = [[data.train[i] for i in idx] for idx in micro_idx]
+        batches = [strategy.collate(f) for f in features]
+        local_items = sum(strategy.count_items(b) for b in batches)
+        local_tokens = sum(_tokens(f, b) for f, b in zip(features, batches))
+        if self.sp is not None and not self.sp.counts_items:  # the group's first rank counts its rows
+            local_items, local_tokens = 0.0, 0.0
+        return batches, local_items, local_tokens
+
+    def prepare(self, batch: dict[str, torch.Tensor]) -> tuple[dict[str, torch.Tensor], Any]:
+        """This rank's token chunk (sequence parallel) on the device, and the context its forward
+        and backward run in."""
+        segments = None
+        if self.sp is not None:
+            batch, segments = shard_batch(batch, self.sp, self.pad_id)
+        return {k: v.to(self.run.ctx.device) for k, v in batch.items()}, active(self.sp, segments)
+
+
+def _step_loop(run: _Run, feed: _StepFeed, sinks: MetricSinks) -> str | None:
+    """The optimizer steps from the resumed step to ``train.max_steps``, under the hang watchdog.
+
+    Separate because it is the part that repeats: every line in it runs once per step, and it
+    ends either at ``max_steps`` (None) or, after a checkpoint, on a stop request (its reason)."""
+    cfg, ctx, state = run.cfg, run.ctx, run.state
+    guard = StepGuard(ctx, run.folder.path, cfg.train.skip_nonfinite, state["skipped_steps"],
+                      run.ckpts.latest)
+    run.backend.model.train()
+    window = _LogWindow(run.start_step)
+    with StepWatchdog(cfg.train.hang_timeout_s, ctx.rank, run.folder.logs) as watchdog:
+        for step in range(run.start_step, cfg.train.max_steps):
             t0 = time.perf_counter()
-            micro_idx = sampler.micro_batches(step, data_rank, data_world, micro, accum)
-            features = [[data.train[i] for i in idx] for idx in micro_idx]
-            batches = [strategy.collate(f) for f in features]
-            local_items = sum(strategy.count_items(b) for b in batches)
-            local_tokens = sum(_tokens(f, b) for f, b in zip(features, batches))
-            if sp is not None and not sp.counts_items:  # the group's first rank counts its rows
-                local_items, local_tokens = 0.0, 0.0
-            global_items, global_tokens = all_reduce_sum([local_items, local_tokens], ctx.device)
-            scale = ctx.world_size / max(global_items, 1.0)
-            # Kept as tensors: the loss is read every step (the non-finite guard, next to the
-            # gradient norm the step reads anyway); metrics are reduced only on logged steps.
-            loss_total = torch.zeros((), dtype=torch.float64, device=ctx.device)
-            metric_totals: dict[str, torch.Tensor] = {}
-            for m, batch in enumerate(batches):
-                segments = None
-                if sp is not None:
-                    batch, segments = shard_batch(batch, sp, pad_id)
-                batch = {k: v.to(ctx.device) for k, v in batch.items()}
-                with backend.accumulate(sync=m == accum - 1), active(sp, segments):
-                    with backend.autocast(), activation_offload(cfg):
-                        out = strategy.loss(backend.model, batch)
-                    if failpoints.hit("train.nan_loss", step + 1, ctx.rank):  # tests: a loss gone bad
-                        out.loss_sum = out.loss_sum * float("nan")
-                    backend.backward(out.loss_sum * scale)
-                loss_total += out.loss_sum.detach().double()
-                for k, v in out.metric_sums.items():
-                    metric_totals[k] = metric_totals.get(k, 0.0) + v.detach().double()
-            lr = backend.current_lr()
-            grad_norm = backend.step()
-            verdict = guard.check(step + 1, loss_total, grad_norm, backend.grad_norm_known)
+            batches, local_items, local_tokens = feed.batches(step)
+            result = optimizer_step(run.backend, batches, run.strategy.loss, items=local_items,
+                                    tokens=local_tokens, step=step + 1, guard=guard, prepare=feed.prepare,
+                                    nan_failpoint="train.nan_loss")
             state["skipped_steps"] = guard.skipped
             watchdog.beat(step + 1)
             failpoints.hit("train.after_step", step + 1, ctx.rank)
             dt = time.perf_counter() - t0
             state["step"] = step + 1
-            state["tokens"] += int(global_tokens)
+            state["tokens"] += int(result.global_tokens)
             state["train_time_s"] += dt
-            logged_tokens += global_tokens
-            logged_time += dt
+            window.tokens += result.global_tokens
+            window.time_s += dt
             done = state["step"] == cfg.train.max_steps
-            log_now = state["step"] % cfg.logging.every_steps == 0 or done or state["step"] == 1
-            if verdict.skipped:  # its loss is NaN: say so in the log, keep it out of the metrics
-                log.warning("step %d skipped: loss %s, gradient norm %s (train.skip_nonfinite: %d of %d)",
-                            state["step"], float(loss_total), grad_norm, guard.skipped, guard.skip_budget)
-            elif log_now:
-                names = sorted(k for k in metric_totals if not k.startswith("_"))
-                local = [float(loss_total)] + [float(metric_totals[k]) for k in names]
-                sums = all_reduce_sum(local, ctx.device)
-                metrics = {
-                    "train/loss": sums[0] / max(global_items, 1.0),
-                    "train/lr": lr,
-                    "train/grad_norm": grad_norm,
-                    "train/tokens_per_s": logged_tokens / max(logged_time, 1e-9),
-                    "train/step_s": logged_time / max(state["step"] - last_logged_step, 1),
-                    "train/tokens": state["tokens"],
-                    **{f"train/{k}": s / max(global_items, 1.0) for k, s in zip(names, sums[1:])},
-                }
-                if cfg.train.skip_nonfinite:
-                    metrics["train/skipped_steps"] = guard.skipped
-                logged_tokens, logged_time = 0.0, 0.0
-                last_logged_step = state["step"]
-                sinks.emit(state["step"], metrics)
+            _log_step(run, sinks, result, guard, window, done)
             with watchdog.paused():
-                if cfg.eval.every_steps and state["step"] % cfg.eval.every_steps == 0 and not done:
-                    sinks.emit(state["step"], evaluate(backend, strategy, data.eval_sets, cfg))
-                due = cfg.checkpoint.every_steps and state["step"] % cfg.checkpoint.every_steps == 0
-                if due or (verdict.stop_reason and not done):
-                    ckpts.save(state["step"], backend.save, _state_for_save(state))
-            if verdict.stop_reason and not done:
-                stop_reason = verdict.stop_reason
-                break
+                _after_step(run, sinks, result.verdict.stop_reason, done)
+            if result.verdict.stop_reason and not done:
+                return result.verdict.stop_reason
+    return None
 
-    if stop_reason is not None:
-        return _stop_saved(folder, ctx, sinks, state, stop_reason, ckpts.latest())
 
-    final = evaluate(backend, strategy, data.eval_sets, cfg) if data.eval_sets else {}
+@dataclass
+class _LogWindow:
+    """Tokens and time since the last logged step (throughput is reported over that window)."""
+
+    last_step: int
+    tokens: float = 0.0
+    time_s: float = 0.0
+
+
+def _log_step(run: _Run, sinks: MetricSinks, result: StepResult, guard: StepGuard, window: _LogWindow,
+              done: bool) -> None:
+    """A skipped step's warning, or on logged steps (``logging.every_steps``, the first, the last)
+    the step's metrics. Separate because only here are metrics reduced over ranks (one
+    collective, on logged steps only), and a skipped step's NaN never reaches the sinks."""
+    cfg, state = run.cfg, run.state
+    log_now = state["step"] % cfg.logging.every_steps == 0 or done or state["step"] == 1
+    if result.verdict.skipped:  # its loss is NaN: say so in the log, keep it out of the metrics
+        log.warning("step %d skipped: loss %s, gradient norm %s (train.skip_nonfinite: %d of %d)",
+                    state["step"], float(result.loss_total), result.grad_norm, guard.skipped,
+                    guard.skip_budget)
+    elif log_now:
+        items = max(result.global_items, 1.0)
+        names = sorted(k for k in result.metric_sums if not k.startswith("_"))
+        local = [float(result.loss_total)] + [float(result.metric_sums[k]) for k in names]
+        sums = all_reduce_sum(local, run.ctx.device)
+        metrics = {
+            "train/loss": sums[0] / items,
+            "train/lr": result.lr,
+            "train/grad_norm": result.grad_norm,
+            "train/tokens_per_s": window.tokens / max(window.time_s, 1e-9),
+            "train/step_s": window.time_s / max(state["step"] - window.last_step, 1),
+            "train/tokens": state["tokens"],
+            **{f"train/{k}": s / items for k, s in zip(names, sums[1:])},
+        }
+        if cfg.train.skip_nonfinite:
+            metrics["train/skipped_steps"] = guard.skipped
+        window.tokens, window.time_s, window.last_step = 0.0, 0.0, state["step"]
+        sinks.emit(state["step"], metrics)
+
+
+def _after_step(run: _Run, sinks: MetricSinks, stop_reason: str | None, done: bool) -> None:
+    """The hooks between steps: evaluation every ``eval.every_steps``, a checkpoint every
+    ``checkpoint.every_steps`` or before stopping on request. Separate because they run with the
+    watchdog paused (they may take longer than a step) and never on the last step, which
+    ``_finish`` evaluates and exports instead."""
+    from launcher.train.evaluate import evaluate
+
+    cfg, step = run.cfg, run.state["step"]
+    if cfg.eval.every_steps and step % cfg.eval.every_steps == 0 and not done:
+        sinks.emit(step, evaluate(run.backend, run.strategy, run.data.eval_sets, cfg))
+    due = cfg.checkpoint.every_steps and step % cfg.checkpoint.every_steps == 0
+    if due or (stop_reason and not done):
+        run.ckpts.save(step, run.backend.save, _state_for_save(run.state))
+
+
+def _finish(run: _Run, sinks: MetricSinks, model_state_bytes: dict[str, int] | None) -> dict[str, Any]:
+    """Final evaluation, ``final/``, ``summary.json`` and the report, then release the backend.
+
+    Separate because it runs once and only after the last step: a run stopped on request skips
+    it (``_stop_saved``), so the resumed launch is the one that finishes."""
+    from launcher.train.evaluate import evaluate
+
+    cfg, ctx, state, folder = run.cfg, run.ctx, run.state, run.folder
+    final = evaluate(run.backend, run.strategy, run.data.eval_sets, cfg) if run.data.eval_sets else {}
     if final:
         sinks.emit(state["step"], final)
     if cfg.checkpoint.save_final:
-        _export_final(backend, tokenizer, folder, ctx)
+        write_final(run.backend, run.tokenizer, folder.path / "final", ctx)
     rss = all_gather_objects(round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0, 1))
-    load_mem_per_rank = all_gather_objects({k: round(v, 2) for k, v in load_stats.items()})
+    load_mem_per_rank = all_gather_objects({k: round(v, 2) for k, v in run.load_stats.items()})
     hosts = all_gather_objects(_where_am_i())
-    wall = time.time() - wall_start
+    wall = time.time() - run.wall_start
+    total_params, trainable_params = run.parameters
     summary = {
         "steps": state["step"],
         "wall_time_s": round(wall, 3),
@@ -262,12 +355,12 @@ def _train(cfg: Any, ctx: RankContext, folder: RunFolder) -> dict[str, Any]:
         "peak_rss_mb_per_rank": rss,
         "peak_gpu_mb_per_rank": _peak_gpu_mb(ctx),
         "model_load_mb_per_rank": load_mem_per_rank,
-        "model_state_bytes_per_rank": all_gather_objects(state_bytes.result),
+        "model_state_bytes_per_rank": all_gather_objects(model_state_bytes),
         "hosts_per_rank": hosts,
         "parameters": {"total": total_params, "trainable": trainable_params},
         "world_size": ctx.world_size,
         "launcher": ctx.launcher,
-        "resumed_from_step": start_step or None,
+        "resumed_from_step": run.start_step or None,
         "restarts": state.get("restarts", 0),
     }
     if ctx.is_main:
@@ -276,7 +369,7 @@ def _train(cfg: Any, ctx: RankContext, folder: RunFolder) -> dict[str, Any]:
         if cfg.logging.report:  # <run>/report/: curves + index.html; never fails the run
             write_run_report_safely(folder.path)
     barrier()
-    backend.close()
+    run.backend.close()
     return summary
 
 
@@ -325,16 +418,6 @@ def _stop_saved(folder: RunFolder, ctx: RankContext, sinks: MetricSinks, state: 
         sinks.close({})
     barrier()
     return {"steps": state["step"], "preempted": reason}
-
-
-def _export_final(backend: Any, tokenizer: Any, folder: RunFolder, ctx: RankContext) -> None:
-    """``final/``: an HF folder (``from_pretrained``-ready; adapter only under LoRA)."""
-    state_dict = backend.full_state_dict()  # collective: every rank takes part
-    if ctx.is_main:
-        out = folder.path / "final"
-        backend.module.save_pretrained(out, state_dict=state_dict, safe_serialization=True)
-        tokenizer.save_pretrained(out)
-    barrier()
 
 
 def _where_am_i() -> dict[str, Any]:

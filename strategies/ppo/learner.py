@@ -1,8 +1,9 @@
 """One rank of a trained role (the policy or the critic), built on ftl's sharding backends.
 
-The learner is what the loop's ``_train`` is for supervised methods, cut to what RL needs: load
-the model through ``Backend.load_model`` (so ZeRO-3 and FSDP2 build it sharded), wrap it with
-``Backend.setup``, and then answer the controller: forward passes over this rank's shard of a
+The learner is what the loop's ``_train`` is for supervised methods, cut to what RL needs, and
+built from the same parts: the backend, model, optimizer and ``final/`` of
+``launcher.train.build`` (so ZeRO-3 and FSDP2 build the model sharded) and the optimizer step of
+``launcher.train.step``. It answers the controller: forward passes over this rank's shard of a
 rollout batch, PPO/GRPO updates (epochs x minibatches x micro-batches, normalised over the whole
 minibatch across ranks), the weights rollout workers need, checkpoints and ``final/``.
 It has no Ray code: ``roles.py`` hosts it in an actor, a test can drive it in-process.
@@ -10,6 +11,7 @@ It has no Ray code: ``roles.py`` hosts it in an actor, a test can drive it in-pr
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import logging
 import time
@@ -19,23 +21,26 @@ from typing import Any
 
 import torch
 
-from launcher.core.lazy import load_object
 from launcher.core.seeds import mix_seed
-from launcher.models.offload import activation_offload
+from launcher.train.build import build_backend, write_final
+from launcher.train.checkpoint import latest_checkpoint
 from launcher.train.dist import RankContext, all_reduce_sum, barrier
+from launcher.train.guard import StepGuard
+from launcher.train.step import optimizer_step
 from strategies.ppo.batch import RolloutBatch, policy_forward, value_forward
-from strategies.ppo.objectives import Experience, MicroLoss, critic_loss, items, loss_type, policy_loss_of
+from strategies.ppo.objectives import Experience, critic_loss, items, loss_type, policy_loss_of
 from strategies.ppo.schedule import update_schedule
 
 log = logging.getLogger("ftl.ppo.learner")
 
 
 class Learner:
-    def __init__(self, cfg: Any, role: str, ctx: RankContext):
-        """``cfg`` is the learner config (``schedule.learner_config``); ``role``: policy | critic."""
-        from launcher.backends.registry import resolve_sharding
-        from launcher.models.load import load_model, load_tokenizer
-        from launcher.train.optim import make_optimizer, make_scheduler
+    def __init__(self, cfg: Any, role: str, ctx: RankContext, run_dir: Path | None = None):
+        """``cfg`` is the learner config (``schedule.learner_config``); ``role``: policy | critic.
+        ``run_dir``: the run folder; with it, the step guard (``launcher.train.guard``) checks every
+        optimizer step, skipping up to ``train.skip_nonfinite`` non-finite ones and stopping the
+        run on the next (without it, as in tests that drive a learner alone, nothing is checked)."""
+        from launcher.models.load import load_tokenizer
         from strategies.ppo.models import CriticModel, PolicyModel
 
         self.cfg, self.role, self.ctx = cfg, role, ctx
@@ -44,17 +49,17 @@ class Learner:
         self.schedule = update_schedule(cfg, ctx.world_size)
         self.tokenizer = load_tokenizer(cfg)
         self.model_spec = (CriticModel if role == "critic" else PolicyModel)(cfg, self.tokenizer)
-        self.backend = load_object(resolve_sharding(cfg.sharding).impl)(cfg, ctx)
-        self.backend.strategy = self.model_spec
-        model = self.backend.load_model(lambda: load_model(cfg, self.model_spec))
-        self.backend.setup(model, lambda m: make_optimizer(m, cfg.train),
-                           lambda o: make_scheduler(o, cfg.train))
+        self.backend = build_backend(cfg, ctx, self.model_spec)
         self.loss_kind = "bnpo" if role == "critic" else loss_type(cfg.method, self.opts)
         if role == "critic":
             self.objective = partial(critic_loss, opts=self.opts)
         else:
             self.objective = partial(policy_loss_of, opts=self.opts, temperature=self.temperature,
                                      kind=self.loss_kind, ce=self.model_spec.ce)
+        # The guard's stop-request answer is not used here: the controller reads stop requests
+        # itself, at RL-step boundaries, and checkpoints every role together.
+        self.guard = None if run_dir is None else StepGuard(
+            ctx, run_dir, cfg.train.skip_nonfinite, 0, lambda: latest_checkpoint(run_dir / "checkpoints"))
 
     # -- inference over this rank's shard
     @torch.no_grad()
@@ -86,13 +91,13 @@ class Learner:
 
     # -- update
     def update(self, exp: Experience, step: int) -> dict[str, float]:
-        """``ppo_epochs`` passes over this rank's shard, ``minibatches`` optimizer steps each."""
-        model = self.backend.model
-        model.train()
+        """``ppo_epochs`` passes over this rank's shard, ``minibatches`` optimizer steps each
+        (``launcher.train.step``: normalised over the whole minibatch across ranks)."""
+        self.backend.model.train()
         sched, ctx = self.schedule, self.ctx
         t0 = time.perf_counter()
         totals: dict[str, float] = {}
-        items_total, tokens, grad_norms = 0.0, 0.0, []
+        items_total, all_tokens, grad_norms = 0.0, 0.0, []
         exp = dataclasses.replace(exp, batch=self._layout(exp.batch))
         for epoch in range(self.opts.ppo_epochs):
             gen = torch.Generator().manual_seed(mix_seed(self.cfg.train.seed, step * 1_009 + epoch))
@@ -100,33 +105,33 @@ class Learner:
             for m in range(self.opts.minibatches):
                 idx = order[m * sched.per_rank:(m + 1) * sched.per_rank]
                 micro = [exp.rows(idx[i:i + sched.micro]) for i in range(0, len(idx), sched.micro)]
-                local = sum(self._items(mb) for mb in micro)
-                (global_items,) = all_reduce_sum([local], ctx.device)
-                scale = ctx.world_size / max(global_items, 1.0)
-                sums: dict[str, torch.Tensor] = {}
-                for j, mb in enumerate(micro):
-                    mb = self._to_device(mb)
-                    with self.backend.accumulate(sync=j == len(micro) - 1):
-                        with self.backend.autocast(), activation_offload(self.cfg):
-                            out: MicroLoss = self.objective(model, mb)
-                        self.backend.backward(out.loss_sum * scale)
-                    for k, v in out.metric_sums.items():
-                        sums[k] = sums.get(k, 0.0) + v
-                    tokens += float(mb.batch.attention_mask.sum())
-                grad_norms.append(self.backend.step())
-                names = sorted(sums)
-                reduced = all_reduce_sum([float(sums[k]) for k in names], ctx.device)
+                result = optimizer_step(
+                    self.backend, micro, self.objective, items=sum(self._items(mb) for mb in micro),
+                    tokens=sum(float(mb.batch.attention_mask.sum()) for mb in micro), step=step + 1,
+                    guard=self.guard, prepare=self._prepare)
+                all_tokens += result.global_tokens
+                if result.verdict.skipped:  # parameters untouched; its NaN stays out of the metrics
+                    log.warning("step %d: a non-finite %s update skipped (train.skip_nonfinite: %d of %d)",
+                                step + 1, self.role, self.guard.skipped, self.guard.skip_budget)
+                    continue
+                grad_norms.append(result.grad_norm)
+                names = sorted(result.metric_sums)
+                reduced = all_reduce_sum([float(result.metric_sums[k]) for k in names], ctx.device)
                 for k, v in zip(names, reduced):
                     totals[k] = totals.get(k, 0.0) + v
-                items_total += global_items
-        (all_tokens,) = all_reduce_sum([tokens], ctx.device)
+                items_total += result.global_items
         prefix = "critic" if self.role == "critic" else "policy"
         metrics = {k: v / max(items_total, 1.0) for k, v in totals.items()}
         metrics[f"{prefix}/grad_norm"] = sum(grad_norms) / max(len(grad_norms), 1)
         metrics[f"{prefix}/lr"] = self.backend.current_lr()
         metrics[f"{prefix}/train_tokens"] = all_tokens
         metrics[f"{prefix}/update_s"] = time.perf_counter() - t0
+        if self.guard is not None and self.cfg.train.skip_nonfinite:
+            metrics[f"{prefix}/skipped_steps"] = self.guard.skipped
         return metrics
+
+    def _prepare(self, mb: Experience) -> tuple[Experience, contextlib.AbstractContextManager]:
+        return self._to_device(mb), contextlib.nullcontext()
 
     def _layout(self, batch: RolloutBatch) -> RolloutBatch:
         """Padding-free forward passes with ``data.packing`` (same per-token results)."""
@@ -161,11 +166,7 @@ class Learner:
 
     def export(self, out: Path) -> None:
         """``final/``: HF folder of the policy (adapter only under LoRA), as supervised runs write."""
-        state_dict = self.backend.full_state_dict()
-        if self.ctx.is_main:
-            self.backend.module.save_pretrained(out, state_dict=state_dict, safe_serialization=True)
-            self.tokenizer.save_pretrained(out)
-        barrier()
+        write_final(self.backend, self.tokenizer, out, self.ctx)
 
     def close(self) -> None:
         self.backend.close()

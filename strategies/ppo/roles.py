@@ -79,7 +79,7 @@ class LearnerActor(RoleActor):
         cfg = learner_config(self.cfg, self.role, world_size, model_path)
         gpus = cfg.resources.gpus_per_worker
         ctx = init_distributed(use_gpu=gpus > 0)
-        self.learner = Learner(cfg, self.role, ctx)
+        self.learner = Learner(cfg, self.role, ctx, run_dir=self.folder.path)
         total, trainable = count_parameters(self.learner.backend.module)
         self.log.info("rank %d/%d ready: %s, %d parameters (%d trainable), device %s", ctx.rank, world_size,
                       cfg.sharding.backend, total, trainable, ctx.device)
