@@ -101,7 +101,7 @@ def _train(cfg: Any, ctx: RankContext, folder: RunFolder) -> dict[str, Any]:
     from launcher.backends.registry import resolve_sharding
     from launcher.data.pipeline import prepare_data
     from launcher.data.sampler import StepSampler
-    from launcher.models.load import count_parameters, load_model, load_tokenizer
+    from launcher.models.load import count_parameters, load_tokenizer
     from launcher.train.evaluate import evaluate
     from launcher.train.optim import make_optimizer, make_scheduler
     from strategies import build_strategy
@@ -116,12 +116,11 @@ def _train(cfg: Any, ctx: RankContext, folder: RunFolder) -> dict[str, Any]:
     log.info("data: %d train examples, eval sets %s", len(data.train),
              [(e.name, len(e.features)) for e in data.eval_sets])
     backend = load_object(resolve_sharding(cfg.sharding).impl)(cfg, ctx)
-    backend.strategy = strategy
     with PeakAnon() as load_mem:
-        model = backend.load_model(lambda: load_model(cfg, strategy))
+        model = backend.load_model(strategy)
     load_stats = {"peak_anon_mb": load_mem.peak_delta / 2**20,
-                  "param_mb": backend_param_bytes(model) / 2**20}
-    total_params, trainable_params = count_parameters(model)
+                  "param_mb": backend_param_bytes(backend, model) / 2**20}
+    total_params, trainable_params = count_parameters(model, backend)
     backend.setup(model, lambda m: make_optimizer(m, cfg.train),
                   lambda o: make_scheduler(o, cfg.train))
     strategy.on_setup(backend, data)
@@ -351,17 +350,9 @@ def _where_am_i() -> dict[str, Any]:
     return where
 
 
-def backend_param_bytes(model: Any) -> int:
+def backend_param_bytes(backend: Any, model: Any) -> int:
     """Bytes of parameter storage this rank holds (ZeRO-3 partitions, FSDP2 local shards)."""
-    total = 0
-    for p in model.parameters():
-        if hasattr(p, "ds_tensor"):
-            total += p.ds_tensor.numel() * p.element_size()
-        elif hasattr(p, "to_local"):
-            total += p.to_local().numel() * p.element_size()
-        else:
-            total += p.numel() * p.element_size()
-    return total
+    return sum(backend.local_tensor(p).numel() * p.element_size() for p in model.parameters())
 
 
 def main() -> None:

@@ -33,7 +33,7 @@ class Learner:
     def __init__(self, cfg: Any, role: str, ctx: RankContext):
         """``cfg`` is the learner config (``schedule.learner_config``); ``role``: policy | critic."""
         from launcher.backends.registry import resolve_sharding
-        from launcher.models.load import load_model, load_tokenizer
+        from launcher.models.load import load_tokenizer
         from launcher.train.optim import make_optimizer, make_scheduler
         from strategies.ppo.models import CriticModel, PolicyModel
 
@@ -44,8 +44,7 @@ class Learner:
         self.tokenizer = load_tokenizer(cfg)
         self.model_spec = (CriticModel if role == "critic" else PolicyModel)(cfg, self.tokenizer)
         self.backend = load_object(resolve_sharding(cfg.sharding).impl)(cfg, ctx)
-        self.backend.strategy = self.model_spec
-        model = self.backend.load_model(lambda: load_model(cfg, self.model_spec))
+        model = self.backend.load_model(self.model_spec)
         self.backend.setup(model, lambda m: make_optimizer(m, cfg.train),
                            lambda o: make_scheduler(o, cfg.train))
         self.loss_kind = "bnpo" if role == "critic" else loss_type(cfg.method, self.opts)
