@@ -1,17 +1,26 @@
-"""What every cluster target does: render, run attached; cluster targets also submit,
-status, logs and stop."""
+"""The target contract: what every cluster target does (render, run attached) and, declared as
+capabilities, what a target with a job system adds (submit, status, logs, stop)."""
 
 from __future__ import annotations
 
+from abc import ABC, abstractmethod
 from collections.abc import Iterator
 from typing import Any
 
 from launcher.core import preemption, terminal
+from launcher.core.capabilities import Capability, Capable
 from launcher.core.errors import JobFailed, Preempted
 from launcher.run.rundir import RunFolder
 
 
-class Target:
+class TargetCapability(Capability):
+    SUBMIT = "submit"   #: start the job and return (``ftl train --detach``)
+    STATUS = "status"   #: the job's state (``ftl status``)
+    LOGS = "logs"       #: its driver log (``ftl logs``)
+    STOP = "stop"       #: stop it (``ftl stop``)
+
+
+class Target(Capable, ABC):
     name: str
     #: Model and data paths are read on this machine. Cluster targets read them on the
     #: cluster: a path missing here is then a note ("not checked here"), not an error.
@@ -34,35 +43,40 @@ class Target:
     def check_reachable(self, cfg: Any) -> None:
         """Raise UserError when the cluster cannot be reached (skipped by --dry-run)."""
 
+    @abstractmethod
     def render(self, folder: RunFolder, cfg: Any) -> str:
         """What would be submitted (``--dry-run``); the folder need not exist yet."""
-        raise NotImplementedError
 
+    @abstractmethod
     def run(self, folder: RunFolder, *, progress: bool = True) -> dict[str, Any]:
         """Run attached until the job ends; return the summary; raise JobFailed on failure."""
-        raise NotImplementedError
 
 
 class SubmittingTarget(Target):
     """A target with a job system: attached runs are submit + follow logs + final state."""
 
     paths_are_local = False
+    capabilities = frozenset(TargetCapability)
 
     #: the state a successful job ends in, and how to name a job in messages
     success_state = "SUCCEEDED"
     job_label = "job"
 
+    @abstractmethod
     def submit(self, folder: RunFolder) -> str:
-        raise NotImplementedError
+        """Start the job and return its id (also written to the folder's submission.json)."""
 
+    @abstractmethod
     def status(self, folder: RunFolder) -> str:
-        raise NotImplementedError
+        """The job's state: PENDING, RUNNING, SUCCEEDED, FAILED, STOPPED (or the cluster's)."""
 
+    @abstractmethod
     def logs(self, folder: RunFolder, *, follow: bool = False) -> Iterator[str]:
-        raise NotImplementedError
+        """The driver's log, in chunks; with ``follow`` until the job ends."""
 
+    @abstractmethod
     def stop(self, folder: RunFolder) -> str:
-        raise NotImplementedError
+        """Stop the job; return its final state."""
 
     def failure_hint(self, folder: RunFolder) -> str:
         return f"see `ftl logs {folder.path}`"

@@ -223,7 +223,9 @@ def run(config: str | None, overrides: tuple[str, ...], resume_dir: str | None, 
             return
         _err(f"run folder: {folder.path}")
         if detach:
-            if not hasattr(chosen, "submit"):
+            from cluster.base import TargetCapability
+
+            if not chosen.supports(TargetCapability.SUBMIT):
                 raise UserError(f"target {chosen.name!r} runs attached only (no --detach)")
             job = chosen.submit(folder)
             _out(f"submitted {job}\n  ftl status {folder.path}\n  ftl logs {folder.path} --follow"

@@ -13,10 +13,11 @@ from torch import nn
 from launcher.core.errors import HintedValueError
 from launcher.data.batching import IGNORE_INDEX, collate_units, is_packed, pack_unit_rows, pad_rows, units_of
 from strategies.base import LossOutput, Strategy
+from strategies.catalog import ClassifyOptions
 from strategies.heads import SequenceHeadMixin
 
 
-class ClassifyStrategy(SequenceHeadMixin, Strategy):
+class ClassifyStrategy(SequenceHeadMixin, Strategy[ClassifyOptions]):
     def num_labels(self) -> int:
         return len(self.options.labels)
 

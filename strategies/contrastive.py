@@ -33,7 +33,8 @@ from launcher.data.batching import (
     segment_sums,
     units_of,
 )
-from strategies.base import LossOutput, Strategy
+from strategies.base import LossOutput, Strategy, StrategyCapability
+from strategies.catalog import ContrastiveOptions
 
 FIELDS = ("anchor", "positive", "negative")
 #: Encoders whose packed forward (restarting position ids + a 4D block-diagonal mask, passed
@@ -41,8 +42,9 @@ FIELDS = ("anchor", "positive", "negative")
 PACKABLE_ENCODERS = ("bert",)
 
 
-class ContrastiveStrategy(Strategy):
+class ContrastiveStrategy(Strategy[ContrastiveOptions]):
     peft_task_type = "FEATURE_EXTRACTION"
+    capabilities = frozenset({StrategyCapability.EVALUATE_SET})  # recall@1 over the whole set
 
     def model_class(self) -> Any:
         from transformers import AutoModel

@@ -29,6 +29,7 @@ import torch.nn.functional as F  # noqa: N812
 from torch import nn
 
 from strategies.base import LossOutput, Strategy
+from strategies.catalog import CPOOptions, ORPOOptions
 from strategies.preference import PreferenceDataMixin, labelled_sums, next_token_logps
 
 
@@ -96,7 +97,7 @@ class _PairScores:
             }
 
 
-class CPOStrategy(PreferenceDataMixin, Strategy):
+class CPOStrategy(PreferenceDataMixin, Strategy[CPOOptions]):
     """``cpo`` and ``simpo``."""
 
     def loss(self, model: nn.Module, batch: dict[str, torch.Tensor]) -> LossOutput:
@@ -110,7 +111,7 @@ class CPOStrategy(PreferenceDataMixin, Strategy):
         return LossOutput(loss_sum, torch.tensor(s.pairs), s.metrics(opts.beta))
 
 
-class ORPOStrategy(PreferenceDataMixin, Strategy):
+class ORPOStrategy(PreferenceDataMixin, Strategy[ORPOOptions]):
     def loss(self, model: nn.Module, batch: dict[str, torch.Tensor]) -> LossOutput:
         beta = self.options.beta
         s = _PairScores(model, batch, average=True, nll_on_all=self.options.nll_on == "all",

@@ -25,6 +25,7 @@ import torch.nn.functional as F  # noqa: N812
 from torch import nn
 
 from strategies.base import LossOutput, Strategy
+from strategies.catalog import DPOOptions
 from strategies.preference import PreferenceDataMixin, sequence_logps
 from strategies.reference import ReferenceMixin
 
@@ -47,7 +48,7 @@ def dpo_losses(loss_type: str, beta: float, label_smoothing: float, chosen_logra
     raise ValueError(f"unknown DPO loss type {loss_type!r}")
 
 
-class DPOStrategy(ReferenceMixin, PreferenceDataMixin, Strategy):
+class DPOStrategy(ReferenceMixin, PreferenceDataMixin, Strategy[DPOOptions]):
     def on_setup(self, backend: Any, data: Any) -> None:
         self.setup_reference(backend, data)
 

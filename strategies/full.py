@@ -6,9 +6,10 @@ import torch
 from torch import nn
 
 from strategies.base import LossOutput, Strategy, causal_lm_loss
+from strategies.catalog import FullOptions
 
 
-class FullStrategy(Strategy):
+class FullStrategy(Strategy[FullOptions]):
     def tokenize(self, row: dict, fmt: str) -> dict:
         ids = self.tokenizer(row["text"], add_special_tokens=True)["input_ids"]
         if self.options.add_eos and self.tokenizer.eos_token_id is not None:

@@ -32,6 +32,7 @@ from torch import nn
 from launcher.core.errors import HintedValueError
 from launcher.data.batching import collate_units, is_packed, pack_unit_rows, units_of
 from strategies.base import LossOutput, Strategy
+from strategies.catalog import KTOOptions
 from strategies.preference import completion_unit, metadata, pad_completions, sequence_logps, tokenize_answers
 from strategies.reference import ReferenceMixin, stack_reference
 
@@ -64,7 +65,7 @@ def _kl_batch(batch: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
             "labels": batch["kl_labels"]}
 
 
-class KTOStrategy(ReferenceMixin, Strategy):
+class KTOStrategy(ReferenceMixin, Strategy[KTOOptions]):
     def uses_kl(self) -> bool:
         return self.options.loss_type == "kto"
 

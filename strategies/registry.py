@@ -8,16 +8,21 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from launcher.core.lazy import load_object
 from launcher.core.registry import Registry
+
+if TYPE_CHECKING:
+    from strategies.base import DataSpec
 
 
 @dataclass(frozen=True)
 class StrategySpec:
     name: str
+    #: the method's options section (``cfg.method_options()``; the impl's ``options_type()``)
     options: type
+    #: "module:Class": a ``strategies.base.Strategy``, or with ``controller`` a ``DataSpec``
     impl: str
     formats: tuple[str, ...]
     needs_chat_template: bool = False
@@ -68,9 +73,11 @@ def strategy(
     return decorate
 
 
-def build_strategy(cfg: Any, tokenizer: Any) -> Any:
+def build_strategy(cfg: Any, tokenizer: Any) -> DataSpec:
     """The strategy object of ``cfg.method``, with its spec attached: the one way the loop,
-    export, preflight, benchmarks and tests get one (importing the implementation lazily)."""
+    export, preflight, benchmarks and tests get one (importing the implementation lazily).
+    A ``Strategy`` for methods the per-rank loop trains; for controller-driven ones (ppo, grpo)
+    the ``DataSpec`` of the trained policy."""
     spec = STRATEGIES.get(cfg.method)
     built = load_object(spec.impl)(cfg, tokenizer)
     built.spec = spec

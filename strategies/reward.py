@@ -11,11 +11,12 @@ import torch
 from torch import nn
 
 from strategies.base import LossOutput, Strategy
+from strategies.catalog import RewardOptions
 from strategies.heads import SequenceHeadMixin
 from strategies.preference import PreferenceDataMixin
 
 
-class RewardStrategy(PreferenceDataMixin, SequenceHeadMixin, Strategy):
+class RewardStrategy(PreferenceDataMixin, SequenceHeadMixin, Strategy[RewardOptions]):
     def num_labels(self) -> int:
         return 1
 

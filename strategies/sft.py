@@ -15,6 +15,7 @@ from torch import nn
 
 from launcher.core.errors import HintedValueError
 from strategies.base import GenerationExample, LossOutput, Strategy, causal_lm_loss
+from strategies.catalog import SFTOptions
 
 CHAT_ROLES = ("system", "user", "assistant", "tool")
 
@@ -37,7 +38,7 @@ def check_messages(messages: list, needs_assistant: bool) -> None:
                                "add the assistant's answer, or set sft.loss_on: all")
 
 
-class SFTStrategy(Strategy):
+class SFTStrategy(Strategy[SFTOptions]):
     def tokenize(self, row: dict, fmt: str) -> dict:
         if fmt == "messages":
             check_messages(row["messages"], needs_assistant=self.options.loss_on == "assistant")

@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import copy
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import torch
 from torch import nn
@@ -21,6 +21,9 @@ from torch import nn
 from launcher.backends.base import Backend, OptimizerFactory, SchedulerFactory
 from launcher.backends.registry import resolve_sharding
 from launcher.core.errors import Problem, UserError
+
+if TYPE_CHECKING:
+    from strategies.base import ModelSpec
 
 TAG = "ds"
 
@@ -108,13 +111,35 @@ class DeepSpeedBackend(Backend):
         self.needs_synced_generation = self.stage == 3
         self._hf_ds_config = None
 
-    def load_model(self, load: Any) -> nn.Module:
-        if self.stage != 3:
-            return load()
-        return self._load_partitioned()
+    # -- tensor layout: under ZeRO-3 a parameter holds its partition in ``ds_tensor``
+    def local_tensor(self, t: torch.Tensor) -> torch.Tensor:
+        part = getattr(t, "ds_tensor", None)
+        return part if part is not None else t
+
+    def param_shape(self, param: torch.Tensor) -> tuple[int, ...]:
+        return tuple(getattr(param, "ds_shape", param.shape))
+
+    def param_numel(self, param: torch.Tensor) -> int:
+        return param.ds_numel if hasattr(param, "ds_numel") else param.numel()
 
     @torch.no_grad()
-    def _load_partitioned(self) -> nn.Module:
+    def write_full(self, param: nn.Parameter, full: torch.Tensor) -> None:
+        if not hasattr(param, "ds_shape"):
+            super().write_full(param, full)
+            return
+        import deepspeed
+
+        with deepspeed.zero.GatheredParameters([param], modifier_rank=0):
+            param.data.copy_(full.to(param.dtype))
+
+    # -- construction
+    def load_model(self, spec: ModelSpec) -> nn.Module:
+        if self.stage != 3:
+            return super().load_model(spec)
+        return self._load_partitioned(spec)
+
+    @torch.no_grad()
+    def _load_partitioned(self, spec: ModelSpec) -> nn.Module:
         """Build under ``zero.Init`` (each parameter partitioned as it is created), then copy
         the checkpoint in one tensor at a time: gathered on all ranks, filled from rank 0's
         read, re-partitioned. A rank never holds more than its partitions plus one tensor."""
@@ -131,9 +156,9 @@ class DeepSpeedBackend(Backend):
         # No dtype=: DeepSpeed 0.19 ignores it on CPU (operator precedence in _set_dtype) and
         # picks bf16; without it the dtype follows the config's bf16/fp16 sections.
         with deepspeed.zero.Init(config_dict_or_path=self.ds_config):
-            model = build_model_skeleton(self.cfg, self.strategy)
+            model = build_model_skeleton(self.cfg, spec)
         model = finish_model(model, self.cfg, init_adapters=False,
-                             task_type=self.strategy.peft_task_type)
+                             task_type=spec.peft_task_type)
         params = dict(model.named_parameters())
         folder = Path(resolve_model_path(self.cfg.model.path))
         loaded: set[str] = set()
@@ -144,7 +169,7 @@ class DeepSpeedBackend(Backend):
                     param.data.copy_(full.to(param.dtype))
             del full
             loaded.add(name)
-        init_adapters_deterministic(model, self.cfg.train.seed, loaded)
+        init_adapters_deterministic(model, self.cfg.train.seed, loaded, layout=self)
         check_complete(params, loaded, folder)
         return model
 

@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import contextlib
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import torch
 from torch import nn
@@ -20,6 +20,9 @@ from torch import nn
 from launcher.backends.base import Backend, OptimizerFactory, SchedulerFactory
 from launcher.backends.registry import resolve_sharding
 from launcher.models.layers import decoder_layers
+
+if TYPE_CHECKING:
+    from strategies.base import ModelSpec
 
 
 class FSDP2Backend(Backend):
@@ -32,8 +35,27 @@ class FSDP2Backend(Backend):
         self.sharding = resolve_sharding(cfg.sharding)
         self.mesh = init_device_mesh(ctx.device.type, (ctx.world_size,))
 
+    # -- tensor layout: parameters (and their gradients and optimizer states) are DTensors
+    offload_params_holds_states = True  # CPUOffloadPolicy moves all three
+
+    def local_tensor(self, t: torch.Tensor) -> torch.Tensor:
+        return t.to_local() if hasattr(t, "to_local") else t
+
+    def full_tensor(self, t: torch.Tensor) -> torch.Tensor:
+        return t.full_tensor() if hasattr(t, "full_tensor") else t
+
+    @torch.no_grad()
+    def write_full(self, param: nn.Parameter, full: torch.Tensor) -> None:
+        if not hasattr(param, "placements"):
+            super().write_full(param, full)
+            return
+        from torch.distributed.tensor import distribute_tensor
+
+        local = distribute_tensor(full, param.device_mesh, param.placements, src_data_rank=None)
+        param.to_local().copy_(local.to_local())
+
     # -- construction
-    def load_model(self, load: Any) -> nn.Module:
+    def load_model(self, spec: ModelSpec) -> nn.Module:
         from accelerate import init_empty_weights
 
         from launcher.models.load import build_model_skeleton, finish_model
@@ -41,11 +63,11 @@ class FSDP2Backend(Backend):
 
         # Parameters on meta, buffers (rotary tables) real: they are not in the checkpoint.
         with init_empty_weights(include_buffers=False):
-            model = build_model_skeleton(self.cfg, self.strategy)
+            model = build_model_skeleton(self.cfg, spec)
         if hasattr(model, "tie_weights"):
             model.tie_weights()  # init_empty_weights leaves tied embeddings untied
         model = finish_model(model, self.cfg, init_adapters=False,
-                             task_type=self.strategy.peft_task_type)
+                             task_type=spec.peft_task_type)
         buffers = {n: b.detach().clone() for n, b in model.named_buffers()}
         self._root = self._shard(model)
         model.to_empty(device=self.ctx.device)
@@ -90,7 +112,7 @@ class FSDP2Backend(Backend):
             param.to_local().copy_(shard.to_local())
             del full, shard
             loaded.add(name)
-        init_adapters_deterministic(model, self.cfg.train.seed, loaded)
+        init_adapters_deterministic(model, self.cfg.train.seed, loaded, layout=self)
         check_complete(params, loaded, folder)
 
     def setup(self, model: nn.Module, make_optimizer: OptimizerFactory,

@@ -7,6 +7,8 @@ import logging
 from pathlib import Path
 from typing import Any
 
+from launcher.metrics.sink import MetricSink
+
 log = logging.getLogger("ftl.metrics")
 
 
@@ -24,7 +26,7 @@ def parse_metrics(text: str, path: Path) -> list[dict[str, Any]]:
     return rows
 
 
-class JsonlSink:
+class JsonlSink(MetricSink):
     def __init__(self, path: Path, resume_step: int = 0):
         self.path = path
         if resume_step and path.exists():

@@ -10,6 +10,7 @@ import logging
 from typing import Any
 
 from launcher.config.load import config_to_dict
+from launcher.metrics.sink import MetricSink, SinkCapability
 from launcher.run.rundir import RunFolder
 
 
@@ -17,7 +18,7 @@ class MetricSinks:
     def __init__(self, cfg: Any, folder: RunFolder, resume_step: int, log: logging.Logger,
                  writes: bool = True):
         self.log = log
-        self.sinks: list[Any] = []
+        self.sinks: list[MetricSink] = []
         if not writes:
             return
         from launcher.metrics.jsonl import JsonlSink
@@ -39,6 +40,6 @@ class MetricSinks:
 
     def close(self, summary: dict[str, Any]) -> None:
         for sink in self.sinks:
-            if hasattr(sink, "summary"):
+            if sink.supports(SinkCapability.SUMMARY):
                 sink.summary(summary)
             sink.close()

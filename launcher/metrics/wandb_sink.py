@@ -11,6 +11,8 @@ import uuid
 from pathlib import Path
 from typing import Any
 
+from launcher.metrics.sink import MetricSink, SinkCapability
+
 
 def resolve_mode(mode: str) -> str:
     if mode != "auto":
@@ -18,7 +20,9 @@ def resolve_mode(mode: str) -> str:
     return "online" if os.environ.get("WANDB_API_KEY") else "offline"
 
 
-class WandbSink:
+class WandbSink(MetricSink):
+    capabilities = frozenset({SinkCapability.SUMMARY})
+
     def __init__(self, run_dir: Path, run_name: str, section: Any, config: dict[str, Any]):
         import wandb
 

@@ -17,6 +17,7 @@ import torch
 from torch import nn
 
 from launcher.core.seeds import mix_seed
+from launcher.models.tensor_layout import WHOLE, TensorLayout
 from launcher.models.tiny import resolve_model_path
 
 
@@ -137,31 +138,15 @@ def _seeded(seed: int, name: str) -> torch.Generator:
 
 
 @torch.no_grad()
-def _write_full(param: nn.Parameter, full: torch.Tensor) -> None:
-    """Copy a full tensor (identical on every rank) into a plain, DTensor or ZeRO-3 parameter."""
-    if hasattr(param, "placements"):
-        from torch.distributed.tensor import distribute_tensor
-
-        local = distribute_tensor(full, param.device_mesh, param.placements, src_data_rank=None)
-        param.to_local().copy_(local.to_local())
-    elif hasattr(param, "ds_shape"):
-        import deepspeed
-
-        with deepspeed.zero.GatheredParameters([param], modifier_rank=0):
-            param.data.copy_(full.to(param.dtype))
-    else:
-        param.copy_(full.to(param.device, param.dtype))
-    param._ftl_init = True  # type: ignore[attr-defined]
-
-
-@torch.no_grad()
-def init_adapters_deterministic(model: nn.Module, seed: int, skip: set[str] | None = None) -> None:
+def init_adapters_deterministic(model: nn.Module, seed: int, skip: set[str] | None = None, *,
+                                layout: TensorLayout = WHOLE) -> None:
     """LoRA A ~ kaiming-uniform (as peft), B = 0, from a per-name seeded generator.
 
     With ``skip`` (the names a sharded backend loaded from the checkpoint), every other
     parameter is new too (a classification or reward head): it gets N(0, initializer_range)
     weights and zero biases from the same per-name generator. Every backend, and every way
-    of building the model, then starts from identical weights.
+    of building the model, then starts from identical weights. ``layout``: the backend whose
+    sharded parameters these are (each value is drawn whole, then the backend keeps its part).
     """
     std = float(getattr(getattr(model, "config", None), "initializer_range", 0.02))
     for name, param in model.named_parameters():
@@ -170,7 +155,7 @@ def init_adapters_deterministic(model: nn.Module, seed: int, skip: set[str] | No
         is_lora = "lora_" in name
         if not is_lora and skip is None:
             continue
-        shape = tuple(getattr(param, "ds_shape", param.shape))
+        shape = layout.param_shape(param)
         full = torch.empty(shape, dtype=torch.float32)
         if "lora_A" in name or "lora_embedding_A" in name:
             bound = 1.0 / math.sqrt(shape[1]) if len(shape) > 1 else 0.0  # kaiming_uniform(a=sqrt(5))
@@ -179,7 +164,8 @@ def init_adapters_deterministic(model: nn.Module, seed: int, skip: set[str] | No
             full.zero_()
         else:
             full.normal_(0.0, std, generator=_seeded(seed, name))
-        _write_full(param, full)
+        layout.write_full(param, full)
+        param._ftl_init = True  # type: ignore[attr-defined]
 
 
 @torch.no_grad()
@@ -211,10 +197,8 @@ def freeze_parameters(model: nn.Module, freeze: Any) -> list[str]:
     return frozen
 
 
-def count_parameters(model: nn.Module) -> tuple[int, int]:
-    def numel(p: nn.Parameter) -> int:
-        return p.ds_numel if hasattr(p, "ds_numel") else p.numel()
-
-    total = sum(numel(p) for p in model.parameters())
-    trainable = sum(numel(p) for p in model.parameters() if p.requires_grad)
+def count_parameters(model: nn.Module, layout: TensorLayout = WHOLE) -> tuple[int, int]:
+    """(all, trainable) parameter counts at full size, however ``layout`` shards them."""
+    total = sum(layout.param_numel(p) for p in model.parameters())
+    trainable = sum(layout.param_numel(p) for p in model.parameters() if p.requires_grad)
     return total, trainable

@@ -22,23 +22,22 @@ from launcher.train.dist import RankContext, barrier
 
 def build_backend(cfg: Any, ctx: RankContext, spec: Any, *,
                   around_load: contextlib.AbstractContextManager | None = None,
-                  on_loaded: Callable[[nn.Module], None] | None = None) -> Any:
+                  on_loaded: Callable[[Any, nn.Module], None] | None = None) -> Any:
     """The backend ``sharding`` names, holding ``spec``'s model (a strategy, or an RL role's model
     spec), with its optimizer and scheduler set up.
 
     ``around_load`` wraps the model load alone (the loop measures its peak memory there);
-    ``on_loaded`` sees the model as loaded, before ``setup`` wraps it or casts frozen weights.
+    ``on_loaded(backend, model)`` sees the model as loaded, before ``setup`` wraps it or casts
+    frozen weights.
     """
     from launcher.backends.registry import resolve_sharding
-    from launcher.models.load import load_model
     from launcher.train.optim import make_optimizer, make_scheduler
 
     backend = load_object(resolve_sharding(cfg.sharding).impl)(cfg, ctx)
-    backend.strategy = spec
     with around_load or contextlib.nullcontext():
-        model = backend.load_model(lambda: load_model(cfg, spec))
+        model = backend.load_model(spec)
     if on_loaded is not None:
-        on_loaded(model)
+        on_loaded(backend, model)
     backend.setup(model, lambda m: make_optimizer(m, cfg.train),
                   lambda o: make_scheduler(o, cfg.train))
     return backend

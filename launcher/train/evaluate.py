@@ -13,6 +13,7 @@ import torch
 
 from launcher.data.batching import pad_rows
 from launcher.train.dist import RankContext, all_gather_objects, all_reduce_sum
+from strategies.base import StrategyCapability
 
 if TYPE_CHECKING:
     from launcher.backends.base import Backend
@@ -116,7 +117,7 @@ def evaluate(backend: Backend, strategy: Strategy, eval_sets: list[EvalSet], cfg
     loss_sum = count = em_sum = em_total = 0.0
     weighted: dict[str, float] = {}
     for es in eval_sets:
-        lm = strategy.evaluate_set(backend, es, cfg) if hasattr(strategy, "evaluate_set") \
+        lm = strategy.evaluate_set(backend, es, cfg) if strategy.supports(StrategyCapability.EVALUATE_SET) \
             else eval_loss(backend, strategy, es, cfg)
         for k, v in lm.items():
             if not k.startswith("_"):

@@ -161,9 +161,9 @@ def _set_up(cfg: Any, ctx: RankContext, folder: RunFolder) -> _Run:
     load_mem = PeakAnon()
     loaded: dict[str, Any] = {}
 
-    def on_loaded(model: Any) -> None:  # as loaded: before setup wraps it or casts frozen weights
-        loaded["param_mb"] = backend_param_bytes(model) / 2**20
-        loaded["parameters"] = count_parameters(model)
+    def on_loaded(backend: Any, model: Any) -> None:  # as loaded: before setup wraps or casts it
+        loaded["param_mb"] = backend_param_bytes(backend, model) / 2**20
+        loaded["parameters"] = count_parameters(model, backend)
 
     backend = build_backend(cfg, ctx, strategy, around_load=load_mem, on_loaded=on_loaded)
     load_stats = {"peak_anon_mb": load_mem.peak_delta / 2**20, "param_mb": loaded["param_mb"]}
@@ -435,17 +435,9 @@ def _where_am_i() -> dict[str, Any]:
     return where
 
 
-def backend_param_bytes(model: Any) -> int:
+def backend_param_bytes(backend: Any, model: Any) -> int:
     """Bytes of parameter storage this rank holds (ZeRO-3 partitions, FSDP2 local shards)."""
-    total = 0
-    for p in model.parameters():
-        if hasattr(p, "ds_tensor"):
-            total += p.ds_tensor.numel() * p.element_size()
-        elif hasattr(p, "to_local"):
-            total += p.to_local().numel() * p.element_size()
-        else:
-            total += p.numel() * p.element_size()
-    return total
+    return sum(backend.local_tensor(p).numel() * p.element_size() for p in model.parameters())
 
 
 def main() -> None:

@@ -50,7 +50,7 @@ from __future__ import annotations
 
 import logging
 import re
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from typing import Any
 
 import torch
@@ -64,11 +64,6 @@ _DS_GRADIENT_ATTRS = ("averaged_gradients", "grads_in_partition", "accumulated_g
                       "grad_partitions_flat_buffer")
 # ... and the fp32 master partitions its inner optimizer updates.
 _DS_MASTER_ATTRS = ("single_partition_of_fp32_groups", "fp32_partitioned_groups_flat")
-
-
-def _local(t: torch.Tensor) -> torch.Tensor:
-    """The storage-backed tensor: an FSDP2 ``DTensor``'s local shard, else the tensor."""
-    return t.to_local() if hasattr(t, "to_local") else t
 
 
 def _tensors(obj: Any) -> Iterator[torch.Tensor]:
@@ -87,9 +82,13 @@ def _tensors(obj: Any) -> Iterator[torch.Tensor]:
 
 
 class _Tally:
-    """Distinct storages and their bytes, split by whether they are offloaded by design."""
+    """Distinct storages and their bytes, split by whether they are offloaded by design.
+    ``local``: the storage-backed tensor of a (possibly sharded) one (``Backend.local_tensor``:
+    an FSDP2 ``DTensor``'s local shard)."""
 
-    def __init__(self, skip: set[tuple[str, int]] | None = None):
+    def __init__(self, local: Callable[[torch.Tensor], torch.Tensor],
+                 skip: set[tuple[str, int]] | None = None):
+        self.local = local
         self.seen: set[tuple[str, int]] = set(skip or ())
         self.total = 0
         self.offloaded = 0
@@ -98,7 +97,7 @@ class _Tally:
         for t in tensors:
             if t is None or not isinstance(t, torch.Tensor) or t.device.type == "meta":
                 continue
-            storage = _local(t).untyped_storage()
+            storage = self.local(t).untyped_storage()
             nbytes = storage.nbytes()
             key = (str(storage.device), storage.data_ptr())
             if nbytes == 0 or key in self.seen:
@@ -116,10 +115,6 @@ def _offload(backend: Any) -> tuple[bool, bool]:
     return sharding.offload_optimizer == "cpu", sharding.offload_params == "cpu"
 
 
-def _is_fsdp2(backend: Any) -> bool:
-    return any(hasattr(p, "to_local") for p in backend.module.parameters())
-
-
 def _zero_optimizer(backend: Any) -> Any | None:
     """DeepSpeed's ZeRO optimizer (a wrapper around a torch optimizer), or None."""
     opt = backend.optimizer
@@ -130,23 +125,22 @@ def _zero_optimizer(backend: Any) -> Any | None:
 
 def _parameters(backend: Any, tally: _Tally) -> None:
     _, off_par = _offload(backend)
-    fsdp2 = _is_fsdp2(backend)
     for p in backend.module.parameters():
         ds_tensor = getattr(p, "ds_tensor", None)
         if ds_tensor is not None:  # ZeRO-3: the partition, plus the whole tensor if kept gathered
             tally.add([ds_tensor], offloaded=off_par)
             tally.add([p.data] if p.data.numel() else [], offloaded=False)
         else:
-            tally.add([p], offloaded=fsdp2 and off_par)
+            tally.add([p], offloaded=backend.offload_params_holds_states and off_par)
 
 
 def _gradients(backend: Any) -> _Tally:
     """Gradient storages alive now: the module's and, under DeepSpeed, its reduced partitions."""
     off_opt, off_par = _offload(backend)
-    tally = _Tally()
+    tally = _Tally(backend.local_tensor)
     module_grads = [p.grad for p in backend.module.parameters()]
     module_grads += [getattr(p, "grad_accum", None) for p in backend.module.parameters()]
-    tally.add(module_grads, offloaded=_is_fsdp2(backend) and off_par)
+    tally.add(module_grads, offloaded=backend.offload_params_holds_states and off_par)
     zero = _zero_optimizer(backend)
     if zero is not None:
         for attr in _DS_GRADIENT_ATTRS:
@@ -161,7 +155,7 @@ def _optimizer_states(backend: Any, tally: _Tally) -> None:
     off_opt, off_par = _offload(backend)
     zero = _zero_optimizer(backend)
     torch_opt = zero.optimizer if zero is not None else backend.optimizer
-    offloaded = off_opt if zero is not None else _is_fsdp2(backend) and off_par
+    offloaded = off_opt if zero is not None else backend.offload_params_holds_states and off_par
     tally.add(_tensors(list(torch_opt.state.values())), offloaded=offloaded)
     if zero is not None:  # fp32 master partitions (module parameters were tallied first)
         masters = [t for attr in _DS_MASTER_ATTRS for t in _tensors(getattr(zero, attr, None))]
@@ -180,9 +174,10 @@ def _comm_buffers(backend: Any) -> int | None:
 
 
 def _states(backend: Any, grads: _Tally) -> dict[str, int]:
-    params = _Tally()
+    params = _Tally(backend.local_tensor)
     _parameters(backend, params)
-    optim = _Tally(skip=params.seen)  # a master weight that *is* the parameter counts once
+    # a master weight that *is* the parameter counts once
+    optim = _Tally(backend.local_tensor, skip=params.seen)
     _optimizer_states(backend, optim)
     out = {"parameters": params.total, "gradients": grads.total, "optimizer_states": optim.total,
            "cpu_offloaded": params.offloaded + grads.offloaded + optim.offloaded}
@@ -214,7 +209,7 @@ class FirstStepProbe:
     def __init__(self, backend: Any):
         self.backend = backend
         self.result: dict[str, int] | None = None
-        self._best = _Tally()
+        self._best = _Tally(backend.local_tensor)
         self._hook: Any = None
         if backend.optimizer is None:
             return

@@ -1,10 +1,11 @@
 """The models of the RL roles, and the weights that travel from the trainer to rollout workers.
 
-``PolicyModel`` and ``CriticModel`` are ``Strategy`` subclasses only in the sense the sharding
-backends need (which Auto class, how to build it from a config, which peft task type): that is
-how the policy and the critic train under ddp, DeepSpeed ZeRO or FSDP2 without a line of
-backend-specific code here. ``PolicyModel`` is also the method's registered ``impl``, so
-``ftl export`` rebuilds a PPO/GRPO run's policy from its checkpoints like any other run's.
+``PolicyModel`` and ``CriticModel`` are ``ModelSpec``s, not strategies: they say what the sharding
+backends need (which Auto class, how to build it from a config, which peft task type) and no
+loss (the learners own theirs): that is how the policy and the critic train under ddp, DeepSpeed
+ZeRO or FSDP2 without a line of backend-specific code here. ``PolicyModel`` is also the method's
+registered ``impl``, a ``DataSpec`` (preflight reads prompt rows through it), so ``ftl export``
+rebuilds a PPO/GRPO run's policy from its checkpoints like any other run's.
 """
 
 from __future__ import annotations
@@ -18,10 +19,11 @@ import numpy as np
 import torch
 from torch import nn
 
-from strategies.base import Strategy
+from strategies.base import DataSpec, ModelSpec
+from strategies.ppo.options import OnlineRLOptions
 
 
-class PolicyModel(Strategy):
+class PolicyModel(DataSpec[OnlineRLOptions]):
     """The policy (a causal LM): trained by the trainer group, copied by the rollout workers."""
 
     def tokenize(self, row: dict, fmt: str) -> dict:
@@ -40,7 +42,7 @@ class PolicyModel(Strategy):
         return features
 
 
-class CriticModel(Strategy):
+class CriticModel(ModelSpec[OnlineRLOptions]):
     """The value model: a token classifier with one output (a value per position)."""
 
     peft_task_type = "TOKEN_CLS"  # peft trains the new value head in full, adapts the body

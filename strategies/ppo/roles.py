@@ -80,7 +80,7 @@ class LearnerActor(RoleActor):
         gpus = cfg.resources.gpus_per_worker
         ctx = init_distributed(use_gpu=gpus > 0)
         self.learner = Learner(cfg, self.role, ctx, run_dir=self.folder.path)
-        total, trainable = count_parameters(self.learner.backend.module)
+        total, trainable = count_parameters(self.learner.backend.module, self.learner.backend)
         self.log.info("rank %d/%d ready: %s, %d parameters (%d trainable), device %s", ctx.rank, world_size,
                       cfg.sharding.backend, total, trainable, ctx.device)
         return {"parameters": total, "trainable": trainable, "world_size": ctx.world_size}

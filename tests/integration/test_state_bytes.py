@@ -21,7 +21,6 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
-from types import SimpleNamespace
 
 import pytest
 
@@ -104,7 +103,9 @@ def test_the_measurement_is_taken_once_and_leaves_the_optimizer_as_it_was():
     parameters and of gradients; AdamW's two moments and a 4-byte step count per tensor."""
     import torch
 
+    from launcher.backends.ddp import DDPBackend
     from launcher.config.load import validate_config
+    from launcher.train.dist import RankContext
     from launcher.train.state_bytes import FirstStepProbe
     from tests.conftest import tiny_config
 
@@ -113,7 +114,8 @@ def test_the_measurement_is_taken_once_and_leaves_the_optimizer_as_it_was():
     sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda _: 1.0)
     scheduler_step = opt.step
 
-    backend = SimpleNamespace(cfg=validate_config(tiny_config()), model=model, module=model, optimizer=opt)
+    backend = DDPBackend(validate_config(tiny_config()), RankContext(0, 1, 0, torch.device("cpu"), "single"))
+    backend.setup(model, lambda _: opt, lambda _: sched)  # one rank: the model as it is
     probe = FirstStepProbe(backend)
     assert probe.result is None
     model(torch.ones(1, 4)).sum().backward()
