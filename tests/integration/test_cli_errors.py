@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import json
 
-from tests.conftest import run_dirs, run_ftl, tiny_config, write_config
+from tests.helpers.ftl import run_dirs, run_ftl, tiny_config, write_config
 
 
 def assert_user_error(proc, *needles):

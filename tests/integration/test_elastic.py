@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.conftest import tiny_config, write_config
+from tests.helpers.ftl import tiny_config, write_config
 
 
 def test_elastic_run_shrinks_on_a_lost_node_and_grows_back(workdir, monkeypatch):
@@ -27,8 +27,7 @@ def test_elastic_run_shrinks_on_a_lost_node_and_grows_back(workdir, monkeypatch)
     from launcher.metrics.jsonl import read_metrics
     from launcher.run.driver import run_trainer
     from launcher.run.submit import prepare_run
-    from tests.integration.test_guards import torchrun
-    from tests.integration.test_sharding import prepare
+    from tests.helpers.runs import prepare, torchrun
 
     def losses(run: Path) -> dict[int, float]:
         return {m["step"]: m["train/loss"] for m in read_metrics(run / "metrics.jsonl") if "train/loss" in m}

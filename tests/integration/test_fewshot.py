@@ -12,7 +12,7 @@ import pytest
 
 from launcher.core.errors import UserError
 from launcher.tools.fewshot import build_messages, build_text, draw_supports, load_examples
-from tests.conftest import run_ftl, write_config
+from tests.helpers.ftl import run_ftl, write_config
 
 
 def test_eval_gives_one_json_row_per_k(workdir):

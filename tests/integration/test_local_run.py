@@ -13,16 +13,12 @@ from pathlib import Path
 import psutil
 import pytest
 
-from launcher.metrics.jsonl import read_metrics
-from tests.conftest import FTL, run_dirs, run_ftl, tiny_config, write_config
+from tests.helpers.ftl import FTL, run_dirs, run_ftl, tiny_config, write_config
+from tests.helpers.runs import losses
+from tests.helpers.secrets import SECRETS, assert_searched, files_holding_a_secret
 from tests.helpers.wandb_file import find_wandb_file, history
-from tests.integration.test_secrets import SECRETS, assert_searched, files_holding_a_secret
 
 STEPS = 8
-
-
-def losses(run: Path) -> dict[int, float]:
-    return {m["step"]: m["train/loss"] for m in read_metrics(run / "metrics.jsonl") if "train/loss" in m}
 
 
 def base_config(**overrides) -> dict:

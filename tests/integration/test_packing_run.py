@@ -12,7 +12,7 @@ import sys
 import pytest
 
 from launcher.metrics.jsonl import read_metrics
-from tests.conftest import ROOT, tiny_config, write_config
+from tests.helpers.ftl import ROOT, tiny_config, write_config
 
 sys.path.insert(0, str(ROOT / "scripts"))
 from bench_common import replayed_rows  # noqa: E402  (rebuilds rows independently of the loop)

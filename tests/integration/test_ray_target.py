@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 
 from launcher.data.synthetic import generate
-from tests.conftest import run_dirs, run_ftl, tiny_config, write_config
+from tests.helpers.ftl import run_dirs, run_ftl, tiny_config, write_config
 from tests.helpers.ray_head import RayHead
 
 TOKEN = "ftl-test-token-5b0c9f1e7d"

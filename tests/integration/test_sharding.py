@@ -21,41 +21,11 @@ import yaml
 
 from launcher.config.load import apply_overrides
 from launcher.run.rundir import RunFolder
-from tests.conftest import FTL, ROOT, run_ftl, tiny_config, write_config
-from tests.integration.test_local_run import losses
+from tests.helpers.ftl import FTL, run_ftl, tiny_config, write_config
+from tests.helpers.runs import MATRIX_STEPS, losses, matrix_config, prepare, torchrun_many
 
 BACKENDS = ["ddp", "zero1", "zero2", "zero2_offload", "zero3", "zero3_offload", "fsdp2", "fsdp2_offload"]
-STEPS = 8
-LORA = {"r": 8, "alpha": 16, "target_modules": "all-linear"}
-
-
-def torchrun_many(run_dirs: list[Path], timeout: float = 900, env: dict | None = None) -> None:
-    env = {**os.environ, "OMP_NUM_THREADS": "1", **(env or {})}
-    proc = subprocess.run(
-        [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node", "2",
-         str(ROOT / "tests" / "helpers" / "run_many.py"), *map(str, run_dirs)],
-        env=env, capture_output=True, text=True, timeout=timeout)
-    assert proc.returncode == 0, proc.stderr[-4000:]
-
-
-def prepare(work: Path, name: str, cfg: dict) -> Path:
-    from launcher.run.submit import prepare_run
-
-    folder, _ = prepare_run(str(write_config(work, cfg, f"{name}.yaml")), None, (),
-                            runs_dir=str(work / "runs"))
-    return folder.path.resolve()
-
-
-def matrix_config(name: str, backend: str, lora: bool, **train) -> dict:
-    cfg = tiny_config(name=name, sharding={"backend": backend},
-                      train={"max_steps": STEPS, "micro_batch_size": 4, "lr": 3e-3,
-                             "schedule": "constant", "global_batch_size": 16, **train},
-                      checkpoint={"dir": "runs", "every_steps": STEPS // 2, "keep": 2},
-                      eval={"max_generate": 8, "max_new_tokens": 8, "batch_size": 4})
-    cfg["data"]["eval"]["num_rows"] = 16
-    if lora:
-        cfg["peft"] = LORA
-    return cfg
+STEPS = MATRIX_STEPS
 
 
 @pytest.fixture(scope="module")

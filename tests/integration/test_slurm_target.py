@@ -15,7 +15,7 @@ import psutil
 import pytest
 import yaml
 
-from tests.conftest import FTL, run_ftl, tiny_config, write_config
+from tests.helpers.ftl import FTL, run_ftl, tiny_config, write_config
 from tests.helpers.slurm_cluster import SlurmCluster, available
 
 pytestmark = pytest.mark.skipif(not available(),
@@ -98,9 +98,8 @@ def test_job_saves_on_the_time_limit_warning_requeues_and_resumes_exactly(slurm,
     job's token. Submitted with (fake) secrets in the environment: they reach the node, no
     file ftl writes holds them, and the job's environment is the submitting one (test_secrets.py)."""
     from launcher.metrics.jsonl import read_metrics
-    from tests.integration.test_guards import torchrun
-    from tests.integration.test_secrets import SECRETS, files_holding_a_secret, job_env_additions, read_env
-    from tests.integration.test_sharding import prepare
+    from tests.helpers.runs import prepare, torchrun
+    from tests.helpers.secrets import SECRETS, files_holding_a_secret, job_env_additions, read_env
 
     def losses(run: Path) -> dict[int, float]:
         return {m["step"]: m["train/loss"] for m in read_metrics(run / "metrics.jsonl") if "train/loss" in m}

@@ -8,7 +8,7 @@ from pathlib import Path
 import yaml
 
 from launcher.metrics.jsonl import read_metrics
-from tests.conftest import run_ftl, tiny_config, write_config
+from tests.helpers.ftl import run_ftl, tiny_config, write_config
 
 STEPS = 8
 SAMPLES = 2  # one wave of trials on 2 CPUs: every trial starts its own worker group

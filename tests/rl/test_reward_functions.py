@@ -16,8 +16,8 @@ from launcher.core.errors import UserError
 from strategies.ppo.options import RewardFunction
 from strategies.ppo.prompts import Prompt
 from strategies.ppo.rewards import RewardError, RewardFunctions
-from tests.conftest import run_ftl, write_config
-from tests.rl.conftest import letters_config, run_in_session
+from tests.helpers.ftl import run_ftl, write_config
+from tests.helpers.rl import letters_config, run_in_session
 
 
 def _module(folder: Path, body: str) -> str:

@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.conftest import ROOT, run_ftl
+from tests.helpers.ftl import ROOT, run_ftl
 
 CONFIGS = sorted((ROOT / "configs").rglob("*.yaml"))
 BIG = [p for p in CONFIGS if "llama-3.1-" in str(p.parent.name)]

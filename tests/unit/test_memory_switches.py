@@ -11,7 +11,7 @@ from io import StringIO
 from rich.console import Console
 
 from launcher.plan import memory_model as mm
-from tests.conftest import ROOT
+from tests.helpers.ftl import ROOT
 
 sys.path.insert(0, str(ROOT / "scripts"))
 import bench_memory  # noqa: E402  (the benchmark's one-configuration measurement)
@@ -66,7 +66,7 @@ def test_sequence_parallel_divides_activation_and_logits_terms():
 def test_planner_reads_the_switches_from_the_config():
     from launcher.config.load import validate_config
     from launcher.plan.planner import workload
-    from tests.conftest import tiny_config
+    from tests.helpers.ftl import tiny_config
 
     cfg = validate_config(tiny_config(model={"path": "builtin:tiny-llama", "cross_entropy": "chunked",
                                              "ce_chunk_tokens": 96, "activation_offload": True}))
@@ -110,7 +110,7 @@ def test_auto_turns_on_chunked_cross_entropy_only_when_nothing_fits_without(tmp_
     from launcher.plan.auto_sharding import apply_chosen_switches, chosen_section
     from launcher.plan.planner import make_plan
     from launcher.plan.view import render_plan
-    from tests.unit.test_memory_model import hub_config
+    from tests.helpers.hub import hub_config
 
     sections = {"sharding": {"backend": "auto"}, "data": {"max_length": 16384},
                 "train": {"micro_batch_size": 2}, "resources": {"gpu_memory_gb": 40},

@@ -25,8 +25,8 @@ from launcher.run.placement import (
     slurm_allocation,
     workers_fitting,
 )
-from tests.conftest import FTL, tiny_config, write_config
-from tests.unit.test_golden_scripts import EXAMPLE_70B
+from tests.helpers.ftl import FTL, tiny_config, write_config
+from tests.helpers.golden import EXAMPLE_70B
 
 
 def problems(target, cfg) -> dict[str, str]:
