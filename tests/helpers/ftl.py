@@ -5,6 +5,7 @@ conftest under another name, and a test module importing another runs its tests'
 
 from __future__ import annotations
 
+import contextlib
 import os
 import subprocess
 import sys
@@ -57,3 +58,18 @@ def run_ftl(args: list[str], cwd: Path, env: dict | None = None, timeout: float 
 
 def run_dirs(cwd: Path) -> list[Path]:
     return sorted(p for p in (cwd / "runs").iterdir() if p.is_dir()) if (cwd / "runs").exists() else []
+
+
+def ftl_in_process(args: list, cwd: Path) -> subprocess.CompletedProcess:
+    """``ftl ARGS`` run from ``cwd`` in this process (Click's CliRunner): for what is decided
+    before any process or cluster starts (user errors), without a Python start per call. The
+    caller's cwd is put back. Anything raised but a ``sys.exit`` is a bug and fails here."""
+    from click.testing import CliRunner
+
+    from launcher.cli import cli
+
+    with contextlib.chdir(cwd):
+        result = CliRunner().invoke(cli, [str(a) for a in args], prog_name="ftl")
+    assert result.exception is None or isinstance(result.exception, SystemExit), result.exc_info
+    return subprocess.CompletedProcess(["ftl", *map(str, args)], result.exit_code, result.stdout,
+                                       result.stderr)

@@ -10,37 +10,19 @@ from __future__ import annotations
 
 import json
 import subprocess
-from dataclasses import dataclass
 
 import pytest
-from click.testing import CliRunner
 
-from launcher.cli import cli
-from tests.helpers.ftl import run_dirs, run_ftl, tiny_config, write_config
-
-
-@dataclass
-class Result:
-    returncode: int
-    stdout: str
-    stderr: str
+from tests.helpers.ftl import ftl_in_process, run_dirs, run_ftl, tiny_config, write_config
 
 
 @pytest.fixture
-def ftl(workdir, monkeypatch):
+def ftl(workdir):
     """``ftl ARGS`` in this process, from ``workdir`` (the runs folder is relative to it)."""
-    monkeypatch.chdir(workdir)
-
-    def invoke(args: list) -> Result:
-        result = CliRunner().invoke(cli, [str(a) for a in args], prog_name="ftl")
-        # A user error leaves through sys.exit(2); anything else raised is a bug (exit 1 here).
-        assert result.exception is None or isinstance(result.exception, SystemExit), result.exc_info
-        return Result(result.exit_code, result.stdout, result.stderr)
-
-    return invoke
+    return lambda args: ftl_in_process(args, workdir)
 
 
-def assert_user_error(proc: Result | subprocess.CompletedProcess, *needles):
+def assert_user_error(proc: subprocess.CompletedProcess, *needles):
     assert proc.returncode == 2, proc.stderr
     assert "Traceback" not in proc.stderr
     for needle in needles:

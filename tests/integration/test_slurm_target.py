@@ -15,7 +15,7 @@ import psutil
 import pytest
 import yaml
 
-from tests.helpers.ftl import FTL, run_ftl, tiny_config, write_config
+from tests.helpers.ftl import FTL, ftl_in_process, run_ftl, tiny_config, write_config
 from tests.helpers.slurm_cluster import SlurmCluster, available
 
 pytestmark = pytest.mark.skipif(not available(),
@@ -84,7 +84,7 @@ def test_stop_cancels_a_running_job(slurm, workdir):
 
 def test_hostile_directive_value_is_refused(workdir):
     cfg = tiny_config(cluster={"target": "slurm", "slurm": {"partition": "gpu\n#SBATCH --uid=0"}})
-    proc = run_ftl(["run", write_config(workdir, cfg), "--dry-run"], workdir)
+    proc = ftl_in_process(["run", write_config(workdir, cfg), "--dry-run"], workdir)
     assert proc.returncode == 2
     assert "cluster.slurm.partition" in proc.stderr and "cannot be put in an #SBATCH line" in proc.stderr
 

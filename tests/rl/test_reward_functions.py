@@ -16,7 +16,7 @@ from launcher.core.errors import UserError
 from strategies.ppo.options import RewardFunction
 from strategies.ppo.prompts import Prompt
 from strategies.ppo.rewards import RewardError, RewardFunctions
-from tests.helpers.ftl import run_ftl, write_config
+from tests.helpers.ftl import ftl_in_process, write_config
 from tests.helpers.rl import letters_config, run_in_session
 
 
@@ -89,7 +89,7 @@ def test_a_broken_function_is_named_with_its_row(tmp_path):
 def test_an_unimportable_function_fails_validation_with_exit_2_naming_it(tmp_path):
     names = ["strategies.ppo.rewards:letter_a_fraction", "no_such_rewards:score"]
     cfg = letters_config("grpo", "missing-fn", reward={"function": names})
-    proc = run_ftl(["validate", write_config(tmp_path, cfg)], tmp_path)
+    proc = ftl_in_process(["validate", write_config(tmp_path, cfg)], tmp_path)
     assert proc.returncode == 2, proc.stderr
     assert "grpo.reward.function.1.name: cannot import 'no_such_rewards:score'" in proc.stderr
     with pytest.raises(UserError, match="reward.weights must hold one weight per function"):
