@@ -97,12 +97,8 @@ def test_job_saves_on_the_time_limit_warning_requeues_and_resumes_exactly(slurm,
     (the same 2 ranks under torchrun), step for step. Its Ray head refuses a client without the
     job's token. Submitted with (fake) secrets in the environment: they reach the node, no
     file ftl writes holds them, and the job's environment is the submitting one (test_secrets.py)."""
-    from launcher.metrics.jsonl import read_metrics
-    from tests.helpers.runs import prepare, torchrun
+    from tests.helpers.runs import losses, prepare, torchrun
     from tests.helpers.secrets import SECRETS, files_holding_a_secret, job_env_additions, read_env
-
-    def losses(run: Path) -> dict[int, float]:
-        return {m["step"]: m["train/loss"] for m in read_metrics(run / "metrics.jsonl") if "train/loss" in m}
 
     cfg = yaml.safe_load(slurm_config(workdir, max_steps=8).read_text())
     cfg["checkpoint"]["every_steps"] = 100  # only the stop request saves
