@@ -15,7 +15,7 @@ import pytest
 
 from tests.helpers.ftl import FTL, run_dirs, run_ftl, tiny_config, write_config
 from tests.helpers.runs import losses
-from tests.helpers.secrets import SECRETS, assert_searched, files_holding_a_secret
+from tests.helpers.secret_search import SECRETS, assert_searched, files_holding_a_secret
 from tests.helpers.wandb_file import find_wandb_file, history
 
 STEPS = 8

@@ -7,7 +7,7 @@ folders is searched (config copies, plan, job folder and sbatch script, Slurm an
 W&B offline files, Ray Train's storage). The Slurm run also records the batch job's
 environment, to show what ``ftl`` itself adds to what sbatch exports (``--export=ALL``,
 Slurm's default, which is how the secrets and the user's PATH reach the nodes): nothing but
-what Slurm and bash set. tests/helpers/secrets.py holds the searches; this module holds the
+what Slurm and bash set. tests/helpers/secret_search.py holds the searches; this module holds the
 local inheritance check."""
 
 from __future__ import annotations
@@ -15,7 +15,7 @@ from __future__ import annotations
 import os
 
 from tests.helpers.ftl import tiny_config
-from tests.helpers.secrets import SECRETS
+from tests.helpers.secret_search import SECRETS
 
 
 def test_local_workers_inherit_secrets_from_the_ftl_process(monkeypatch):

@@ -98,7 +98,7 @@ def test_job_saves_on_the_time_limit_warning_requeues_and_resumes_exactly(slurm,
     job's token. Submitted with (fake) secrets in the environment: they reach the node, no
     file ftl writes holds them, and the job's environment is the submitting one (test_secrets.py)."""
     from tests.helpers.runs import losses, prepare, torchrun
-    from tests.helpers.secrets import SECRETS, files_holding_a_secret, job_env_additions, read_env
+    from tests.helpers.secret_search import SECRETS, files_holding_a_secret, job_env_additions, read_env
 
     cfg = yaml.safe_load(slurm_config(workdir, max_steps=8).read_text())
     cfg["checkpoint"]["every_steps"] = 100  # only the stop request saves

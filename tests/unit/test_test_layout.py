@@ -43,3 +43,12 @@ def test_the_check_sees_the_imports_it_forbids(tmp_path):
     hits = imported_test_modules(sample, root=tmp_path)
     assert [h.split(": ", 1)[1] for h in hits] == [
         "tests.conftest", "tests.unit.test_config", ".test_data", "tests.integration.test_sharding"]
+
+
+def test_no_helper_shadows_a_standard_module():
+    """Scripts in tests/helpers/ run under torchrun put that folder first on ``sys.path``: a
+    helper named like a standard module (``secrets.py``) would replace it in every library."""
+    import sys
+
+    names = {p.stem for p in (TESTS / "helpers").glob("*.py")}
+    assert names & set(sys.stdlib_module_names) == set()
