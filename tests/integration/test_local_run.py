@@ -146,7 +146,8 @@ def test_sigterm_saves_then_resumes_extend_and_survive_a_kill_mid_checkpoint(ref
 
 
 def test_failed_rank_is_named_with_its_log(workdir):
-    proc = run_ftl(["run", write_config(workdir, base_config())], workdir,
+    cfg = base_config(data={"eval": []})  # no evaluation: the failure comes sooner
+    proc = run_ftl(["run", write_config(workdir, cfg)], workdir,
                    env={"FTL_FAILPOINT": "train.after_step:2:raise", "FTL_FAILPOINT_RANK": "1"})
     assert proc.returncode == 1, proc.stderr
     (run,) = run_dirs(workdir)
@@ -161,7 +162,8 @@ def test_failed_rank_is_named_with_its_log(workdir):
 def test_ctrl_c_stops_everything_and_exits_130(workdir, shutdown):
     """Ctrl-C shuts the private Ray down; if that shutdown blocks (failpoint), a deadline kills
     every process the command started, so Ctrl-C always stops the run."""
-    cfg = base_config(train={"max_steps": 100_000}, checkpoint={"every_steps": 100_000})
+    cfg = base_config(train={"max_steps": 100_000}, checkpoint={"every_steps": 100_000},
+                      data={"eval": []})  # no evaluation: training starts sooner
     path = write_config(workdir, cfg)
     env = {**os.environ}
     if shutdown == "hangs":
