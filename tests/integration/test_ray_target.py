@@ -112,10 +112,12 @@ def test_detach_status_logs_stop(head, workdir):
     state = ""
     deadline = time.time() + 180
     while time.time() < deadline:
-        state = run_ftl(["status", run], workdir, env=client_env(head)).stdout.strip()
-        if state == "RUNNING" and (run / "metrics.jsonl").exists():
-            break
-        time.sleep(2)
+        # Training has begun once a step is logged; ask `ftl status` (a process start each) only then.
+        if (run / "metrics.jsonl").exists():
+            state = run_ftl(["status", run], workdir, env=client_env(head)).stdout.strip()
+            if state == "RUNNING":
+                break
+        time.sleep(0.5)
     assert state == "RUNNING"
     logs = run_ftl(["logs", run], workdir, env=client_env(head))
     assert logs.returncode == 0 and "ftl driver: run folder" in logs.stdout
