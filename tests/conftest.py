@@ -3,15 +3,11 @@
 from __future__ import annotations
 
 import os
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
-import yaml
 
-ROOT = Path(__file__).resolve().parents[1]
-FTL = [sys.executable, "-m", "launcher.cli"]
+from tests.helpers.ftl import ROOT
 
 os.environ.setdefault("FTL_HOME", str(ROOT / ".cache" / "ftl"))
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
@@ -22,59 +18,52 @@ os.environ.setdefault("DS_ACCELERATOR", "cpu")
 os.environ.pop("WANDB_API_KEY", None)
 
 
-def tiny_config(name: str = "t", **sections) -> dict:
-    """A small, fast SFT config on the builtin reverse task (override any section)."""
-    cfg = {
-        "name": name,
-        "method": "sft",
-        "model": {"path": "builtin:tiny-llama"},
-        "data": {
-            "train": {"path": "builtin:reverse", "num_rows": 512},
-            "eval": {"path": "builtin:reverse", "num_rows": 32},
-            "max_length": 64,
-        },
-        "train": {"max_steps": 6, "micro_batch_size": 4, "lr": 3e-3, "schedule": "constant"},
-        "resources": {"num_workers": 2, "cpus_per_worker": 1},
-        "checkpoint": {"dir": "runs"},
-        # Reports (matplotlib, a few seconds a run) are drawn by the runs that check them.
-        "logging": {"every_steps": 1, "wandb": {"mode": "disabled"}, "report": False},
-        "eval": {"max_generate": 16, "max_new_tokens": 12},
-    }
-    for key, value in sections.items():
-        if isinstance(value, dict) and isinstance(cfg.get(key), dict):
-            cfg[key] = {**cfg[key], **value}
-        else:
-            cfg[key] = value
-    return cfg
-
-
-def write_config(folder: Path, cfg: dict, name: str = "cfg.yaml") -> Path:
-    path = folder / name
-    path.write_text(yaml.safe_dump(cfg, sort_keys=False))
-    return path
-
-
-def run_ftl(args: list[str], cwd: Path, env: dict | None = None, timeout: float = 600
-            ) -> subprocess.CompletedProcess:
-    full_env = {**os.environ, "PYTHONUNBUFFERED": "1", **(env or {})}
-    return subprocess.run(FTL + [str(a) for a in args], cwd=cwd, env=full_env, text=True,
-                          capture_output=True, timeout=timeout)
-
-
-def run_dirs(cwd: Path) -> list[Path]:
-    return sorted(p for p in (cwd / "runs").iterdir() if p.is_dir()) if (cwd / "runs").exists() else []
-
-
 @pytest.fixture
 def workdir(tmp_path: Path) -> Path:
     return tmp_path
 
 
+# Seconds each of the longest files took in a full run (2 xdist workers, this 2-core machine).
+# ``--dist loadfile`` hands out whole files in collection order: these go first, longest first,
+# so that no long file starts last while the other worker sits idle; the short files fill in.
+LONGEST_FILES = {
+    "integration/test_local_run.py": 490, "integration/test_sharding.py": 400,
+    "integration/test_slurm_target.py": 375, "integration/test_ray_target.py": 285,
+    "methods/test_methods_learn.py": 270, "integration/test_smoke.py": 230,
+    "rl/test_vllm_rollouts.py": 215, "rl/test_rl_runs.py": 200, "integration/test_elastic.py": 165,
+    "integration/test_guards.py": 145, "integration/test_smollm2.py": 120,
+    "integration/test_sweep.py": 110, "unit/test_examples.py": 95, "integration/test_quickstart.py": 80,
+    "integration/test_run_folder_writers.py": 85, "integration/test_fewshot.py": 80,
+    "rl/test_rlhf_chain.py": 75, "integration/test_sequence_parallel.py": 65,
+}
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    # xdist's loadfile otherwise reorders files by how many tests they hold, which puts a long
+    # file with one test (test_elastic.py) near the end of the run.
+    if getattr(config.option, "dist", "no") == "loadfile":
+        config.option.loadscopereorder = False
+
+
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
     """The fast tier is tests/unit (config, planning, rendering, math: no Ray, Slurm, torchrun or
     training run). Everything else starts real processes and is marked ``slow``, so
-    ``./scripts/test.sh -m "not slow"`` runs the fast tier alone."""
-    unit = ROOT / "tests" / "unit"
-    for item in items:
-        if unit not in Path(str(item.fspath)).parents:
+    ``./scripts/test.sh -m "not slow"`` runs the fast tier alone. Under xdist the longest files
+    run first (LONGEST_FILES; within a file the order stays as written); a serial run keeps the
+    collection order, so tests/rl's package-wide Ray session starts once."""
+    tests = ROOT / "tests"
+    unit = tests / "unit"
+    first_seen: dict[Path, int] = {}
+    for index, item in enumerate(items):
+        path = Path(str(item.fspath))
+        first_seen.setdefault(path, index)
+        if unit not in path.parents:
             item.add_marker(pytest.mark.slow)
+
+    def order(item: pytest.Item) -> tuple[int, int]:
+        path = Path(str(item.fspath))
+        seconds = LONGEST_FILES.get(path.relative_to(tests).as_posix(), 0) if tests in path.parents else 0
+        return -seconds, first_seen[path]
+
+    if hasattr(config, "workerinput"):  # an xdist worker: the controller schedules its order
+        items.sort(key=order)  # stable: a file's tests keep their order

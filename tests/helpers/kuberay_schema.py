@@ -12,7 +12,7 @@ from pathlib import Path
 
 import yaml
 
-from tests.conftest import ROOT
+from tests.helpers.ftl import ROOT
 
 CRD_DIR = ROOT.parent / "shared" / "kuberay"
 

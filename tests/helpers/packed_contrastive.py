@@ -16,7 +16,7 @@ from launcher.config.load import validate_config
 from launcher.data.synthetic import generate
 from launcher.models.tiny import resolve_model_path
 from strategies import build_strategy
-from tests.conftest import tiny_config
+from tests.helpers.ftl import tiny_config
 
 if __name__ == "__main__":
     from transformers import AutoTokenizer

@@ -13,7 +13,7 @@ from launcher.config.load import config_to_dict, validate_config
 from launcher.metrics.sinks import MetricSinks
 from launcher.plan.planner import make_plan
 from launcher.run.rundir import RunFolder
-from tests.conftest import tiny_config
+from tests.helpers.ftl import tiny_config
 
 STEPS = 20
 

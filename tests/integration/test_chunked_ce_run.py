@@ -7,8 +7,7 @@ from __future__ import annotations
 
 import pytest
 
-from tests.integration.test_local_run import losses
-from tests.integration.test_sharding import LORA, matrix_config, prepare, torchrun_many
+from tests.helpers.runs import LORA, losses, matrix_config, prepare, torchrun_many
 
 STEPS = 3
 

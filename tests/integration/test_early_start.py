@@ -11,7 +11,7 @@ import pytest
 from cluster.local import LocalTarget
 from launcher.core.errors import UserError
 from launcher.run.submit import prepare_run
-from tests.conftest import run_dirs, tiny_config, write_config
+from tests.helpers.ftl import run_dirs, tiny_config, write_config
 
 
 def test_a_refused_run_stops_the_runtime_started_during_preflight(workdir, monkeypatch):

@@ -5,11 +5,10 @@ from __future__ import annotations
 
 import json
 import time
-from pathlib import Path
 
 import pytest
 
-from tests.conftest import tiny_config, write_config
+from tests.helpers.ftl import tiny_config, write_config
 
 
 def test_elastic_run_shrinks_on_a_lost_node_and_grows_back(workdir, monkeypatch):
@@ -24,14 +23,9 @@ def test_elastic_run_shrinks_on_a_lost_node_and_grows_back(workdir, monkeypatch)
     import ray
     from ray.cluster_utils import Cluster
 
-    from launcher.metrics.jsonl import read_metrics
     from launcher.run.driver import run_trainer
     from launcher.run.submit import prepare_run
-    from tests.integration.test_guards import torchrun
-    from tests.integration.test_sharding import prepare
-
-    def losses(run: Path) -> dict[int, float]:
-        return {m["step"]: m["train/loss"] for m in read_metrics(run / "metrics.jsonl") if "train/loss" in m}
+    from tests.helpers.runs import losses, prepare, torchrun
 
     cfg = tiny_config(train={"max_steps": 8, "max_failures": 2, "schedule": "constant"},
                       checkpoint={"dir": "runs", "every_steps": 2, "keep": 5},

@@ -12,7 +12,7 @@ import pytest
 
 from launcher.core.errors import UserError
 from launcher.tools.fewshot import build_messages, build_text, draw_supports, load_examples
-from tests.conftest import run_ftl, write_config
+from tests.helpers.ftl import ftl_in_process, run_ftl, write_config
 
 
 def test_eval_gives_one_json_row_per_k(workdir):
@@ -61,12 +61,12 @@ def test_prompt_has_k_support_turns_none_equal_to_the_query(tmp_path):
 
 
 def test_bad_inputs_exit_2_naming_them(workdir):
-    proc = run_ftl(["eval", "builtin:tiny-llama", "--data", "data/missing.jsonl"], workdir)
+    proc = ftl_in_process(["eval", "builtin:tiny-llama", "--data", "data/missing.jsonl"], workdir)
     assert proc.returncode == 2, proc.stderr
     assert "data/missing.jsonl" in proc.stderr and "file not found" in proc.stderr
     (workdir / "run").mkdir()
     (workdir / "run" / "config.yaml").write_text("model: {path: 'builtin:tiny-llama'}\n")
-    proc = run_ftl(["eval", "run", "--data", "builtin:reverse", "--num", "2"], workdir)
+    proc = ftl_in_process(["eval", "run", "--data", "builtin:reverse", "--num", "2"], workdir)
     assert proc.returncode == 2 and "run: this run has no final/ model" in proc.stderr, proc.stderr
 
 

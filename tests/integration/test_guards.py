@@ -14,24 +14,13 @@ in test_local_run.py with a failing rank.)
 from __future__ import annotations
 
 import json
-import os
-import subprocess
-import sys
 import time
 from pathlib import Path
 
 import torch
 
-from tests.conftest import tiny_config
-from tests.integration.test_sharding import prepare
-
-
-def torchrun(run: Path, env: dict | None = None) -> subprocess.CompletedProcess:
-    return subprocess.run(
-        [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node", "2",
-         "-m", "launcher.train.loop", str(run)],
-        env={**os.environ, "OMP_NUM_THREADS": "1", **(env or {})}, capture_output=True, text=True,
-        timeout=300)
+from tests.helpers.ftl import tiny_config
+from tests.helpers.runs import prepare, torchrun
 
 
 def failure(run: Path, rank: int) -> str:

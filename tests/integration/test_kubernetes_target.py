@@ -19,8 +19,8 @@ from cluster.kubernetes import KubernetesTarget
 from launcher.cli import cli
 from launcher.core.errors import UserError
 from launcher.run.rundir import RunFolder
-from tests.conftest import run_dirs, run_ftl, tiny_config, write_config
 from tests.helpers.fake_k8s import FakeKube
+from tests.helpers.ftl import run_dirs, run_ftl, tiny_config, write_config
 from tests.helpers.kuberay_schema import crd_available, validate_rayjob
 
 RAYJOBS = "/apis/ray.io/v1/namespaces/ml/rayjobs"

@@ -13,16 +13,12 @@ from pathlib import Path
 import psutil
 import pytest
 
-from launcher.metrics.jsonl import read_metrics
-from tests.conftest import FTL, run_dirs, run_ftl, tiny_config, write_config
+from tests.helpers.ftl import FTL, run_dirs, run_ftl, tiny_config, write_config
+from tests.helpers.runs import losses
+from tests.helpers.secret_search import SECRETS, assert_searched, files_holding_a_secret
 from tests.helpers.wandb_file import find_wandb_file, history
-from tests.integration.test_secrets import SECRETS, assert_searched, files_holding_a_secret
 
 STEPS = 8
-
-
-def losses(run: Path) -> dict[int, float]:
-    return {m["step"]: m["train/loss"] for m in read_metrics(run / "metrics.jsonl") if "train/loss" in m}
 
 
 def base_config(**overrides) -> dict:
@@ -150,7 +146,8 @@ def test_sigterm_saves_then_resumes_extend_and_survive_a_kill_mid_checkpoint(ref
 
 
 def test_failed_rank_is_named_with_its_log(workdir):
-    proc = run_ftl(["run", write_config(workdir, base_config())], workdir,
+    cfg = base_config(data={"eval": []})  # no evaluation: the failure comes sooner
+    proc = run_ftl(["run", write_config(workdir, cfg)], workdir,
                    env={"FTL_FAILPOINT": "train.after_step:2:raise", "FTL_FAILPOINT_RANK": "1"})
     assert proc.returncode == 1, proc.stderr
     (run,) = run_dirs(workdir)
@@ -165,7 +162,8 @@ def test_failed_rank_is_named_with_its_log(workdir):
 def test_ctrl_c_stops_everything_and_exits_130(workdir, shutdown):
     """Ctrl-C shuts the private Ray down; if that shutdown blocks (failpoint), a deadline kills
     every process the command started, so Ctrl-C always stops the run."""
-    cfg = base_config(train={"max_steps": 100_000}, checkpoint={"every_steps": 100_000})
+    cfg = base_config(train={"max_steps": 100_000}, checkpoint={"every_steps": 100_000},
+                      data={"eval": []})  # no evaluation: training starts sooner
     path = write_config(workdir, cfg)
     env = {**os.environ}
     if shutdown == "hangs":

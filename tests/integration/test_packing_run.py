@@ -13,7 +13,7 @@ import pytest
 
 from launcher.metrics.jsonl import read_metrics
 from scripts.bench.common import replayed_rows  # rebuilds rows independently of the loop
-from tests.conftest import tiny_config, write_config
+from tests.helpers.ftl import tiny_config, write_config
 
 STEPS, MICRO, MAX_LENGTH = 6, 2, 128
 

@@ -14,7 +14,7 @@ import pytest
 from launcher.config.load import validate_config
 from launcher.core.errors import JobFailed
 from launcher.run.placement import START_TIMEOUT_ENV, bounded_placement, failure_limits
-from tests.conftest import tiny_config
+from tests.helpers.ftl import tiny_config
 
 
 def _never_runs(config: dict) -> None:
@@ -64,7 +64,7 @@ def test_run_trainer_fails_an_unplaceable_run_in_bounded_time(workdir, monkeypat
     from cluster.local import start_private_ray, stop_private_ray
     from launcher.run.driver import run_trainer
     from launcher.run.submit import prepare_run
-    from tests.conftest import write_config
+    from tests.helpers.ftl import write_config
 
     cfg = tiny_config(resources={"num_workers": 2, "cpus_per_worker": 2, "placement_timeout_s": 4},
                       cluster={"local": {"num_cpus": 4}})

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import re
 
-from tests.conftest import ROOT, run_dirs, run_ftl
+from tests.helpers.ftl import ROOT, run_dirs, run_ftl
 
 # What library output looks like: tqdm bars ("45%|####5 | 9/20 [00:01<00:02, 8.1it/s]"), Python
 # warnings ("FutureWarning: ...", "warnings.warn("), logging records ("[WARNING]", "WARNING:").

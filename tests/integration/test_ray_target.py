@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 
 from launcher.data.synthetic import generate
-from tests.conftest import run_dirs, run_ftl, tiny_config, write_config
+from tests.helpers.ftl import ftl_in_process, run_dirs, run_ftl, tiny_config, write_config
 from tests.helpers.ray_head import RayHead
 
 TOKEN = "ftl-test-token-5b0c9f1e7d"
@@ -112,10 +112,12 @@ def test_detach_status_logs_stop(head, workdir):
     state = ""
     deadline = time.time() + 180
     while time.time() < deadline:
-        state = run_ftl(["status", run], workdir, env=client_env(head)).stdout.strip()
-        if state == "RUNNING" and (run / "metrics.jsonl").exists():
-            break
-        time.sleep(2)
+        # Training has begun once a step is logged; ask `ftl status` (a process start each) only then.
+        if (run / "metrics.jsonl").exists():
+            state = run_ftl(["status", run], workdir, env=client_env(head)).stdout.strip()
+            if state == "RUNNING":
+                break
+        time.sleep(0.5)
     assert state == "RUNNING"
     logs = run_ftl(["logs", run], workdir, env=client_env(head))
     assert logs.returncode == 0 and "ftl driver: run folder" in logs.stdout
@@ -146,7 +148,7 @@ def test_more_workers_than_the_cluster_has_is_refused_before_submitting(head, wo
 
 def test_unreachable_cluster_is_a_user_error(workdir):
     cfg = tiny_config(cluster={"target": "ray", "ray": {"address": "http://127.0.0.1:9"}})
-    proc = run_ftl(["run", write_config(workdir, cfg)], workdir, timeout=120)
+    proc = ftl_in_process(["run", write_config(workdir, cfg)], workdir)
     assert proc.returncode == 2, proc.stderr
     assert "cannot reach the Ray dashboard at http://127.0.0.1:9" in proc.stderr
     assert run_dirs(workdir) == []

@@ -12,7 +12,7 @@ import pytest
 from click.testing import CliRunner
 
 from launcher.cli import cli
-from tests.conftest import tiny_config, write_config
+from tests.helpers.ftl import tiny_config, write_config
 from tests.helpers.report_runs import make_run
 
 TAB_BLUE, TAB_ORANGE = (31, 119, 180), (255, 127, 14)  # the first two runs' colours (tab10)

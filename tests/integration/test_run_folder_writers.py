@@ -16,7 +16,7 @@ import psutil
 import pytest
 
 from launcher.run.rundir import RunFolder
-from tests.conftest import FTL, run_dirs, run_ftl, tiny_config, write_config
+from tests.helpers.ftl import FTL, run_dirs, run_ftl, tiny_config, write_config
 
 
 @pytest.fixture(scope="module")

@@ -18,9 +18,8 @@ from pathlib import Path
 import pytest
 import torch
 
-from tests.conftest import ROOT, tiny_config
-from tests.integration.test_local_run import losses
-from tests.integration.test_sharding import prepare, torchrun_many
+from tests.helpers.ftl import ROOT, tiny_config
+from tests.helpers.runs import losses, prepare, torchrun_many
 
 STEPS = 10
 # name: (backend, sp_size, data); each sp-* run is compared with ref-<data>. sp-zero3 also

@@ -21,41 +21,11 @@ import yaml
 
 from launcher.config.load import apply_overrides
 from launcher.run.rundir import RunFolder
-from tests.conftest import FTL, ROOT, run_ftl, tiny_config, write_config
-from tests.integration.test_local_run import losses
+from tests.helpers.ftl import FTL, run_ftl, tiny_config, write_config
+from tests.helpers.runs import MATRIX_STEPS, losses, matrix_config, prepare, torchrun_many
 
 BACKENDS = ["ddp", "zero1", "zero2", "zero2_offload", "zero3", "zero3_offload", "fsdp2", "fsdp2_offload"]
-STEPS = 8
-LORA = {"r": 8, "alpha": 16, "target_modules": "all-linear"}
-
-
-def torchrun_many(run_dirs: list[Path], timeout: float = 900, env: dict | None = None) -> None:
-    env = {**os.environ, "OMP_NUM_THREADS": "1", **(env or {})}
-    proc = subprocess.run(
-        [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node", "2",
-         str(ROOT / "tests" / "helpers" / "run_many.py"), *map(str, run_dirs)],
-        env=env, capture_output=True, text=True, timeout=timeout)
-    assert proc.returncode == 0, proc.stderr[-4000:]
-
-
-def prepare(work: Path, name: str, cfg: dict) -> Path:
-    from launcher.run.submit import prepare_run
-
-    folder, _ = prepare_run(str(write_config(work, cfg, f"{name}.yaml")), None, (),
-                            runs_dir=str(work / "runs"))
-    return folder.path.resolve()
-
-
-def matrix_config(name: str, backend: str, lora: bool, **train) -> dict:
-    cfg = tiny_config(name=name, sharding={"backend": backend},
-                      train={"max_steps": STEPS, "micro_batch_size": 4, "lr": 3e-3,
-                             "schedule": "constant", "global_batch_size": 16, **train},
-                      checkpoint={"dir": "runs", "every_steps": STEPS // 2, "keep": 2},
-                      eval={"max_generate": 8, "max_new_tokens": 8, "batch_size": 4})
-    cfg["data"]["eval"]["num_rows"] = 16
-    if lora:
-        cfg["peft"] = LORA
-    return cfg
+STEPS = MATRIX_STEPS
 
 
 @pytest.fixture(scope="module")
@@ -205,12 +175,14 @@ def test_sharded_loading_never_holds_the_whole_model(tmp_path):
 
 
 def test_killed_worker_is_replaced_and_run_finishes(tmp_path):
-    """Ray restarts the worker group from the last checkpoint after a real SIGKILL (ZeRO-2)."""
-    steps = 100  # the kill lands after the step-40 checkpoint, with 50 steps still to go
+    """Ray restarts the worker group from the last checkpoint after a real SIGKILL (ZeRO-2).
+    The ranks hold after step 6 (a failpoint) until the test has killed rank 1, so the kill
+    lands after the step-4 checkpoint and before the run can end, however fast the steps are."""
+    steps = 12
     cfg = tiny_config(name="kill", sharding={"backend": "zero2"},
                       train={"max_steps": steps, "micro_batch_size": 4, "lr": 1e-3, "schedule": "constant",
                              "max_failures": 1},
-                      checkpoint={"dir": "runs", "every_steps": 40, "keep": 2},
+                      checkpoint={"dir": "runs", "every_steps": 4, "keep": 2},
                       data={"train": {"path": "builtin:reverse", "num_rows": 512}, "eval": [],
                             "max_length": 64})
     reference = prepare(tmp_path / "ref", "ref", cfg) if (tmp_path / "ref").mkdir() is None else None
@@ -218,17 +190,22 @@ def test_killed_worker_is_replaced_and_run_finishes(tmp_path):
     work = tmp_path / "ray"
     work.mkdir()
     path = write_config(work, cfg)
+    release = tmp_path / "release"
+    env = {**os.environ, "FTL_FAILPOINT": "train.after_step:6:hold", "FTL_FAILPOINT_HOLD": str(release)}
     proc = subprocess.Popen(FTL + ["run", str(path)], cwd=work, stdout=subprocess.PIPE,
-                            stderr=subprocess.PIPE, text=True, env={**os.environ})
+                            stderr=subprocess.PIPE, text=True, env=env)
     killed = None
     deadline = time.time() + 300
-    while time.time() < deadline and proc.poll() is None and killed is None:
-        runs = [p for p in (work / "runs").glob("*")] if (work / "runs").exists() else []
-        if runs and max(losses(runs[0]), default=0) >= 50:  # the step-40 checkpoint is written
-            pid = int((runs[0] / "logs" / "rank-1.pid").read_text())
-            os.kill(pid, signal.SIGKILL)
-            killed = pid
-        time.sleep(0.1)
+    try:
+        while time.time() < deadline and proc.poll() is None and killed is None:
+            runs = [p for p in (work / "runs").glob("*")] if (work / "runs").exists() else []
+            if runs and max(losses(runs[0]), default=0) >= 5:  # the step-4 checkpoint is written
+                pid = int((runs[0] / "logs" / "rank-1.pid").read_text())
+                os.kill(pid, signal.SIGKILL)
+                killed = pid
+            time.sleep(0.1)
+    finally:
+        release.touch()  # the restarted ranks (and any left waiting) go on past step 6
     assert killed, "the run ended before the worker could be killed"
     _, err = proc.communicate(timeout=600)
     assert proc.returncode == 0, err

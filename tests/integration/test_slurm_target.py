@@ -15,7 +15,7 @@ import psutil
 import pytest
 import yaml
 
-from tests.conftest import FTL, run_ftl, tiny_config, write_config
+from tests.helpers.ftl import FTL, ftl_in_process, run_ftl, tiny_config, write_config
 from tests.helpers.slurm_cluster import SlurmCluster, available
 
 pytestmark = pytest.mark.skipif(not available(),
@@ -84,7 +84,7 @@ def test_stop_cancels_a_running_job(slurm, workdir):
 
 def test_hostile_directive_value_is_refused(workdir):
     cfg = tiny_config(cluster={"target": "slurm", "slurm": {"partition": "gpu\n#SBATCH --uid=0"}})
-    proc = run_ftl(["run", write_config(workdir, cfg), "--dry-run"], workdir)
+    proc = ftl_in_process(["run", write_config(workdir, cfg), "--dry-run"], workdir)
     assert proc.returncode == 2
     assert "cluster.slurm.partition" in proc.stderr and "cannot be put in an #SBATCH line" in proc.stderr
 
@@ -97,13 +97,8 @@ def test_job_saves_on_the_time_limit_warning_requeues_and_resumes_exactly(slurm,
     (the same 2 ranks under torchrun), step for step. Its Ray head refuses a client without the
     job's token. Submitted with (fake) secrets in the environment: they reach the node, no
     file ftl writes holds them, and the job's environment is the submitting one (test_secrets.py)."""
-    from launcher.metrics.jsonl import read_metrics
-    from tests.integration.test_guards import torchrun
-    from tests.integration.test_secrets import SECRETS, files_holding_a_secret, job_env_additions, read_env
-    from tests.integration.test_sharding import prepare
-
-    def losses(run: Path) -> dict[int, float]:
-        return {m["step"]: m["train/loss"] for m in read_metrics(run / "metrics.jsonl") if "train/loss" in m}
+    from tests.helpers.runs import losses, prepare, torchrun
+    from tests.helpers.secret_search import SECRETS, files_holding_a_secret, job_env_additions, read_env
 
     cfg = yaml.safe_load(slurm_config(workdir, max_steps=8).read_text())
     cfg["checkpoint"]["every_steps"] = 100  # only the stop request saves

@@ -13,7 +13,7 @@ import json
 
 import pytest
 
-from tests.conftest import ROOT, run_dirs, run_ftl
+from tests.helpers.ftl import ROOT, run_dirs, run_ftl
 
 EXAMPLES = ROOT / "configs" / "examples" / "llama-3.1-70b"
 

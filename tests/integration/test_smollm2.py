@@ -19,7 +19,7 @@ from pathlib import Path
 import pytest
 
 from launcher.core.paths import ftl_home
-from tests.conftest import ROOT, run_dirs, run_ftl
+from tests.helpers.ftl import ROOT, run_dirs, run_ftl
 
 EXAMPLE = ROOT / "configs" / "examples" / "smollm2-135m" / "lora_sft.yaml"
 CONVERTER = ROOT / "scripts" / "convert_gguf.py"

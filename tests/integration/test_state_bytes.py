@@ -27,7 +27,7 @@ import pytest
 from launcher.plan.planner import make_plan
 from launcher.run.rundir import RunFolder
 from launcher.train.state_bytes import TERMS
-from tests.integration.test_sharding import matrix_config, prepare, torchrun_many
+from tests.helpers.runs import matrix_config, prepare, torchrun_many
 
 BACKENDS = ["ddp", "zero1", "zero2", "zero2_offload", "zero3", "zero3_offload", "fsdp2", "fsdp2_offload"]
 MODEL = "builtin:tiny-llama-256"
@@ -107,7 +107,7 @@ def test_the_measurement_is_taken_once_and_leaves_the_optimizer_as_it_was():
     from launcher.config.load import validate_config
     from launcher.train.dist import RankContext
     from launcher.train.state_bytes import FirstStepProbe
-    from tests.conftest import tiny_config
+    from tests.helpers.ftl import tiny_config
 
     model = torch.nn.Linear(4, 2)
     opt = torch.optim.AdamW(model.parameters())

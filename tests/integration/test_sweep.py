@@ -8,7 +8,7 @@ from pathlib import Path
 import yaml
 
 from launcher.metrics.jsonl import read_metrics
-from tests.conftest import run_ftl, tiny_config, write_config
+from tests.helpers.ftl import ftl_in_process, run_ftl, tiny_config, write_config
 
 STEPS = 8
 SAMPLES = 2  # one wave of trials on 2 CPUs: every trial starts its own worker group
@@ -59,11 +59,11 @@ def test_sweep_runs_trials_and_keeps_the_best(workdir):
 
 def test_bad_param_exits_2_before_anything_runs(workdir):
     cfg = write_config(workdir, sweep_config())
-    proc = run_ftl(["sweep", cfg, "--param", "train.lrr=loguniform:1e-4:1e-2"], workdir)
+    proc = ftl_in_process(["sweep", cfg, "--param", "train.lrr=loguniform:1e-4:1e-2"], workdir)
     assert proc.returncode == 2, proc.stderr
     assert "unknown config path 'train.lrr'" in proc.stderr and "did you mean 'train.lr'" in proc.stderr
-    proc = run_ftl(["sweep", cfg, "--param", "train.lr=loguniform:1e-4"], workdir)
+    proc = ftl_in_process(["sweep", cfg, "--param", "train.lr=loguniform:1e-4"], workdir)
     assert proc.returncode == 2 and "accepted forms: loguniform:LO:HI" in proc.stderr, proc.stderr
-    proc = run_ftl(["sweep", cfg, "--param", "train.warmup_steps=uniform:0:10"], workdir)
+    proc = ftl_in_process(["sweep", cfg, "--param", "train.warmup_steps=uniform:0:10"], workdir)
     assert proc.returncode == 2 and "valid integer" in proc.stderr, proc.stderr
     assert not (workdir / "runs").exists()

@@ -18,9 +18,8 @@ from pathlib import Path
 
 import pytest
 
-from tests.conftest import tiny_config
-from tests.integration.test_local_run import losses
-from tests.integration.test_sharding import prepare, torchrun_many
+from tests.helpers.ftl import tiny_config
+from tests.helpers.runs import losses, prepare, torchrun_many
 
 LORA = {"r": 8, "alpha": 16, "target_modules": "all-linear"}
 DATA = {

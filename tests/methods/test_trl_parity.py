@@ -16,7 +16,7 @@ import torch
 from launcher.config.load import validate_config
 from launcher.data.synthetic import generate
 from launcher.models.tiny import resolve_model_path
-from tests.conftest import tiny_config
+from tests.helpers.ftl import tiny_config
 from tests.helpers.models import perturbed
 
 ROWS = 8

@@ -7,8 +7,8 @@ import textwrap
 import uuid
 
 from launcher.metrics.jsonl import read_metrics
-from tests.conftest import write_config
-from tests.rl.conftest import letters_config, run_in_session
+from tests.helpers.ftl import write_config
+from tests.helpers.rl import letters_config, run_in_session
 
 
 def test_dapo_with_rloo_and_dynamic_sampling_raises_a_sparse_reward(ray_session, tmp_path):

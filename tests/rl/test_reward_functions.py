@@ -16,8 +16,8 @@ from launcher.core.errors import UserError
 from strategies.ppo.options import RewardFunction
 from strategies.ppo.prompts import Prompt
 from strategies.ppo.rewards import RewardError, RewardFunctions
-from tests.conftest import run_ftl, write_config
-from tests.rl.conftest import letters_config, run_in_session
+from tests.helpers.ftl import ftl_in_process, write_config
+from tests.helpers.rl import letters_config, run_in_session
 
 
 def _module(folder: Path, body: str) -> str:
@@ -32,15 +32,16 @@ def _prompts(answers: list[str]) -> list[Prompt]:
             for i, a in enumerate(answers)]
 
 
-def _functions(folder: Path, body: str, *entries: dict) -> RewardFunctions:
-    import sys
+@pytest.fixture
+def functions(tmp_path, monkeypatch):
+    """Reward functions from a module written in ``tmp_path``, importable for this test only."""
+    monkeypatch.syspath_prepend(str(tmp_path))
 
-    name = _module(folder, body)
-    sys.path.append(str(folder))
-    try:
+    def load(body: str, *entries: dict) -> RewardFunctions:
+        name = _module(tmp_path, body)
         return RewardFunctions([RewardFunction(**{**e, "name": f"{name}:{e['name']}"}) for e in entries])
-    finally:
-        sys.path.remove(str(folder))
+
+    return load
 
 
 BODY = """
@@ -65,8 +66,8 @@ BODY = """
 """
 
 
-def test_columns_reach_each_function_as_its_signature_asks_and_weights_add_up(tmp_path):
-    fns = _functions(tmp_path, BODY, {"name": "match", "weight": 2.0},
+def test_columns_reach_each_function_as_its_signature_asks_and_weights_add_up(functions):
+    fns = functions(BODY, {"name": "match", "weight": 2.0},
                      {"name": "length", "kwargs": {"scale": 0.5}}, {"name": "only_even"})
     totals, metrics = fns.score(_prompts(["4", "7", "x"]), ["4", " 8", "x "])
     assert totals == [2 * 1 + 0.5 * 1 + 1, 2 * 0 + 0.5 * 2 + 0, 2 * 1 + 0.5 * 2 + 1]
@@ -74,22 +75,22 @@ def test_columns_reach_each_function_as_its_signature_asks_and_weights_add_up(tm
                        "reward/only_even": 1.0}  # None rows are left out of the mean
 
 
-def test_a_broken_function_is_named_with_its_row(tmp_path):
+def test_a_broken_function_is_named_with_its_row(functions):
     prompts = _prompts(["1", "boom", "3"])
     with pytest.raises(RewardError) as info:
-        _functions(tmp_path, BODY, {"name": "bad_row"}).score(prompts, ["a", "b", "c"])
+        functions(BODY, {"name": "bad_row"}).score(prompts, ["a", "b", "c"])
     text = str(info.value)
     assert ":bad_row raised ZeroDivisionError" in text and "on data.jsonl:2" in text and "'q1'" in text
     with pytest.raises(RewardError, match=r":short returned 1 scores for 3 completions"):
-        _functions(tmp_path, BODY, {"name": "short"}).score(prompts, ["a", "b", "c"])
+        functions(BODY, {"name": "short"}).score(prompts, ["a", "b", "c"])
     with pytest.raises(RewardError, match=r":nan_row returned nan for data.jsonl:2"):
-        _functions(tmp_path, BODY, {"name": "nan_row"}).score(prompts, ["a", "b", "c"])
+        functions(BODY, {"name": "nan_row"}).score(prompts, ["a", "b", "c"])
 
 
 def test_an_unimportable_function_fails_validation_with_exit_2_naming_it(tmp_path):
     names = ["strategies.ppo.rewards:letter_a_fraction", "no_such_rewards:score"]
     cfg = letters_config("grpo", "missing-fn", reward={"function": names})
-    proc = run_ftl(["validate", write_config(tmp_path, cfg)], tmp_path)
+    proc = ftl_in_process(["validate", write_config(tmp_path, cfg)], tmp_path)
     assert proc.returncode == 2, proc.stderr
     assert "grpo.reward.function.1.name: cannot import 'no_such_rewards:score'" in proc.stderr
     with pytest.raises(UserError, match="reward.weights must hold one weight per function"):

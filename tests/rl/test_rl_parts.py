@@ -15,7 +15,7 @@ from strategies.ppo.batch import collate_rollouts, policy_forward, response_mask
 from strategies.ppo.models import pack, unpack
 from strategies.ppo.prompts import step_prompts
 from strategies.ppo.rewards import letter_a_fraction
-from tests.rl.conftest import letters_config
+from tests.helpers.rl import letters_config
 
 EOS = 2
 

@@ -9,30 +9,14 @@ run folder (metrics.jsonl, summary.json, logs/roles.json, final/, checkpoints/).
 from __future__ import annotations
 
 import json
-import statistics
 from pathlib import Path
 
 import psutil
 import pytest
 
 from launcher.metrics.jsonl import read_metrics
-from tests.conftest import run_dirs, run_ftl, write_config
-from tests.rl.conftest import letters_config, run_in_session
-
-RISE = 0.3  # on a [0, 1] reward
-
-
-def rewards(run: Path) -> list[float]:
-    return [m["reward/mean"] for m in read_metrics(run / "metrics.jsonl") if "reward/mean" in m]
-
-
-def assert_reward_rose(run: Path) -> tuple[float, float]:
-    curve = rewards(run)
-    summary = json.loads((run / "summary.json").read_text())
-    initial, final = summary["initial"]["reward/mean"], statistics.mean(curve[-3:])
-    assert initial == curve[0] and summary["final"]["reward/mean"] == curve[-1]
-    assert final >= initial + RISE, f"reward {initial:.3f} -> {final:.3f}: {[round(r, 3) for r in curve]}"
-    return initial, final
+from tests.helpers.ftl import run_dirs, run_ftl, write_config
+from tests.helpers.rl import assert_reward_rose, letters_config, run_in_session
 
 
 def actors(run: Path) -> dict[str, list[dict]]:

@@ -15,8 +15,8 @@ import sys
 from pathlib import Path
 
 from launcher.metrics.jsonl import read_metrics
-from tests.conftest import ROOT
-from tests.rl.conftest import run_in_session
+from tests.helpers.ftl import ROOT
+from tests.helpers.rl import run_in_session
 
 EXAMPLES = ROOT / "configs" / "examples" / "rlhf"
 RISE = 1.0  # reward-model units; its chosen-minus-rejected margin on held-out pairs is ~5

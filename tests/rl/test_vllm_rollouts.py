@@ -15,9 +15,8 @@ import pytest
 from launcher.core.errors import JobFailed
 from launcher.metrics.jsonl import read_metrics
 from strategies.ppo.engine import vllm_status
-from tests.conftest import run_dirs, run_ftl, write_config
-from tests.rl.conftest import letters_config, run_in_session
-from tests.rl.test_rl_runs import assert_reward_rose
+from tests.helpers.ftl import run_dirs, run_ftl, write_config
+from tests.helpers.rl import assert_reward_rose, letters_config, run_in_session
 
 pytestmark = pytest.mark.skipif(vllm_status() is not None, reason=str(vllm_status()))
 

@@ -7,7 +7,7 @@ from __future__ import annotations
 import pytest
 
 from launcher.core.errors import JobFailed
-from tests.rl.conftest import letters_config, run_in_session
+from tests.helpers.rl import letters_config, run_in_session
 
 
 def test_a_sync_that_never_lands_stops_the_run_naming_the_worker(ray_session, tmp_path, monkeypatch):

@@ -23,7 +23,7 @@ from launcher.train.checkpoint import (
     refuse_changed_writer,
 )
 from launcher.train.dist import RankContext
-from tests.conftest import tiny_config
+from tests.helpers.ftl import tiny_config
 
 CTX = RankContext(rank=0, world_size=1, local_rank=0, device=torch.device("cpu"), launcher="single")
 

@@ -168,7 +168,7 @@ def test_activation_offload_changes_nothing(checkpointing):
 def test_liger_refused_on_cpu_only_run():
     from launcher.config.load import validate_config
     from launcher.core.errors import UserError
-    from tests.conftest import tiny_config
+    from tests.helpers.ftl import tiny_config
 
     with pytest.raises(UserError) as info:
         validate_config(tiny_config(model={"path": "builtin:tiny-llama", "cross_entropy": "liger"}))

@@ -8,7 +8,7 @@ import pytest
 
 from launcher.config.load import apply_overrides, load_config, run_config_model
 from launcher.core.errors import UserError
-from tests.conftest import tiny_config, write_config
+from tests.helpers.ftl import tiny_config, write_config
 
 
 def problems(exc: UserError) -> list[str]:

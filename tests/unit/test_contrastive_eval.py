@@ -10,7 +10,7 @@ import torch
 
 from launcher.config.load import validate_config
 from launcher.data.pipeline import EvalSet
-from tests.conftest import tiny_config
+from tests.helpers.ftl import tiny_config
 
 
 def test_eval_embeds_each_batch_once_and_scores_them():

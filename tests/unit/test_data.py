@@ -121,7 +121,7 @@ def test_packed_loss_equals_the_examples_losses_summed(tiny):
 def test_sft_masks_assistant_tokens_with_and_without_generation_markers(tiny):
     from launcher.config.load import validate_config
     from strategies.sft import SFTStrategy
-    from tests.conftest import tiny_config
+    from tests.helpers.ftl import tiny_config
 
     tok, _ = tiny
     cfg = validate_config(tiny_config())
@@ -142,7 +142,7 @@ def test_sft_masks_assistant_tokens_with_and_without_generation_markers(tiny):
 def test_prompt_completion_trains_completion_and_eos(tiny):
     from launcher.config.load import validate_config
     from strategies.sft import SFTStrategy
-    from tests.conftest import tiny_config
+    from tests.helpers.ftl import tiny_config
 
     tok, _ = tiny
     ex = SFTStrategy(validate_config(tiny_config()), tok).tokenize(

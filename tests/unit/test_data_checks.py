@@ -13,7 +13,7 @@ from pathlib import Path
 from click.testing import CliRunner
 
 from launcher.cli import cli
-from tests.conftest import tiny_config, write_config
+from tests.helpers.ftl import tiny_config, write_config
 
 LONG_PROMPT = "explain: " + " ".join(["a b c d e f g h i j"] * 12)  # ~130 tokens with the template
 

@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.conftest import ROOT, run_ftl
+from tests.helpers.ftl import ROOT, ftl_in_process, run_ftl
 
 CONFIGS = sorted((ROOT / "configs").rglob("*.yaml"))
 BIG = [p for p in CONFIGS if "llama-3.1-" in str(p.parent.name)]
@@ -29,7 +29,7 @@ def test_every_config_in_configs_validates():
 
 @pytest.mark.parametrize("path", BIG, ids=lambda p: f"{p.parent.name}/{p.name}")
 def test_big_example_plans_and_fits(path: Path):
-    proc = run_ftl(["plan", path, "--json"], ROOT, timeout=300)
+    proc = ftl_in_process(["plan", path, "--json"], ROOT)
     assert proc.returncode == 0, proc.stderr[-3000:]
     plan = json.loads(proc.stdout)
     params = plan["parameters"]

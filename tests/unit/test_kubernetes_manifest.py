@@ -23,8 +23,8 @@ from cluster.kubernetes import TERMINAL, job_state
 from launcher.config.load import validate_config
 from launcher.core.errors import UserError
 from launcher.core.preemption import stop_reason
+from tests.helpers.golden import EXAMPLE_70B, check_golden
 from tests.helpers.kuberay_schema import crd_available, validate_rayjob
-from tests.unit.test_golden_scripts import EXAMPLE_70B, check_golden
 
 needs_crd = pytest.mark.skipif(not crd_available(), reason="../shared/kuberay CRDs are absent")
 RUN_DIR = "/runs/llama3-70b-sft-20260101-000000"

@@ -18,7 +18,8 @@ from launcher.core.errors import UserError
 from launcher.plan import memory_model as mm
 from launcher.plan.auto_sharding import CANDIDATES, prepared_config
 from launcher.plan.planner import count_on_meta, make_plan
-from tests.conftest import tiny_config, write_config
+from tests.helpers.ftl import tiny_config, write_config
+from tests.helpers.hub import hub_config
 
 DS_ZERO2 = pytest.importorskip("deepspeed.runtime.zero.stage_1_and_2")
 DS_ZERO3 = pytest.importorskip("deepspeed.runtime.zero.stage3")
@@ -193,16 +194,6 @@ def test_kv_cache_formula_matches_transformers_cache():
 
 
 # ---------------------------------------------------------------- (b) bundled architectures
-
-
-def hub_config(model: str, **sections) -> object:
-    base = {"model": {"path": model, "dtype": "bf16", "gradient_checkpointing": True},
-            "data": {"train": {"path": "builtin:reverse"}, "max_length": 4096},
-            "train": {"max_steps": 10, "micro_batch_size": 1, "lr": 1e-5},
-            "resources": {"num_workers": 8, "gpus_per_worker": 1}}
-    for key, value in sections.items():
-        base[key] = {**base.get(key, {}), **value}
-    return validate_config(tiny_config(**base))
 
 
 @pytest.mark.parametrize("hub_id,params", [

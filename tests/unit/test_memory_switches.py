@@ -62,7 +62,7 @@ def test_sequence_parallel_divides_activation_and_logits_terms():
 def test_planner_reads_the_switches_from_the_config():
     from launcher.config.load import validate_config
     from launcher.plan.sizing import workload
-    from tests.conftest import tiny_config
+    from tests.helpers.ftl import tiny_config
 
     cfg = validate_config(tiny_config(model={"path": "builtin:tiny-llama", "cross_entropy": "chunked",
                                              "ce_chunk_tokens": 96, "activation_offload": True}))
@@ -106,7 +106,7 @@ def test_auto_turns_on_chunked_cross_entropy_only_when_nothing_fits_without(tmp_
     from launcher.plan.auto_sharding import apply_chosen_switches, chosen_section
     from launcher.plan.planner import make_plan
     from launcher.plan.view import render_plan
-    from tests.unit.test_memory_model import hub_config
+    from tests.helpers.hub import hub_config
 
     sections = {"sharding": {"backend": "auto"}, "data": {"max_length": 16384},
                 "train": {"micro_batch_size": 2}, "resources": {"gpu_memory_gb": 40},

@@ -20,7 +20,7 @@ from launcher.config.load import validate_config
 from launcher.core.errors import HintedValueError
 from launcher.data.synthetic import generate
 from launcher.models.tiny import resolve_model_path
-from tests.conftest import tiny_config
+from tests.helpers.ftl import tiny_config
 from tests.helpers.models import perturbed
 
 ROWS, MAX_LENGTH = 8, 64
@@ -254,7 +254,7 @@ def test_packed_contrastive_gathers_unequal_batches_across_ranks(tmp_path):
     import subprocess
     import sys
 
-    from tests.conftest import ROOT
+    from tests.helpers.ftl import ROOT
 
     out = tmp_path / "losses.json"
     cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node", "2",

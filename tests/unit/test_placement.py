@@ -6,7 +6,6 @@ timeout in tests/integration/test_placement_timeout.py."""
 from __future__ import annotations
 
 import copy
-import subprocess
 
 import pytest
 
@@ -25,8 +24,8 @@ from launcher.run.placement import (
     slurm_allocation,
     workers_fitting,
 )
-from tests.conftest import FTL, tiny_config, write_config
-from tests.unit.test_golden_scripts import EXAMPLE_70B
+from tests.helpers.ftl import ftl_in_process, tiny_config, write_config
+from tests.helpers.golden import EXAMPLE_70B
 
 
 def problems(target, cfg) -> dict[str, str]:
@@ -147,8 +146,7 @@ def test_slurm_allocation_that_fits_passes():
 def test_slurm_unplaceable_config_exits_2_before_anything_is_written(tmp_path):
     cfg = tiny_config(resources={"num_workers": 4, "gpus_per_worker": 1},
                       cluster={"target": "slurm", "slurm": {"nodes": 1, "gpus_per_node": 2}})
-    proc = subprocess.run([*FTL, "run", str(write_config(tmp_path, cfg)), "--dry-run"], cwd=tmp_path,
-                          capture_output=True, text=True, timeout=300)
+    proc = ftl_in_process(["run", write_config(tmp_path, cfg), "--dry-run"], tmp_path)
     assert proc.returncode == 2, proc.stderr
     assert ("cluster.slurm.gpus_per_node: 4 workers x (1 CPU, 1 GPU) need 4 GPUs; 2 offered: the sbatch "
             "job asks for 1 node x (4 CPU, 2 GPU)") in proc.stderr

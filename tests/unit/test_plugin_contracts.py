@@ -35,7 +35,7 @@ from launcher.models.tiny import TINY_MODELS, TinySpec, resolve_model_path
 from launcher.train.dist import RankContext
 from strategies import STRATEGIES
 from strategies.base import DataSpec, ModelSpec, Strategy, StrategyCapability
-from tests.conftest import tiny_config
+from tests.helpers.ftl import tiny_config
 
 #: the smallest valid section of methods whose options have required fields
 REQUIRED = {"classify": {"labels": ["a", "b"]},

@@ -120,7 +120,7 @@ def test_plan_chart_stacks_terms_under_the_gpu_capacity(runs):
 def test_plan_chart_of_a_cpu_run_has_no_gpu_line():
     from launcher.config.load import validate_config
     from launcher.plan.planner import make_plan
-    from tests.conftest import tiny_config
+    from tests.helpers.ftl import tiny_config
 
     plan = make_plan(validate_config(tiny_config()))  # 2 CPU workers, no GPU
     ax = plan_figure(plan).axes[0]

@@ -50,7 +50,7 @@ def test_export_into_a_folder_with_files_is_refused_and_leaves_them(tmp_path):
     from click.testing import CliRunner
 
     from launcher.cli import cli
-    from tests.conftest import tiny_config, write_config
+    from tests.helpers.ftl import tiny_config, write_config
 
     run = tmp_path / "run"
     run.mkdir()
@@ -71,7 +71,7 @@ def test_the_cli_leaves_no_ds_accelerator_for_sbatch_and_workers_get_it_from_the
 
     from launcher.config.load import validate_config
     from launcher.run.driver import worker_env
-    from tests.conftest import ROOT, tiny_config, write_config
+    from tests.helpers.ftl import ROOT, tiny_config, write_config
 
     path = write_config(tmp_path, tiny_config(sharding={"backend": "zero2"}))  # imports DeepSpeed
     probe = ("import os, sys; from launcher.cli import main; sys.argv = ['ftl', 'validate', sys.argv[1]]\n"
@@ -243,7 +243,7 @@ def test_a_second_writer_is_refused_naming_the_holder_until_the_holder_dies(tmp_
     import sys
 
     from launcher.run.rundir import RunFolder
-    from tests.conftest import run_ftl, tiny_config, write_config
+    from tests.helpers.ftl import run_ftl, tiny_config, write_config
 
     run = tmp_path / "runs" / "t-1"
     run.mkdir(parents=True)
@@ -292,8 +292,8 @@ def test_resume_is_refused_while_the_submitted_cluster_job_runs(tmp_path, monkey
     whichever target the resume names."""
     from launcher.run.rundir import RunFolder
     from launcher.run.submit import refuse_while_job_active
-    from tests.conftest import run_ftl, tiny_config, write_config
     from tests.helpers.fake_k8s import FakeKube
+    from tests.helpers.ftl import run_ftl, tiny_config, write_config
 
     kube = FakeKube()
     try:

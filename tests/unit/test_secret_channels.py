@@ -12,7 +12,7 @@ from cluster.ray_jobs import RayJobsTarget
 from launcher.config.load import validate_config
 from launcher.run.driver import worker_env
 from launcher.run.rundir import RunFolder
-from tests.conftest import tiny_config
+from tests.helpers.ftl import tiny_config
 
 SECRETS = {"WANDB_API_KEY": "wandb-unit-7f3a9c1e", "HF_TOKEN": "hf_unit-2b8d4e6f"}
 

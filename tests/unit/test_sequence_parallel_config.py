@@ -10,7 +10,7 @@ from launcher.config.load import load_config
 from launcher.core.errors import UserError
 from launcher.run.preflight import Notes, check_sequence_parallel
 from launcher.train.sequence_parallel import SPGroup, shard_batch
-from tests.conftest import tiny_config, write_config
+from tests.helpers.ftl import tiny_config, write_config
 
 
 def problems(exc: UserError) -> list[str]:

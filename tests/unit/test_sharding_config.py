@@ -7,7 +7,7 @@ import pytest
 from launcher.backends.registry import resolve_sharding
 from launcher.config.load import validate_config
 from launcher.core.errors import UserError
-from tests.conftest import tiny_config
+from tests.helpers.ftl import tiny_config
 
 
 def cfg_with(**sharding):

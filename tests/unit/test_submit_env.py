@@ -8,7 +8,7 @@ import os
 import subprocess
 import sys
 
-from tests.conftest import ROOT
+from tests.helpers.ftl import ROOT
 
 PROBE = """
 import json, os

@@ -20,7 +20,7 @@ from launcher.train.guard import NonFiniteError, StepGuard
 from launcher.train.optim import make_optimizer, make_scheduler
 from launcher.train.step import optimizer_step
 from strategies.base import LossOutput
-from tests.conftest import tiny_config
+from tests.helpers.ftl import tiny_config
 
 CPU = RankContext(rank=0, world_size=1, local_rank=0, device=torch.device("cpu"), launcher="single")
 
@@ -127,7 +127,7 @@ def test_the_rl_learner_skips_a_non_finite_update_through_the_same_step(tmp_path
     from strategies.ppo.learner import Learner
     from strategies.ppo.objectives import Experience
     from strategies.ppo.schedule import learner_config
-    from tests.rl.conftest import letters_config
+    from tests.helpers.rl import letters_config
 
     data = letters_config("grpo", "nan", ppo_epochs=1, minibatches=1)
     data["train"]["skip_nonfinite"] = 1
