@@ -14,7 +14,7 @@ from launcher.run.rundir import RunFolder
 
 
 class TargetCapability(Capability):
-    SUBMIT = "submit"   #: start the job and return (``ftl train --detach``)
+    SUBMIT = "submit"   #: start the job and return (``ftl run --detach``)
     STATUS = "status"   #: the job's state (``ftl status``)
     LOGS = "logs"       #: its driver log (``ftl logs``)
     STOP = "stop"       #: stop it (``ftl stop``)
@@ -32,13 +32,6 @@ class Target(Capable, ABC):
     def check_run_folder(self, folder: RunFolder, cfg: Any) -> None:
         """Raise UserError when the job could not reach this run folder (checked before the
         folder is created, so a refused run leaves nothing behind)."""
-
-    def start_early(self, cfg: Any) -> None:
-        """Begin start-up work that needs only the validated config, so that it overlaps the
-        preflight (tokenizer, data) instead of following it; ``run`` uses it. Default: nothing."""
-
-    def discard_early(self) -> None:
-        """Undo ``start_early`` when the run does not go ahead (preflight failed, Ctrl-C)."""
 
     def check_reachable(self, cfg: Any) -> None:
         """Raise UserError when the cluster cannot be reached (skipped by --dry-run)."""

@@ -32,16 +32,6 @@ from launcher.run.rundir import RunFolder
 class LocalTarget(Target):
     name = "local"
 
-    _early: PrivateRay | None = None
-
-    def start_early(self, cfg: Any) -> None:
-        self._early = PrivateRay(self.num_cpus(cfg))
-
-    def discard_early(self) -> None:
-        early, self._early = self._early, None
-        if early is not None:
-            early.stop()
-
     def num_cpus(self, cfg: Any) -> int:
         return cfg.cluster.local.num_cpus or os.cpu_count() or 1
 
@@ -82,8 +72,7 @@ class LocalTarget(Target):
         from launcher.run.driver import run_trainer
 
         cfg = folder.load_config()
-        runtime, self._early = self._early or PrivateRay(self.num_cpus(cfg)), None
-        runtime.wait()
+        temp_dir = start_private_ray(self.num_cpus(cfg))
         outcome: dict[str, Any] = {}
         done = threading.Event()
 
@@ -105,7 +94,7 @@ class LocalTarget(Target):
             thread.join()
         finally:
             failpoints.hit("local.shutdown", 0)
-            runtime.stop()
+            stop_private_ray(temp_dir)
             signal.signal(signal.SIGINT, previous)
             signal.signal(signal.SIGTERM, previous_term)
         if "error" in outcome:
@@ -131,56 +120,6 @@ def start_private_ray(num_cpus: int, **options: Any) -> str:
              log_to_driver=False, configure_logging=False, runtime_env=SETUP_HOOK,
              _system_config={"enable_worker_prestart": False}, **options)
     return temp_dir
-
-
-class PrivateRay:
-    """A private Ray runtime started in a thread of its own, so it can start while the CLI's
-    preflight runs (``LocalTarget.start_early``).
-
-    ``ray.init`` of a fresh runtime is ~3 s of process start-up (GCS, raylet) that mostly waits
-    on child processes, and preflight is ~4 s of single-threaded Python (importing transformers,
-    reading and tokenizing rows): side by side they use both cores of a small machine instead of
-    one after the other. The thread lives until the runtime is stopped: Ray starts GCS and
-    raylet with ``PR_SET_PDEATHSIG``, which Linux fires when the *thread* that forked them ends
-    (seen: the runtime killed ~1 s after the thread returned, the run failing to reach GCS)."""
-
-    def __init__(self, num_cpus: int) -> None:
-        self._result: dict[str, Any] = {}
-        self._up = threading.Event()
-        self._release = threading.Event()
-        self._thread = threading.Thread(target=self._hold, args=(num_cpus,), name="ftl-ray-runtime",
-                                        daemon=True)
-        self._thread.start()
-
-    def _hold(self, num_cpus: int) -> None:
-        try:
-            self._result["temp_dir"] = start_private_ray(num_cpus)
-        except BaseException as exc:  # re-raised by wait() in the thread that runs the job
-            self._result["error"] = exc
-        finally:
-            self._up.set()
-        self._release.wait()
-
-    def wait(self) -> str:
-        """The runtime's temp dir, once it is up; raises what ``ray.init`` raised."""
-        self._up.wait()
-        if "error" in self._result:
-            raise self._result["error"]
-        return self._result["temp_dir"]
-
-    @property
-    def running(self) -> bool:
-        """True until ``stop`` has shut the runtime down and let its thread end."""
-        return self._thread.is_alive()
-
-    def stop(self) -> None:
-        self._up.wait()
-        try:
-            if "temp_dir" in self._result:
-                stop_private_ray(self._result["temp_dir"])
-        finally:
-            self._release.set()
-            self._thread.join(timeout=10)
 
 
 def stop_private_ray(temp_dir: str) -> None:

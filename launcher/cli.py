@@ -210,7 +210,7 @@ def run(config: str | None, overrides: tuple[str, ...], resume_dir: str | None, 
     with terminal.library_output_to_log(enabled=not verbose) as library_log:
         notes = Notes()
         folder, chosen = prepare_run(config, resume_dir, overrides, runs_dir=runs_dir, dry_run=dry_run,
-                                     smoke=smoke, notes=notes, start_early=not detach)
+                                     smoke=smoke, notes=notes)
         if library_log and not dry_run:
             library_log.move_to(folder.logs / "launcher.log")
         for warning in notes.warnings:

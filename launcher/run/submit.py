@@ -49,12 +49,10 @@ def target_of(folder: RunFolder) -> Any:
 
 def prepare_run(config: str | None, resume_dir: str | None, overrides: tuple[str, ...], *,
                 runs_dir: str | None = None, dry_run: bool = False, smoke: bool = False,
-                notes: Notes | None = None, start_early: bool = False) -> tuple[RunFolder, Any]:
+                notes: Notes | None = None) -> tuple[RunFolder, Any]:
     """Validate and preflight; create (or reopen) the run folder unless ``dry_run``.
     ``smoke``: run the config shrunk to this machine (launcher/run/smoke.py). Preflight's warnings
-    and notes go to ``notes`` for the caller to show. ``start_early``: the caller runs the job
-    attached right after, so the target may start its runtime while preflight reads the model and
-    data (``Target.start_early``); it is discarded if anything here fails."""
+    and notes go to ``notes`` for the caller to show."""
     if resume_dir:
         folder = RunFolder(Path(resume_dir))
         if not folder.config_file.exists():
@@ -69,37 +67,31 @@ def prepare_run(config: str | None, resume_dir: str | None, overrides: tuple[str
             cfg, smoke_changes = smoke_config(cfg)
         folder = RunFolder.planned(runs_dir or cfg.checkpoint.dir, cfg.name)
     target = _target(cfg)
-    if start_early and not dry_run:
-        target.start_early(cfg)
-    try:
-        plan = None
-        if cfg.sharding.backend == AUTO:  # chosen here, once: preflight, the ranks, a resume read the choice
-            plan = make_plan(cfg)
-            cfg = prepared_config(cfg, plan)  # the chosen backend, and the memory switches auto turned on
-        preflight(cfg, target, notes)
-        target.check_run_folder(folder, cfg)
-        plan = plan or make_plan(cfg)
-        if resume_dir:
-            refuse_changed_writer(folder.path, cfg)
-        if dry_run:
-            return folder, _DryRun(target, folder, cfg)
-        target.check_reachable(cfg)
-        if resume_dir:
-            folder.hold_writer_lock()  # first: a second resume now waits for our submission below
-            refuse_while_job_active(folder)
-            folder.remove_partial_writes()  # no other writer is left to own them
-        else:
-            folder = RunFolder.create(runs_dir or cfg.checkpoint.dir, cfg.name)  # locked
-            ship(cfg.method_options().code_references(), Path(config).parent, folder.path)
-        folder.write_config(config_to_dict(cfg))
-        folder.write_json("plan.json", plan)
-        if smoke and not resume_dir:
-            folder.write_json("smoke.json", {"source": str(config), "changes": smoke_changes})
-        folder.new_launch(writer=checkpoint_writer(cfg))
-        return folder, target
-    except BaseException:
-        target.discard_early()
-        raise
+    plan = None
+    if cfg.sharding.backend == AUTO:  # chosen here, once: preflight, the ranks, a resume read the choice
+        plan = make_plan(cfg)
+        cfg = prepared_config(cfg, plan)  # the chosen backend, and the memory switches auto turned on
+    preflight(cfg, target, notes)
+    target.check_run_folder(folder, cfg)
+    plan = plan or make_plan(cfg)
+    if resume_dir:
+        refuse_changed_writer(folder.path, cfg)
+    if dry_run:
+        return folder, _DryRun(target, folder, cfg)
+    target.check_reachable(cfg)
+    if resume_dir:
+        folder.hold_writer_lock()  # first: a second resume now waits for our submission below
+        refuse_while_job_active(folder)
+        folder.remove_partial_writes()  # no other writer is left to own them
+    else:
+        folder = RunFolder.create(runs_dir or cfg.checkpoint.dir, cfg.name)  # locked
+        ship(cfg.method_options().code_references(), Path(config).parent, folder.path)
+    folder.write_config(config_to_dict(cfg))
+    folder.write_json("plan.json", plan)
+    if smoke and not resume_dir:
+        folder.write_json("smoke.json", {"source": str(config), "changes": smoke_changes})
+    folder.new_launch(writer=checkpoint_writer(cfg))
+    return folder, target
 
 
 #: States, beyond a target module's TERMINAL set, in which a job no longer runs: KubeRay

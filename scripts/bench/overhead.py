@@ -44,10 +44,8 @@ def first_step_after(start: float, metrics: Path, proc: subprocess.Popen) -> flo
 
 
 PHASES = {
-    "cli": "CLI (imports, validation, preflight, plan; the private Ray runtime starting alongside) "
-           "until the run folder exists",
-    "ray": "the rest of the Ray runtime's start, Train controller and worker group until ftl code "
-           "runs on rank 0",
+    "cli": "CLI (imports, validation, preflight, plan) until the run folder exists",
+    "ray": "Ray runtime + Train controller + worker group until ftl code runs on rank 0",
     "data": "rank 0: process group, tokenizer and data",
     "model": "rank 0: model load, backend setup and the first step",
 }
