@@ -14,6 +14,7 @@ from typing import Any
 from launcher.core import env, preemption
 from launcher.core.errors import JobFailed
 from launcher.core.workers import WORKER_ENV, thread_env, worker_threads
+from launcher.run.ray_patches import SETUP_HOOK
 from launcher.run.rundir import RunFolder
 
 # Environment passed through to workers when set on the driver. This becomes the workers'
@@ -135,7 +136,9 @@ def main() -> None:
         folder = seed_run_folder(Path(args.run_dir), Path(args.seed))
     else:
         folder = RunFolder(Path(args.run_dir))
-    ray.init(address=os.environ.get("RAY_ADDRESS", "auto"))
+    # the job's own fix for Ray Train's placement-group cleaner (launcher.run.ray_patches); Ray merges
+    # it with a Ray Jobs / KubeRay job's runtime_env (working_dir, env_vars: no shared field)
+    ray.init(address=os.environ.get("RAY_ADDRESS", "auto"), runtime_env=SETUP_HOOK)
     cfg = folder.load_config()
     print(f"ftl driver: run folder {folder.path}; {cfg.resources.num_workers} workers, "
           f"{cfg.sharding.backend}, {cfg.method}", flush=True)

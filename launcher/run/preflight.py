@@ -10,7 +10,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-from launcher.backends.registry import resolve_sharding
+from launcher.backends.registry import AUTO, resolve_sharding
 from launcher.core.errors import HintedValueError, Problem, UserError
 from launcher.data.report import RowError, measure_source
 from launcher.data.sources import eval_split, load_source, resolve_format, row_location, source_label
@@ -289,12 +289,15 @@ def preflight(cfg: Any, target: Any | None = None, notes: Notes | None = None) -
     remote = target is not None and not target.paths_are_local
     spec = STRATEGIES.get(cfg.method, "method")
     problems = check_model(cfg, notes, remote) + check_method_models(cfg, notes, remote)
+    model_readable = not problems
     tokenizer = None
     if not problems:
         tokenizer, tok_problems = check_tokenizer(cfg, spec, notes, remote)
         problems += tok_problems
     problems += check_data(cfg, spec, notes, remote, tokenizer)
-    problems += check_sharding(cfg) + check_sequence_parallel(cfg, notes)
+    if model_readable or cfg.sharding.backend != AUTO:  # auto chooses from the model's config
+        problems += check_sharding(cfg)
+    problems += check_sequence_parallel(cfg, notes)
     problems += check_rollout_engine(cfg, notes, remote) + check_cross_entropy(cfg, notes, remote)
     if target is not None:
         try:

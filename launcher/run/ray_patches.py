@@ -7,9 +7,12 @@ state API whether the controller actor is alive and, when not, removes the run's
 happens under CPU starvation) as "dead". The cleaner then removes the placement group of a live
 run and Ray destroys its workers ("Destroying worker since its placement group was removed"):
 seen on this 2-core machine twice in a full test suite's worth of runs, once on Slurm and once on
-the local target, never reproducible alone. Here a controller counts as dead only when the state
-API says DEAD. What the cleaner is for still holds: a dead controller is reported DEAD, and
-placement groups a job owns are removed by Ray when the job's driver exits.
+the local target, never reproducible alone (and again on Slurm while only the local target had
+the fix). Installed by the local target's private runtime (``cluster.local.start_private_ray``)
+and by the cluster driver (``launcher.run.driver.main``: Slurm, Ray Jobs, KubeRay). Here a
+controller counts as dead only when the state API says DEAD. What the cleaner is for still
+holds: a dead controller is reported DEAD, and placement groups a job owns are removed by Ray
+when the job's driver exits.
 """
 
 from __future__ import annotations

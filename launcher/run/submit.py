@@ -69,7 +69,13 @@ def prepare_run(config: str | None, resume_dir: str | None, overrides: tuple[str
     target = _target(cfg)
     plan = None
     if cfg.sharding.backend == AUTO:  # chosen here, once: preflight, the ranks, a resume read the choice
-        plan = make_plan(cfg)
+        try:
+            plan = make_plan(cfg)
+        except UserError:
+            # planning reads the model's config: when it cannot, preflight reports why with every
+            # other problem of the config (as `ftl validate` does), not "cannot read" alone
+            preflight(cfg, target, notes)
+            raise
         cfg = prepared_config(cfg, plan)  # the chosen backend, and the memory switches auto turned on
     preflight(cfg, target, notes)
     target.check_run_folder(folder, cfg)

@@ -12,7 +12,9 @@ checkpoint written before it (nothing from the bad step is saved, so ``ftl run -
 continues from a good state). With ``train.skip_nonfinite: N`` up to N such steps are skipped
 instead: the backends leave the parameters and optimizer state untouched when the gradient
 norm is not finite (``Backend.skip_nonfinite``; DeepSpeed does the same by itself), the count
-is checkpointed and logged as ``train/skipped_steps``, and step N+1 stops the run.
+is checkpointed and logged as ``train/skipped_steps``, and step N+1 stops the run. PPO/GRPO
+learners use the same guard per role (policy, critic), each with its own budget of N for the
+launch: their count is logged (``policy/skipped_steps``) but not checkpointed yet.
 
 A stop request (``launcher.core.preemption``) is read on rank 0 only: the file lives in the run
 folder, which every launcher shares, and one reader keeps shared storage quiet at scale.

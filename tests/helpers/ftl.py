@@ -9,6 +9,7 @@ import contextlib
 import os
 import subprocess
 import sys
+from collections.abc import Iterator
 from pathlib import Path
 
 import yaml
@@ -60,6 +61,17 @@ def run_dirs(cwd: Path) -> list[Path]:
     return sorted(p for p in (cwd / "runs").iterdir() if p.is_dir()) if (cwd / "runs").exists() else []
 
 
+@contextlib.contextmanager
+def working_directory(path: Path) -> Iterator[None]:
+    """``contextlib.chdir`` for Python 3.10 too (the project supports 3.10)."""
+    previous = os.getcwd()
+    os.chdir(path)
+    try:
+        yield
+    finally:
+        os.chdir(previous)
+
+
 def ftl_in_process(args: list, cwd: Path) -> subprocess.CompletedProcess:
     """``ftl ARGS`` run from ``cwd`` in this process (Click's CliRunner): for what is decided
     before any process or cluster starts (user errors), without a Python start per call. The
@@ -68,7 +80,7 @@ def ftl_in_process(args: list, cwd: Path) -> subprocess.CompletedProcess:
 
     from launcher.cli import cli
 
-    with contextlib.chdir(cwd):
+    with working_directory(cwd):
         result = CliRunner().invoke(cli, [str(a) for a in args], prog_name="ftl")
     assert result.exception is None or isinstance(result.exception, SystemExit), result.exc_info
     return subprocess.CompletedProcess(["ftl", *map(str, args)], result.exit_code, result.stdout,
