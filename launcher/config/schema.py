@@ -12,7 +12,7 @@ from __future__ import annotations
 
 from typing import Any, Literal
 
-from pydantic import BaseModel, Field, field_validator, model_validator
+from pydantic import Field, field_validator, model_validator
 
 from cluster.registry import TARGETS
 from launcher.backends.registry import BACKENDS
@@ -438,5 +438,5 @@ class RunConfigBase(Section):
     def global_batch(self) -> int:
         return self.train.micro_batch_size * self.data_parallel_size * self.grad_accum
 
-    def method_options(self) -> BaseModel:
+    def method_options(self) -> Section:
         return getattr(self, self.method)

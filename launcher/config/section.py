@@ -19,3 +19,8 @@ class Section(BaseModel):
         """'module:attr' names of user code this section makes the run import (shipped with the
         run by ``launcher.core.user_code``); none by default."""
         return []
+
+    def keeps_reference_model(self) -> bool:
+        """A second, frozen model resident on every trainer rank (the planner counts its memory);
+        a method's options say so (DPO/KTO with ``reference: model``); none by default."""
+        return False

@@ -53,8 +53,7 @@ def colocated(cfg: Any) -> bool:
 def resident_reference(cfg: Any, shape: mm.ModelShape, work: mm.Workload) -> mm.RoleMemory | None:
     """DPO/KTO with ``reference: model``: a frozen fp32 copy, whole on every rank, beside the
     policy (adapters and precomputed references cost no memory; cpo/orpo/simpo have none)."""
-    keeps = getattr(cfg.method_options(), "keeps_reference_model", None)
-    if keeps is None or not keeps():
+    if not cfg.method_options().keeps_reference_model():
         return None
     replicated = mm.Layout(kind="ddp")
     mem = mm.frozen_role_memory(replace(shape, trainable=0), replace(work, dtype="fp32"), replicated)
